@@ -1,0 +1,44 @@
+"""Entry point: ``chatmem-server [serve|migrate]`` (or ``python -m server``); builds Settings once."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from server.app import open_store, serve
+from server.config import Settings
+
+
+async def _migrate(settings: Settings) -> None:
+    store = await open_store(settings)
+    try:
+        applied = await store.migrate()
+    finally:
+        await store.close()
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and run the server or a subcommand."""
+    parser = argparse.ArgumentParser(prog="chatmem-server", description="chatmem gRPC memory server")
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if args.command == "migrate":
+        asyncio.run(_migrate(settings))
+        return
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional (it does not run on Windows)
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Composition root: settings -> pools -> stores -> repository -> services -> grpc.aio server; shutdown order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from chatmem.v1 import preferences_service_pb2, preferences_service_pb2_grpc, thread_memory_service_pb2
+from chatmem.v1 import thread_memory_service_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from server.config import Settings
+from server.services.preferences import PreferencesService
+from server.services.thread_memory import ThreadMemoryService
+from server.storage.cache import RedisCache, build_redis_client
+from server.storage.keys import KeySpace
+from server.storage.postgres import PostgresStore
+from server.storage.protocols import Cache, Store
+from server.storage.repository import Repository
+from server.storage.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    thread_memory_service_pb2.DESCRIPTOR.services_by_name["ThreadMemoryService"].full_name,
+    preferences_service_pb2.DESCRIPTOR.services_by_name["PreferencesService"].full_name,
+)
+
+
+async def open_store(settings: Settings) -> Store:
+    """Open the durable store: PostgreSQL when DATABASE__URL is set, else the embedded SQLite file."""
+    db = settings.database
+    if db.url:
+        return await PostgresStore.connect(
+            db.url,
+            min_size=db.pool_min_size,
+            max_size=db.pool_max_size,
+            command_timeout_s=db.command_timeout_s,
+            connect_timeout_s=db.connect_timeout_s,
+        )
+    return SqliteStore(db.sqlite_path)
+
+
+def open_cache(settings: Settings) -> Cache | None:
+    """Build the Redis cache, or None when no Redis is configured (the pool connects lazily)."""
+    r = settings.redis
+    if not r.enabled:
+        return None
+    client = build_redis_client(
+        r.resolved_url(),
+        max_connections=r.max_connections,
+        socket_timeout_s=r.socket_timeout_s,
+        connect_timeout_s=r.connect_timeout_s,
+        cluster=r.cluster,
+    )
+    return RedisCache(
+        client,
+        KeySpace(r.key_prefix),
+        window=settings.memory.max_thread_messages,
+        thread_ttl_s=int(settings.memory.thread_ttl_hours * 3600),
+        prefs_ttl_s=int(settings.memory.user_ttl_days * 86400),
+    )
+
+
+@dataclass
+class App:
+    """A built server and everything it owns, in the order shutdown releases them."""
+
+    settings: Settings
+    server: grpc.aio.Server
+    health: HealthServicer
+    repository: Repository
+    store: Store
+    cache: Cache | None
+    port: int
+
+    async def start(self) -> None:
+        """Start serving and report SERVING."""
+        await self.server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "chatmem listening on port %d (store=%s, cache=%s, write_mode=%s)",
+            self.port,
+            type(self.store).__name__,
+            type(self.cache).__name__ if self.cache else "none",
+            self.settings.memory.write_mode,
+        )
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful shutdown: NOT_SERVING, drain in-flight RPCs, finish commits, close pools."""
+        grace = self.settings.grpc.shutdown_grace_s if grace_s is None else grace_s
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.repository.close()
+        if self.cache is not None:
+            await self.cache.close()
+        await self.store.close()
+        log.info("chatmem stopped")
+
+
+async def create_server(
+    settings: Settings, *, store: Store | None = None, cache: Cache | None = None, use_configured_cache: bool = True
+) -> App:
+    """Build (but do not start) the server. Tests bind GRPC__ADDRESS to port 0 and read App.port.
+
+    Args:
+        settings: the settings, built once by the caller.
+        store: a store to use instead of the configured one (already open).
+        cache: a cache to use instead of the configured one.
+        use_configured_cache: build the configured cache when ``cache`` is None.
+
+    Returns:
+        The App, with migrations applied.
+    """
+    store = store or await open_store(settings)
+    applied = await store.migrate()
+    if applied:
+        log.info("applied migrations: %s", ", ".join(applied))
+    if cache is None and use_configured_cache:
+        cache = open_cache(settings)
+    repository = Repository(
+        store, cache, window=settings.memory.max_thread_messages, max_group=settings.memory.group_commit_max
+    )
+    g = settings.grpc
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", g.max_receive_message_bytes),
+            ("grpc.max_send_message_length", g.max_send_message_bytes),
+            ("grpc.keepalive_time_ms", g.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", g.keepalive_timeout_ms),
+            ("grpc.http2.min_ping_interval_without_data_ms", g.min_ping_interval_ms),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
+    thread_memory_service_pb2_grpc.add_ThreadMemoryServiceServicer_to_server(
+        ThreadMemoryService(repository, settings), server
+    )
+    preferences_service_pb2_grpc.add_PreferencesServiceServicer_to_server(
+        PreferencesService(repository, settings), server
+    )
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if g.reflection:
+        reflection.enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(g.address)
+    if port == 0:
+        raise OSError(f"cannot bind {g.address}")
+    return App(settings, server, health, repository, store, cache, port)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    app = await create_server(settings)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received; draining for up to %.1fs", settings.grpc.shutdown_grace_s)
+    await app.stop()

@@ -1,0 +1,110 @@
+"""Settings from the environment (and a .env file), in nested sections: GRPC__, REDIS__, DATABASE__, MEMORY__, LIMITS__."""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GrpcSettings(BaseModel):
+    """The gRPC listener."""
+
+    address: str = "127.0.0.1:50051"
+    reflection: bool = True
+    max_receive_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_send_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    default_timeout_s: float = Field(default=30.0, gt=0, description="applies when a client sends no deadline")
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    keepalive_time_ms: int = 60_000
+    keepalive_timeout_ms: int = 20_000
+    min_ping_interval_ms: int = 30_000
+
+
+class RedisSettings(BaseModel):
+    """L1. Unset host and url mean no cache."""
+
+    url: str | None = None
+    host: str | None = None
+    port: int = 6379
+    password: str | None = None
+    db: int = 0
+    cluster: bool = False
+    key_prefix: str = "chatmem"
+    socket_timeout_s: float = Field(default=0.5, gt=0)
+    connect_timeout_s: float = Field(default=0.5, gt=0)
+    max_connections: int = Field(default=64, ge=1)
+
+    @property
+    def enabled(self) -> bool:
+        """True when a Redis is configured."""
+        return bool(self.url or self.host)
+
+    def resolved_url(self) -> str:
+        """Return REDIS__URL, or one built from host, port, password and db."""
+        if self.url:
+            return self.url
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/{self.db}"
+
+
+class DatabaseSettings(BaseModel):
+    """L2. No url means the embedded SQLite file at sqlite_path."""
+
+    url: str | None = None
+    sqlite_path: str = "./chatmem.db"
+    pool_min_size: int = Field(default=2, ge=1)
+    pool_max_size: int = Field(default=10, ge=1)
+    command_timeout_s: float = Field(default=5.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+
+
+class MemorySettings(BaseModel):
+    """Memory policy."""
+
+    thread_ttl_hours: float = Field(default=24, gt=0)
+    user_ttl_days: float = Field(default=30, gt=0)
+    max_thread_messages: int = Field(default=50, ge=1, le=1000)
+    write_mode: Literal["write_through"] = "write_through"
+    group_commit_max: int = Field(default=256, ge=1)
+
+
+class LimitSettings(BaseModel):
+    """Request limits; exceeding one is INVALID_ARGUMENT naming the field."""
+
+    max_id_length: int = Field(default=128, ge=8)
+    max_content_bytes: int = Field(default=1024 * 1024, ge=1)
+    max_messages_per_append: int = Field(default=100, ge=1)
+    max_metadata_entries: int = Field(default=64, ge=0)
+    max_metadata_bytes: int = Field(default=16 * 1024, ge=0)
+    max_name_length: int = Field(default=256, ge=1)
+    default_page_size: int = Field(default=100, ge=1)
+    max_page_size: int = Field(default=1000, ge=1)
+    default_stream_chunk: int = Field(default=500, ge=1)
+    max_stream_chunk: int = Field(default=5000, ge=1)
+    stream_frame_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    max_preferences_per_request: int = Field(default=100, ge=1)
+    max_preference_value_bytes: int = Field(default=64 * 1024, ge=1)
+
+    @model_validator(mode="after")
+    def _pages_fit(self) -> LimitSettings:
+        if self.default_page_size > self.max_page_size:
+            raise ValueError("default_page_size exceeds max_page_size")
+        if self.default_stream_chunk > self.max_stream_chunk:
+            raise ValueError("default_stream_chunk exceeds max_stream_chunk")
+        return self
+
+
+class Settings(BaseSettings):
+    """All settings. Build once in __main__ (or a test) and pass down."""
+
+    model_config = SettingsConfigDict(env_nested_delimiter="__", env_file=".env", extra="ignore")
+
+    grpc: GrpcSettings = GrpcSettings()
+    redis: RedisSettings = RedisSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    memory: MemorySettings = MemorySettings()
+    limits: LimitSettings = LimitSettings()
+    log_level: str = "INFO"

@@ -1,0 +1,1 @@
+"""Thin gRPC servicers: validate, call the repository, convert to protobuf."""

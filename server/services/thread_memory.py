@@ -1,0 +1,274 @@
+"""ThreadMemoryService: conversation history per thread."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from chatmem.v1 import thread_memory_service_pb2 as pb
+from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
+
+from server.config import Settings
+from server.errors import NotFoundError
+from server.services import context_block, convert, pagination
+from server.services.handler import server_stream, unary
+from server.storage.codec import frame_repeated
+from server.storage.models import (
+    AppendCommand,
+    NewMessage,
+    NewThreadOptions,
+    Role,
+    ThreadCursor,
+    ThreadKey,
+    ThreadPatch,
+    Tier,
+)
+from server.storage.repository import Repository, Served
+from server.validation import Checker
+
+_MAX_TTL_S = 366 * 24 * 3600
+_STORE = Served(Tier.STORE)
+
+
+class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
+    """The servicer: validate, call the repository, convert.
+
+    Args:
+        repository: the consistency policy over cache and store.
+        settings: the server settings.
+    """
+
+    def __init__(self, repository: Repository, settings: Settings) -> None:
+        self._repo = repository
+        self._limits = settings.limits
+        self._default_ttl_s = int(settings.memory.thread_ttl_hours * 3600)
+        self.default_timeout_s = settings.grpc.default_timeout_s
+        self.default_stream_timeout_s = settings.grpc.default_timeout_s
+
+    def _thread_key(self, check: Checker, workspace_id: str, thread_id: str) -> ThreadKey:
+        return ThreadKey(check.workspace(workspace_id), check.ident("thread_id", thread_id))
+
+    def _ttl(self, check: Checker, field: str, seconds: int, *, allow_zero: bool) -> int:
+        if seconds < 0 or seconds > _MAX_TTL_S or (seconds == 0 and not allow_zero):
+            low = 0 if allow_zero else 1
+            check.fail(field, f"must be between {low}s and {_MAX_TTL_S}s")
+        return seconds
+
+    @unary
+    async def AppendMessages(  # noqa: N802 - gRPC method name
+        self, request: pb.AppendMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AppendMessagesResponse:
+        """Append 1..N messages atomically and in order."""
+        check = Checker(self._limits)
+        key = self._thread_key(check, request.workspace_id, request.thread_id)
+        check.ident("request_id", request.request_id, required=False)
+        check.ident("user_id", request.user_id, required=False)
+        check.text("title", request.title, 1024)
+        ttl_s = self._ttl(check, "ttl", request.ttl.seconds, allow_zero=False) if request.HasField("ttl") else None
+        if request.HasField("expected_last_seq") and request.expected_last_seq < 0:
+            check.fail("expected_last_seq", "must not be negative")
+        n = len(request.messages)
+        if n == 0:
+            check.fail("messages", "must hold at least one message")
+        elif n > self._limits.max_messages_per_append:
+            check.fail("messages", f"holds more than {self._limits.max_messages_per_append} messages")
+        else:
+            for i, m in enumerate(request.messages):
+                check.role(f"messages[{i}].role", m.role)
+                check.text(f"messages[{i}].content", m.content, self._limits.max_content_bytes)
+                check.text(f"messages[{i}].name", m.name, self._limits.max_name_length)
+                check.metadata(f"messages[{i}].metadata", m.metadata)
+        check.done()
+        command = AppendCommand(
+            key=key,
+            messages=tuple(NewMessage(Role(m.role), m.content, m.name, dict(m.metadata)) for m in request.messages),
+            request_id=request.request_id,
+            expected_last_seq=request.expected_last_seq if request.HasField("expected_last_seq") else None,
+            new_thread=NewThreadOptions(request.user_id, request.title, ttl_s),
+        )
+        outcome = await self._repo.append(command)
+        return pb.AppendMessagesResponse(
+            seqs=outcome.result.seqs,
+            message_count=outcome.result.message_count,
+            durability=int(outcome.durability),  # type: ignore[arg-type]
+            replayed=outcome.result.replayed,
+            serving=convert.serving(outcome.served),
+        )
+
+    @unary
+    async def GetHistory(  # noqa: N802
+        self, request: pb.GetHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetHistoryResponse:
+        """Return the last N messages, oldest first; an unknown thread has an empty window."""
+        check = Checker(self._limits)
+        key = self._thread_key(check, request.workspace_id, request.thread_id)
+        limit = check.page_size(request.limit, self._repo.window, self._limits.max_page_size, "limit")
+        check.done()
+        window = await self._repo.history(key, limit)
+        # The window is already encoded: framing it is one parse, not one object per message.
+        response = pb.GetHistoryResponse.FromString(frame_repeated(1, window.encoded))
+        response.serving.CopyFrom(convert.serving(window.served))
+        return response
+
+    @unary
+    async def ListMessages(  # noqa: N802
+        self, request: pb.ListMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMessagesResponse:
+        """Page through the whole history, forward or backward."""
+        check = Checker(self._limits)
+        key = self._thread_key(check, request.workspace_id, request.thread_id)
+        size = check.page_size(request.page_size, self._limits.default_page_size, self._limits.max_page_size)
+        if request.start_seq < 0:
+            check.fail("start_seq", "must not be negative")
+        check.done()
+        scope = f"{key.workspace_id}/{key.thread_id}/{int(request.reverse)}"
+        start = request.start_seq
+        if request.page_token:
+            start = pagination.require_int(pagination.decode(request.page_token, "messages", scope), "next", low=0)
+            if request.reverse and start == 0:
+                return pb.ListMessagesResponse(serving=convert.serving(_STORE))
+        page = await self._repo.list_messages(key, start, request.reverse, size + 1)
+        more = len(page) > size
+        page = page[:size]
+        token = ""
+        if more:
+            nxt = page[-1].seq - 1 if request.reverse else page[-1].seq + 1
+            token = pagination.encode("messages", scope, {"next": nxt})
+        return pb.ListMessagesResponse(
+            messages=[convert.message(key.workspace_id, key.thread_id, m) for m in page],
+            next_page_token=token,
+            serving=convert.serving(_STORE),
+        )
+
+    @server_stream
+    async def StreamHistory(  # noqa: N802
+        self, request: pb.StreamHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamHistoryResponse]:
+        """Stream the thread after after_seq in chunks bounded by count and bytes."""
+        check = Checker(self._limits)
+        key = self._thread_key(check, request.workspace_id, request.thread_id)
+        chunk = check.page_size(
+            request.chunk_size, self._limits.default_stream_chunk, self._limits.max_stream_chunk, "chunk_size"
+        )
+        if request.after_seq < 0:
+            check.fail("after_seq", "must not be negative")
+        check.done()
+        frame = pb.StreamHistoryResponse()
+        size = 0
+        async for page in self._repo.stream(key, request.after_seq, chunk):
+            for m in page:
+                pm = convert.message(key.workspace_id, key.thread_id, m)
+                item = pm.ByteSize()
+                if frame.messages and (len(frame.messages) >= chunk or size + item > self._limits.stream_frame_bytes):
+                    yield frame
+                    frame, size = pb.StreamHistoryResponse(), 0
+                frame.messages.append(pm)
+                size += item
+        if frame.messages:
+            yield frame
+
+    @unary
+    async def GetContext(  # noqa: N802
+        self, request: pb.GetContextRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetContextResponse:
+        """Build the prompt block from the recent window and the user's preferences."""
+        check = Checker(self._limits)
+        workspace = check.workspace(request.workspace_id)
+        check.ident("thread_id", request.thread_id, required=False)
+        check.ident("user_id", request.user_id, required=False)
+        limit = check.page_size(request.max_messages, self._repo.window, self._limits.max_page_size, "max_messages")
+        if request.max_chars < 0:
+            check.fail("max_chars", "must not be negative")
+        check.done()
+        messages: list[tuple[Role, str]] = []
+        prefs: dict[str, str] = {}
+        tiers = []
+        if request.thread_id:
+            window = await self._repo.history(ThreadKey(workspace, request.thread_id), limit)
+            parsed = pb.GetHistoryResponse.FromString(frame_repeated(1, window.encoded))
+            messages = [(Role(m.role), m.content) for m in parsed.messages]
+            tiers.append(window.served)
+        if request.user_id:
+            found = await self._repo.get_preferences(workspace, request.user_id)
+            prefs = {k: v.value for k, v in found.values.items()}
+            tiers.append(found.served)
+        block, n_messages, n_prefs = context_block.render(messages, prefs, request.max_chars)
+        served = max(tiers, key=lambda s: s.tier) if tiers else None
+        degraded = any(s.degraded for s in tiers)
+        response = pb.GetContextResponse(context=block, message_count=n_messages, preference_count=n_prefs)
+        if served is not None:
+            response.serving.tier = int(served.tier)  # type: ignore[assignment]
+            response.serving.degraded = degraded
+        return response
+
+    @unary
+    async def GetThread(  # noqa: N802
+        self, request: pb.GetThreadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetThreadResponse:
+        """Return a thread's metadata or NOT_FOUND."""
+        check = Checker(self._limits)
+        key = self._thread_key(check, request.workspace_id, request.thread_id)
+        check.done()
+        thread = await self._repo.get_thread(key)
+        return pb.GetThreadResponse(thread=convert.thread(thread, self._default_ttl_s))
+
+    @unary
+    async def ListThreads(  # noqa: N802
+        self, request: pb.ListThreadsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListThreadsResponse:
+        """List a user's threads, newest first."""
+        check = Checker(self._limits)
+        workspace = check.workspace(request.workspace_id)
+        check.ident("user_id", request.user_id)
+        size = check.page_size(request.page_size, self._limits.default_page_size, self._limits.max_page_size)
+        check.done()
+        scope = f"{workspace}/{request.user_id}"
+        after = None
+        if request.page_token:
+            pos = pagination.decode(request.page_token, "threads", scope)
+            after = ThreadCursor(pagination.require_int(pos, "t"), pagination.require_str(pos, "id"))
+        threads = await self._repo.list_threads(workspace, request.user_id, after, size + 1)
+        token = ""
+        if len(threads) > size:
+            threads = threads[:size]
+            last = threads[-1]
+            token = pagination.encode("threads", scope, {"t": last.create_time_us, "id": last.thread_id})
+        return pb.ListThreadsResponse(
+            threads=[convert.thread(t, self._default_ttl_s) for t in threads], next_page_token=token
+        )
+
+    @unary
+    async def UpdateThread(  # noqa: N802
+        self, request: pb.UpdateThreadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateThreadResponse:
+        """Change title, cache TTL or pin; only the fields that are set."""
+        check = Checker(self._limits)
+        key = self._thread_key(check, request.workspace_id, request.thread_id)
+        check.ident("request_id", request.request_id, required=False)
+        if request.HasField("title"):
+            check.text("title", request.title, 1024)
+        ttl = self._ttl(check, "ttl", request.ttl.seconds, allow_zero=True) if request.HasField("ttl") else None
+        check.done()
+        patch = ThreadPatch(
+            title=request.title if request.HasField("title") else None,
+            ttl_seconds=ttl,
+            pinned=request.pinned if request.HasField("pinned") else None,
+        )
+        thread, _ = await self._repo.update_thread(key, patch)
+        return pb.UpdateThreadResponse(thread=convert.thread(thread, self._default_ttl_s))
+
+    @unary
+    async def DeleteThread(  # noqa: N802
+        self, request: pb.DeleteThreadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteThreadResponse:
+        """Delete a thread from every tier."""
+        check = Checker(self._limits)
+        key = self._thread_key(check, request.workspace_id, request.thread_id)
+        check.ident("request_id", request.request_id, required=False)
+        check.done()
+        deleted = await self._repo.delete_thread(key)
+        if deleted is None:
+            if request.allow_missing:
+                return pb.DeleteThreadResponse(deleted_messages=0)
+            raise NotFoundError(f"thread {key.thread_id!r} not found")
+        return pb.DeleteThreadResponse(deleted_messages=deleted[0])

@@ -1,0 +1,198 @@
+"""The Redis tier (L1): thread windows and preference hashes, one script call per operation."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from server.storage import scripts
+from server.storage.keys import KeySpace
+from server.storage.models import PreferenceChange, PreferenceSet, ThreadInfo, ThreadKey
+from server.storage.protocols import CacheUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class _Script:
+    """A Lua script called by EVALSHA, loaded again by EVAL after a NOSCRIPT (Redis restarted)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+    async def __call__(self, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)
+
+
+class RedisCache:
+    """Cache Protocol over redis.asyncio (works with a Redis or a RedisCluster client).
+
+    Args:
+        client: a redis.asyncio client with decode_responses=False.
+        keys: the key space.
+        window: how many newest messages a thread window keeps.
+        thread_ttl_s: default sliding TTL of a window.
+        prefs_ttl_s: TTL of a preferences hash.
+        tombstone_ttl_s: how long a deleted thread's tombstone fences out late writes.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        keys: KeySpace,
+        *,
+        window: int,
+        thread_ttl_s: int,
+        prefs_ttl_s: int,
+        tombstone_ttl_s: int = 120,
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._window = window
+        self._thread_ttl_s = thread_ttl_s
+        self._prefs_ttl_s = prefs_ttl_s
+        self._tombstone_ttl_s = tombstone_ttl_s
+        self._read_window = _Script(scripts.READ_WINDOW)
+        self._fill_window = _Script(scripts.FILL_WINDOW)
+        self._push_window = _Script(scripts.PUSH_WINDOW)
+        self._drop_window = _Script(scripts.DROP_WINDOW)
+        self._retune_window = _Script(scripts.RETUNE_WINDOW)
+        self._read_prefs = _Script(scripts.READ_PREFS)
+        self._fill_prefs = _Script(scripts.FILL_PREFS)
+        self._apply_prefs = _Script(scripts.APPLY_PREFS)
+
+    @property
+    def window(self) -> int:
+        """The number of newest messages a cached window holds."""
+        return self._window
+
+    def _ttl(self, thread: ThreadInfo) -> int:
+        if thread.pinned:
+            return 0
+        return thread.ttl_seconds or self._thread_ttl_s
+
+    async def _run(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await script(self._client, keys, args)
+        except ResponseError as exc:
+            log.error("redis rejected a cache script: %s", exc)
+            raise CacheUnavailable(str(exc)) from exc
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the client and its pool."""
+        await self._client.aclose()
+
+    async def ping(self) -> None:
+        """Round-trip to Redis."""
+        try:
+            await self._client.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise CacheUnavailable(str(exc)) from exc
+
+    async def read_window(self, key: ThreadKey, limit: int) -> list[bytes] | None:
+        """Return the newest ``limit`` encoded messages of a valid window, refreshing its TTL."""
+        k = self._keys.thread(key.workspace_id, key.thread_id)
+        items = await self._run(self._read_window, (k.msgs, k.meta), (limit,))
+        return list(items) if items else None
+
+    async def fill_window(self, thread: ThreadInfo, encoded: Sequence[bytes]) -> bool:
+        """Replace the window with a store read unless fenced; True if it landed."""
+        k = self._keys.thread(thread.workspace_id, thread.thread_id)
+        args = (thread.incarnation, thread.last_seq, self._ttl(thread), self._window, *encoded)
+        return bool(await self._run(self._fill_window, (k.msgs, k.meta), args))
+
+    async def push_window(self, thread: ThreadInfo, first_seq: int, encoded: Sequence[bytes]) -> bool:
+        """Extend a contiguous window after a commit, else invalidate it; True if extended."""
+        k = self._keys.thread(thread.workspace_id, thread.thread_id)
+        last = first_seq + len(encoded) - 1
+        args = (thread.incarnation, first_seq, last, self._ttl(thread), self._window, *encoded)
+        return bool(await self._run(self._push_window, (k.msgs, k.meta), args))
+
+    async def drop_window(self, thread: ThreadInfo) -> None:
+        """Invalidate a deleted thread's window and leave a tombstone."""
+        k = self._keys.thread(thread.workspace_id, thread.thread_id)
+        await self._run(self._drop_window, (k.msgs, k.meta), (thread.incarnation, self._tombstone_ttl_s))
+
+    async def retune_window(self, thread: ThreadInfo) -> None:
+        """Apply a changed TTL or pin to a cached window."""
+        k = self._keys.thread(thread.workspace_id, thread.thread_id)
+        await self._run(self._retune_window, (k.msgs, k.meta), (thread.incarnation, self._ttl(thread)))
+
+    async def read_preferences(self, workspace_id: str, user_id: str) -> dict[str, tuple[str, int]] | None:
+        """Return the cached preferences {key: (value, update_time_us)}, or None on a miss."""
+        key = self._keys.preferences(workspace_id, user_id)
+        flat = await self._run(self._read_prefs, (key,), (self._prefs_ttl_s,))
+        if not flat:
+            return None
+        out: dict[str, tuple[str, int]] = {}
+        for i in range(0, len(flat), 2):
+            field = flat[i].decode()
+            if field.startswith("#"):
+                continue
+            stamp, _, value = flat[i + 1].decode().partition(":")
+            out[field] = (value, int(stamp))
+        return out
+
+    async def fill_preferences(self, workspace_id: str, user_id: str, prefs: PreferenceSet) -> bool:
+        """Cache a store read of a user's preferences unless a newer write fenced it."""
+        key = self._keys.preferences(workspace_id, user_id)
+        args: list[Any] = [prefs.version, self._prefs_ttl_s]
+        for name, pv in prefs.values.items():
+            args += [name, f"{pv.update_time_us}:{pv.value}"]
+        return bool(await self._run(self._fill_prefs, (key,), args))
+
+    async def apply_preferences(self, workspace_id: str, user_id: str, change: PreferenceChange) -> None:
+        """Apply a committed change to the cached hash, or fence it if the cache is not one version behind."""
+        key = self._keys.preferences(workspace_id, user_id)
+        args: list[Any] = [change.version, self._prefs_ttl_s]
+        if change.deleted_all:
+            args.append("all")
+        elif change.deleted_keys:
+            args += ["del", *change.deleted_keys]
+        else:
+            args.append("set")
+            for name, pv in change.set_values.items():
+                args += [name, f"{pv.update_time_us}:{pv.value}"]
+        await self._run(self._apply_prefs, (key,), args)
+
+
+def build_redis_client(
+    url: str, *, max_connections: int, socket_timeout_s: float, connect_timeout_s: float, cluster: bool
+) -> Any:
+    """Build a redis.asyncio client (single node or cluster) with bounded pool and timeouts.
+
+    Retries are off: every script is safe to re-run, but a retry inside the client would multiply a
+    dead Redis's cost per request; the repository falls back to the store instead.
+    """
+    if cluster:
+        return aioredis.RedisCluster.from_url(
+            url,
+            decode_responses=False,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=connect_timeout_s,
+            max_connections=max_connections,
+            retry=Retry(NoBackoff(), 0),
+        )
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        decode_responses=False,
+        max_connections=max_connections,
+        timeout=socket_timeout_s,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=connect_timeout_s,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))

@@ -1,0 +1,52 @@
+"""The one owner of the protobuf encoding of messages as the cache stores them.
+
+The cache keeps each message as a serialised ``chatmem.v1.Message``, so that a window read is an
+LRANGE plus framing into a response, with no per-message parse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from chatmem.v1 import resources_pb2
+from server.storage.models import StoredMessage
+
+
+def encode_message(workspace_id: str, thread_id: str, message: StoredMessage) -> bytes:
+    """Serialise a stored message as a chatmem.v1.Message."""
+    pb = resources_pb2.Message(
+        workspace_id=workspace_id,
+        thread_id=thread_id,
+        seq=message.seq,
+        role=int(message.role),  # type: ignore[arg-type]
+        content=message.content,
+        name=message.name,
+        metadata=message.metadata,
+    )
+    pb.create_time.seconds, micros = divmod(message.create_time_us, 1_000_000)
+    pb.create_time.nanos = micros * 1000
+    return pb.SerializeToString()
+
+
+def encode_messages(workspace_id: str, thread_id: str, messages: Iterable[StoredMessage]) -> list[bytes]:
+    """Serialise several messages."""
+    return [encode_message(workspace_id, thread_id, m) for m in messages]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def frame_repeated(field_number: int, encoded: Sequence[bytes]) -> bytes:
+    """Frame already-encoded messages as a repeated message field, ready to parse into a response.
+
+    Because protobuf concatenation merges, the result parsed as (say) GetHistoryResponse yields a
+    ``messages`` list equal to decoding each element, without a Python-level loop over parsed objects.
+    """
+    tag = bytes([(field_number << 3) | 2])
+    return b"".join(tag + _varint(len(item)) + item for item in encoded)

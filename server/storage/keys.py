@@ -1,0 +1,45 @@
+"""Every Redis key chatmem uses, built in one place so that each script's keys share one hash tag.
+
+A thread's keys carry the tag ``{b:N}`` where N is a stable hash of workspace and thread modulo
+BUCKETS, so that a script over a thread's window, its metadata and (later) its outbox stream runs on
+one Redis Cluster slot. Ids reach this module only after validation (a safe character set with no
+braces), so no client text can change a key's hash tag.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+BUCKETS = 256
+
+
+def bucket_of(workspace_id: str, object_id: str) -> int:
+    """Return the stable bucket (0..BUCKETS-1) of an object within a workspace."""
+    return zlib.crc32(f"{workspace_id}/{object_id}".encode()) % BUCKETS
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadKeys:
+    """The keys of one thread's cached window."""
+
+    msgs: str
+    meta: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """Builds keys under a prefix (default ``chatmem``)."""
+
+    prefix: str = "chatmem"
+
+    def thread(self, workspace_id: str, thread_id: str) -> ThreadKeys:
+        """Return the window list and metadata hash keys of a thread."""
+        tag = bucket_of(workspace_id, thread_id)
+        base = f"{self.prefix}:{{b:{tag}}}:t:{workspace_id}/{thread_id}"
+        return ThreadKeys(msgs=f"{base}:msgs", meta=f"{base}:meta")
+
+    def preferences(self, workspace_id: str, user_id: str) -> str:
+        """Return the preferences hash key of a user."""
+        tag = bucket_of(workspace_id, user_id)
+        return f"{self.prefix}:{{b:{tag}}}:u:{workspace_id}/{user_id}:prefs"

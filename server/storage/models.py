@@ -1,0 +1,170 @@
+"""Plain domain records passed between the repository, the stores and the cache."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Role(enum.IntEnum):
+    """Message author; the values equal chatmem.v1.Role so that they cross the wire unchanged."""
+
+    USER = 1
+    ASSISTANT = 2
+    SYSTEM = 3
+    TOOL = 4
+
+
+class Tier(enum.IntEnum):
+    """The tier that served a read; values equal chatmem.v1.Tier."""
+
+    CACHE = 1
+    STORE = 2
+
+
+class Durability(enum.IntEnum):
+    """How durable an acknowledged write is; values equal chatmem.v1.Durability."""
+
+    PERSISTED = 1
+    QUEUED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadKey:
+    """Identifies a thread within a workspace."""
+
+    workspace_id: str
+    thread_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to append; the store assigns its seq and create time."""
+
+    role: Role
+    content: str
+    name: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as stored: create_time_us is microseconds since the Unix epoch (UTC)."""
+
+    seq: int
+    role: Role
+    content: str
+    name: str
+    metadata: dict[str, str]
+    create_time_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadInfo:
+    """A thread's metadata. ttl_seconds None means the server default; incarnation changes on re-creation."""
+
+    workspace_id: str
+    thread_id: str
+    user_id: str
+    title: str
+    ttl_seconds: int | None
+    pinned: bool
+    message_count: int
+    last_seq: int
+    incarnation: int
+    create_time_us: int
+    update_time_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewThreadOptions:
+    """What the first append may say about the thread it creates."""
+
+    user_id: str = ""
+    title: str = ""
+    ttl_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendCommand:
+    """One AppendMessages request as the store sees it."""
+
+    key: ThreadKey
+    messages: tuple[NewMessage, ...]
+    request_id: str = ""
+    expected_last_seq: int | None = None
+    new_thread: NewThreadOptions = NewThreadOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """The outcome of an append: the stored messages (empty on a replay) and the thread after it."""
+
+    first_seq: int
+    count: int
+    message_count: int
+    replayed: bool
+    thread: ThreadInfo
+    stored: tuple[StoredMessage, ...]
+
+    @property
+    def thread_key(self) -> ThreadKey:
+        """The thread this append went to."""
+        return ThreadKey(self.thread.workspace_id, self.thread.thread_id)
+
+    @property
+    def seqs(self) -> list[int]:
+        """The seq of every appended message, in order."""
+        return list(range(self.first_seq, self.first_seq + self.count))
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadTail:
+    """The newest messages of a thread (oldest first) with the thread they belong to."""
+
+    thread: ThreadInfo
+    messages: list[StoredMessage]
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadPatch:
+    """The fields UpdateThread changes; None leaves a field alone. ttl_seconds 0 restores the default."""
+
+    title: str | None = None
+    ttl_seconds: int | None = None
+    pinned: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadCursor:
+    """Keyset position in a user's thread list (newest first)."""
+
+    create_time_us: int
+    thread_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreferenceValue:
+    """One stored preference."""
+
+    value: str
+    update_time_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreferenceSet:
+    """All of a user's preferences and the version that changes on every write."""
+
+    version: int
+    values: dict[str, PreferenceValue]
+
+
+@dataclass(frozen=True, slots=True)
+class PreferenceChange:
+    """The outcome of a preference write: the new version and what changed."""
+
+    version: int
+    set_values: dict[str, PreferenceValue]
+    deleted_keys: tuple[str, ...]
+    deleted_all: bool
+    affected: int

@@ -1,0 +1,428 @@
+"""The durable store on PostgreSQL through an asyncpg pool, with batched (unnest) inserts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from server.storage import migrations
+from server.storage.models import (
+    AppendCommand,
+    AppendResult,
+    PreferenceChange,
+    PreferenceSet,
+    PreferenceValue,
+    Role,
+    StoredMessage,
+    ThreadCursor,
+    ThreadInfo,
+    ThreadKey,
+    ThreadPatch,
+    ThreadTail,
+)
+from server.storage.planner import Replay, plan_appends
+from server.storage.protocols import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_MAX_SEQ = 2**63 - 1
+_US = "(extract(epoch FROM {col}) * 1000000)::bigint"
+_TS = "(timestamptz 'epoch' + {arg} * interval '1 microsecond')"
+_THREAD_COLS = (
+    "t.workspace_id, t.thread_id, t.user_id, t.title, t.ttl_seconds, t.pinned, t.message_count, t.last_seq, "
+    f"t.incarnation, {_US.format(col='t.create_time')} AS create_us, {_US.format(col='t.update_time')} AS update_us"
+)
+_MIGRATION_LOCK = 0x636861746D656D  # "chatmem": one advisory lock id, so replicas migrate one at a time
+
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+def _thread(row: Any) -> ThreadInfo:
+    return ThreadInfo(
+        workspace_id=row["workspace_id"],
+        thread_id=row["thread_id"],
+        user_id=row["user_id"],
+        title=row["title"],
+        ttl_seconds=row["ttl_seconds"],
+        pinned=row["pinned"],
+        message_count=row["message_count"],
+        last_seq=row["last_seq"],
+        incarnation=row["incarnation"],
+        create_time_us=row["create_us"],
+        update_time_us=row["update_us"],
+    )
+
+
+def _message(row: Any) -> StoredMessage:
+    return StoredMessage(
+        seq=row["seq"],
+        role=Role(row["role"]),
+        content=row["content"],
+        name=row["name"],
+        metadata=json.loads(row["metadata"]),
+        create_time_us=row["msg_us"],
+    )
+
+
+_MSG_COLS = f"m.seq, m.role, m.content, m.name, m.metadata::text AS metadata, {_US.format(col='m.create_time')} AS msg_us"
+
+
+class PostgresStore:
+    """Store Protocol on PostgreSQL.
+
+    Args:
+        pool: an asyncpg pool.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(
+        cls, dsn: str, *, min_size: int, max_size: int, command_timeout_s: float, connect_timeout_s: float
+    ) -> PostgresStore:
+        """Open a pool; raises StoreUnavailable if PostgreSQL cannot be reached."""
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                command_timeout=command_timeout_s,
+                timeout=connect_timeout_s,
+                max_inactive_connection_lifetime=300.0,
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        return cls(pool)
+
+    async def close(self) -> None:
+        """Close the pool, waiting for connections in use."""
+        await self._pool.close()
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations under an advisory lock; return the names applied."""
+        applied: list[str] = []
+        async with self._pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                for mig in migrations.load("postgres"):
+                    if mig.version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(mig.sql)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", mig.version, mig.name
+                        )
+                    applied.append(f"{mig.version:04d}_{mig.name}")
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        return applied
+
+    async def _guard(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+
+    async def append_batch(self, commands: Sequence[AppendCommand]) -> list[AppendResult | Exception]:
+        """Commit a group of appends in one transaction (see planner for the rules)."""
+        for attempt in range(3):
+            try:
+                return await self._guard(self._append_batch(commands))  # type: ignore[no-any-return]
+            except asyncpg.exceptions.DeadlockDetectedError:
+                if attempt == 2:
+                    raise
+                log.warning("deadlock in a group commit; retrying")
+        raise AssertionError("unreachable")
+
+    async def _append_batch(self, commands: Sequence[AppendCommand]) -> list[AppendResult | Exception]:
+        keys = sorted({c.key for c in commands}, key=lambda k: (k.workspace_id, k.thread_id))
+        first_opts = {}
+        for c in commands:
+            first_opts.setdefault(c.key, c.new_thread)
+        ws = [k.workspace_id for k in keys]
+        th = [k.thread_id for k in keys]
+        rids = [(c.key, c.request_id) for c in commands if c.request_id]
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Missing threads are inserted (in key order, so concurrent groups lock in one order) and
+            # removed again at the end if no command of this group gave them a message.
+            await conn.execute(
+                "INSERT INTO threads (workspace_id, thread_id, user_id, title, ttl_seconds) "
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[]) "
+                "ON CONFLICT DO NOTHING",
+                ws,
+                th,
+                [first_opts[k].user_id for k in keys],
+                [first_opts[k].title for k in keys],
+                [first_opts[k].ttl_seconds for k in keys],
+            )
+            rows = await conn.fetch(
+                f"SELECT {_THREAD_COLS} FROM threads t "
+                "JOIN unnest($1::text[], $2::text[]) AS k(ws, th) ON t.workspace_id = k.ws AND t.thread_id = k.th "
+                "ORDER BY t.workspace_id, t.thread_id FOR UPDATE OF t",
+                ws,
+                th,
+            )
+            threads = {ThreadKey(r["workspace_id"], r["thread_id"]): _thread(r) for r in rows}
+            replays: dict[tuple[ThreadKey, str], Replay] = {}
+            if rids:
+                found = await conn.fetch(
+                    "SELECT r.workspace_id, r.thread_id, r.request_id, r.first_seq, r.count, r.message_count "
+                    "FROM append_requests r JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(ws, th, rid) "
+                    "ON r.workspace_id = k.ws AND r.thread_id = k.th AND r.request_id = k.rid",
+                    [k.workspace_id for k, _ in rids],
+                    [k.thread_id for k, _ in rids],
+                    [r for _, r in rids],
+                )
+                for r in found:
+                    key = ThreadKey(r["workspace_id"], r["thread_id"])
+                    replays[(key, r["request_id"])] = Replay(r["first_seq"], r["count"], r["message_count"])
+            plan = plan_appends(commands, threads, replays, time.time_ns() // 1000)
+            if plan.message_rows:
+                await conn.execute(
+                    "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time) "
+                    f"SELECT ws, th, seq, role, content, name, meta::jsonb, {_TS.format(arg='us')} "
+                    "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::smallint[], $5::text[], $6::text[], "
+                    "$7::text[], $8::bigint[]) AS r(ws, th, seq, role, content, name, meta, us)",
+                    [k.workspace_id for k, _ in plan.message_rows],
+                    [k.thread_id for k, _ in plan.message_rows],
+                    [m.seq for _, m in plan.message_rows],
+                    [int(m.role) for _, m in plan.message_rows],
+                    [m.content for _, m in plan.message_rows],
+                    [m.name for _, m in plan.message_rows],
+                    [json.dumps(m.metadata) for _, m in plan.message_rows],
+                    [m.create_time_us for _, m in plan.message_rows],
+                )
+            if plan.request_rows:
+                await conn.execute(
+                    "INSERT INTO append_requests (workspace_id, thread_id, request_id, first_seq, count, message_count) "
+                    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::bigint[])",
+                    [k.workspace_id for k, _, _ in plan.request_rows],
+                    [k.thread_id for k, _, _ in plan.request_rows],
+                    [rid for _, rid, _ in plan.request_rows],
+                    [r.first_seq for _, _, r in plan.request_rows],
+                    [r.count for _, _, r in plan.request_rows],
+                    [r.message_count for _, _, r in plan.request_rows],
+                )
+            touched = sorted(plan.touched, key=lambda k: (k.workspace_id, k.thread_id))
+            if touched:
+                await conn.execute(
+                    "UPDATE threads t SET last_seq = u.last_seq, message_count = u.mc, "
+                    f"update_time = {_TS.format(arg='u.us')} "
+                    "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u(ws, th, last_seq, mc, us) "
+                    "WHERE t.workspace_id = u.ws AND t.thread_id = u.th",
+                    [k.workspace_id for k in touched],
+                    [k.thread_id for k in touched],
+                    [plan.threads[k].last_seq for k in touched],
+                    [plan.threads[k].message_count for k in touched],
+                    [plan.threads[k].update_time_us for k in touched],
+                )
+            empty = [k for k in keys if plan.threads[k].last_seq == 0]
+            if empty:
+                await conn.execute(
+                    "DELETE FROM threads t USING unnest($1::text[], $2::text[]) AS k(ws, th) "
+                    "WHERE t.workspace_id = k.ws AND t.thread_id = k.th AND t.last_seq = 0",
+                    [k.workspace_id for k in empty],
+                    [k.thread_id for k in empty],
+                )
+        return plan.results
+
+    async def tail(self, key: ThreadKey, limit: int) -> ThreadTail | None:
+        """Return the newest messages and the thread, read in one statement (one snapshot)."""
+        rows = await self._guard(
+            self._pool.fetch(
+                f"SELECT {_THREAD_COLS}, {_MSG_COLS} FROM threads t LEFT JOIN LATERAL ("
+                " SELECT * FROM messages WHERE workspace_id = t.workspace_id AND thread_id = t.thread_id"
+                " ORDER BY seq DESC LIMIT $3) m ON true "
+                "WHERE t.workspace_id = $1 AND t.thread_id = $2 ORDER BY m.seq",
+                key.workspace_id,
+                key.thread_id,
+                limit,
+            )
+        )
+        if not rows:
+            return None
+        return ThreadTail(_thread(rows[0]), [_message(r) for r in rows if r["seq"] is not None])
+
+    async def list_messages(self, key: ThreadKey, start_seq: int, reverse: bool, limit: int) -> list[StoredMessage]:
+        """Keyset page of messages from start_seq (inclusive)."""
+        if reverse:
+            sql = "m.seq <= $3 ORDER BY m.seq DESC"
+            start = start_seq or _MAX_SEQ
+        else:
+            sql = "m.seq >= $3 ORDER BY m.seq"
+            start = start_seq
+        rows = await self._guard(
+            self._pool.fetch(
+                f"SELECT {_MSG_COLS} FROM messages m WHERE m.workspace_id = $1 AND m.thread_id = $2 AND {sql} LIMIT $4",
+                key.workspace_id,
+                key.thread_id,
+                start,
+                limit,
+            )
+        )
+        return [_message(r) for r in rows]
+
+    async def get_thread(self, key: ThreadKey) -> ThreadInfo | None:
+        """Return a thread's metadata, or None."""
+        row = await self._guard(
+            self._pool.fetchrow(
+                f"SELECT {_THREAD_COLS} FROM threads t WHERE t.workspace_id = $1 AND t.thread_id = $2",
+                key.workspace_id,
+                key.thread_id,
+            )
+        )
+        return _thread(row) if row else None
+
+    async def list_threads(
+        self, workspace_id: str, user_id: str, after: ThreadCursor | None, limit: int
+    ) -> list[ThreadInfo]:
+        """Keyset page of a user's threads, newest first."""
+        args: list[Any] = [workspace_id, user_id, limit]
+        cond = ""
+        if after is not None:
+            cond = f"AND (t.create_time, t.thread_id) < ({_TS.format(arg='$4::bigint')}, $5)"
+            args += [after.create_time_us, after.thread_id]
+        rows = await self._guard(
+            self._pool.fetch(
+                f"SELECT {_THREAD_COLS} FROM threads t WHERE t.workspace_id = $1 AND t.user_id = $2 {cond} "
+                "ORDER BY t.create_time DESC, t.thread_id DESC LIMIT $3",
+                *args,
+            )
+        )
+        return [_thread(r) for r in rows]
+
+    async def update_thread(self, key: ThreadKey, patch: ThreadPatch) -> ThreadInfo | None:
+        """Apply a patch; ttl_seconds 0 restores the default TTL."""
+        row = await self._guard(
+            self._pool.fetchrow(
+                "UPDATE threads t SET title = COALESCE($3, t.title), "
+                "ttl_seconds = CASE WHEN $4::int IS NULL THEN t.ttl_seconds WHEN $4::int = 0 THEN NULL ELSE $4::int END, "
+                "pinned = COALESCE($5, t.pinned), update_time = clock_timestamp() "
+                f"WHERE t.workspace_id = $1 AND t.thread_id = $2 RETURNING {_THREAD_COLS}",
+                key.workspace_id,
+                key.thread_id,
+                patch.title,
+                patch.ttl_seconds,
+                patch.pinned,
+            )
+        )
+        return _thread(row) if row else None
+
+    async def delete_thread(self, key: ThreadKey) -> tuple[ThreadInfo, int] | None:
+        """Delete a thread, its messages and its request records in one transaction."""
+
+        async def run() -> tuple[ThreadInfo, int] | None:
+            async with self._pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    f"DELETE FROM threads t WHERE t.workspace_id = $1 AND t.thread_id = $2 RETURNING {_THREAD_COLS}",
+                    key.workspace_id,
+                    key.thread_id,
+                )
+                if row is None:
+                    return None
+                status = await conn.execute(
+                    "DELETE FROM messages WHERE workspace_id = $1 AND thread_id = $2", key.workspace_id, key.thread_id
+                )
+                await conn.execute(
+                    "DELETE FROM append_requests WHERE workspace_id = $1 AND thread_id = $2",
+                    key.workspace_id,
+                    key.thread_id,
+                )
+                return _thread(row), int(status.split()[-1])
+
+        return await self._guard(run())  # type: ignore[no-any-return]
+
+    async def get_preferences(self, workspace_id: str, user_id: str) -> PreferenceSet:
+        """Return a user's preferences and their version, in one snapshot."""
+        rows = await self._guard(
+            self._pool.fetch(
+                f"SELECT s.version, p.key, p.value, {_US.format(col='p.update_time')} AS us "
+                "FROM preference_sets s LEFT JOIN preferences p "
+                "ON p.workspace_id = s.workspace_id AND p.user_id = s.user_id "
+                "WHERE s.workspace_id = $1 AND s.user_id = $2",
+                workspace_id,
+                user_id,
+            )
+        )
+        if not rows:
+            return PreferenceSet(0, {})
+        values = {r["key"]: PreferenceValue(r["value"], r["us"]) for r in rows if r["key"] is not None}
+        return PreferenceSet(rows[0]["version"], values)
+
+    async def _bump(self, conn: Any, workspace_id: str, user_id: str) -> int:
+        # The upsert takes the row lock, so preference writes of one user are serialised.
+        version: int = await conn.fetchval(
+            "INSERT INTO preference_sets (workspace_id, user_id, version) VALUES ($1, $2, 1) "
+            "ON CONFLICT (workspace_id, user_id) DO UPDATE SET version = preference_sets.version + 1 "
+            "RETURNING version",
+            workspace_id,
+            user_id,
+        )
+        return version
+
+    async def set_preferences(self, workspace_id: str, user_id: str, values: dict[str, str]) -> PreferenceChange:
+        """Upsert keys and bump the version."""
+        now_us = time.time_ns() // 1000
+
+        async def run() -> PreferenceChange:
+            async with self._pool.acquire() as conn, conn.transaction():
+                version = await self._bump(conn, workspace_id, user_id)
+                await conn.execute(
+                    "INSERT INTO preferences (workspace_id, user_id, key, value, update_time) "
+                    f"SELECT $1, $2, k, v, {_TS.format(arg='$5::bigint')} FROM unnest($3::text[], $4::text[]) AS u(k, v) "
+                    "ON CONFLICT (workspace_id, user_id, key) DO UPDATE "
+                    "SET value = excluded.value, update_time = excluded.update_time",
+                    workspace_id,
+                    user_id,
+                    list(values),
+                    list(values.values()),
+                    now_us,
+                )
+            set_values = {k: PreferenceValue(v, now_us) for k, v in values.items()}
+            return PreferenceChange(version, set_values, (), False, len(values))
+
+        return await self._guard(run())  # type: ignore[no-any-return]
+
+    async def delete_preferences(
+        self, workspace_id: str, user_id: str, keys: Sequence[str] | None
+    ) -> PreferenceChange:
+        """Delete some keys (None: all) and bump the version."""
+
+        async def run() -> PreferenceChange:
+            async with self._pool.acquire() as conn, conn.transaction():
+                version = await self._bump(conn, workspace_id, user_id)
+                if keys is None:
+                    status = await conn.execute(
+                        "DELETE FROM preferences WHERE workspace_id = $1 AND user_id = $2", workspace_id, user_id
+                    )
+                else:
+                    status = await conn.execute(
+                        "DELETE FROM preferences WHERE workspace_id = $1 AND user_id = $2 AND key = ANY($3::text[])",
+                        workspace_id,
+                        user_id,
+                        list(keys),
+                    )
+            return PreferenceChange(version, {}, tuple(keys or ()), keys is None, int(status.split()[-1]))
+
+        return await self._guard(run())  # type: ignore[no-any-return]

@@ -1,0 +1,127 @@
+"""The storage Protocols: what the repository needs from a durable store and from the cache."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from server.storage.models import (
+    AppendCommand,
+    AppendResult,
+    PreferenceChange,
+    PreferenceSet,
+    StoredMessage,
+    ThreadCursor,
+    ThreadInfo,
+    ThreadKey,
+    ThreadPatch,
+    ThreadTail,
+)
+
+
+class StoreUnavailable(Exception):
+    """The durable store could not be reached or failed for a reason outside the request."""
+
+
+class CacheUnavailable(Exception):
+    """Redis could not be reached or timed out."""
+
+
+class Store(Protocol):
+    """The durable tier (L2): PostgreSQL or SQLite. It assigns seqs in write_through mode."""
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations; return the names applied."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+    async def append_batch(self, commands: Sequence[AppendCommand]) -> list[AppendResult | Exception]:
+        """Commit several appends in one transaction; a per-command domain error fails only that command."""
+        ...
+
+    async def tail(self, key: ThreadKey, limit: int) -> ThreadTail | None:
+        """Return the newest ``limit`` messages, oldest first, or None for an unknown thread."""
+        ...
+
+    async def list_messages(self, key: ThreadKey, start_seq: int, reverse: bool, limit: int) -> list[StoredMessage]:
+        """Return up to ``limit`` messages from ``start_seq`` (inclusive) in the given direction."""
+        ...
+
+    async def get_thread(self, key: ThreadKey) -> ThreadInfo | None:
+        """Return a thread's metadata, or None."""
+        ...
+
+    async def list_threads(
+        self, workspace_id: str, user_id: str, after: ThreadCursor | None, limit: int
+    ) -> list[ThreadInfo]:
+        """Return a user's threads, newest first, after the cursor."""
+        ...
+
+    async def update_thread(self, key: ThreadKey, patch: ThreadPatch) -> ThreadInfo | None:
+        """Apply the patch; return the updated thread, or None if unknown."""
+        ...
+
+    async def delete_thread(self, key: ThreadKey) -> tuple[ThreadInfo, int] | None:
+        """Delete a thread and its messages; return (the thread, messages deleted), or None if unknown."""
+        ...
+
+    async def get_preferences(self, workspace_id: str, user_id: str) -> PreferenceSet:
+        """Return all of a user's preferences (version 0 and none for an unknown user)."""
+        ...
+
+    async def set_preferences(self, workspace_id: str, user_id: str, values: dict[str, str]) -> PreferenceChange:
+        """Upsert keys and bump the version."""
+        ...
+
+    async def delete_preferences(
+        self, workspace_id: str, user_id: str, keys: Sequence[str] | None
+    ) -> PreferenceChange:
+        """Delete the keys (None: all of them) and bump the version."""
+        ...
+
+
+class Cache(Protocol):
+    """The Redis tier (L1). Every method raises CacheUnavailable when Redis cannot answer."""
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+    async def ping(self) -> None:
+        """Round-trip to Redis."""
+        ...
+
+    async def read_window(self, key: ThreadKey, limit: int) -> list[bytes] | None:
+        """Return the newest ``limit`` encoded messages if the window is valid, else None (a miss)."""
+        ...
+
+    async def fill_window(self, thread: ThreadInfo, encoded: Sequence[bytes]) -> bool:
+        """Replace the window with a store read, unless a newer write or a delete fenced it; True if filled."""
+        ...
+
+    async def push_window(self, thread: ThreadInfo, first_seq: int, encoded: Sequence[bytes]) -> bool:
+        """Extend the window after a commit if it is contiguous, else invalidate it; True if extended."""
+        ...
+
+    async def drop_window(self, thread: ThreadInfo) -> None:
+        """Invalidate the window of a deleted thread and fence out in-flight fills of it."""
+        ...
+
+    async def retune_window(self, thread: ThreadInfo) -> None:
+        """Apply a changed TTL or pin to a cached window."""
+        ...
+
+    async def read_preferences(self, workspace_id: str, user_id: str) -> dict[str, tuple[str, int]] | None:
+        """Return {key: (value, update_time_us)} if cached, else None."""
+        ...
+
+    async def fill_preferences(self, workspace_id: str, user_id: str, prefs: PreferenceSet) -> bool:
+        """Cache a store read unless a newer write fenced it; True if filled."""
+        ...
+
+    async def apply_preferences(self, workspace_id: str, user_id: str, change: PreferenceChange) -> None:
+        """Apply a committed change to the cached hash, or invalidate it if it is not the previous version."""
+        ...

@@ -1,0 +1,381 @@
+"""The embedded durable store on SQLite: one connection, driven from one worker thread.
+
+Each operation runs as one synchronous function on a single-thread executor, so every operation
+is atomic with respect to the others and the event loop never blocks on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import pathlib
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from server.storage import migrations
+from server.storage.models import (
+    AppendCommand,
+    AppendResult,
+    PreferenceChange,
+    PreferenceSet,
+    PreferenceValue,
+    Role,
+    StoredMessage,
+    ThreadCursor,
+    ThreadInfo,
+    ThreadKey,
+    ThreadPatch,
+    ThreadTail,
+)
+from server.storage.planner import Replay, plan_appends
+from server.storage.protocols import StoreUnavailable
+
+T = TypeVar("T")
+
+_THREAD_COLS = (
+    "workspace_id, thread_id, user_id, title, ttl_seconds, pinned, message_count, last_seq, "
+    "incarnation, create_time, update_time"
+)
+_MSG_COLS = "seq, role, content, name, metadata, create_time"
+
+
+def _thread(row: Sequence[Any]) -> ThreadInfo:
+    return ThreadInfo(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7], row[8], row[9], row[10])
+
+
+def _message(row: Sequence[Any]) -> StoredMessage:
+    return StoredMessage(row[0], Role(row[1]), row[2], row[3], json.loads(row[4]), row[5])
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class SqliteStore:
+    """Store Protocol on an SQLite file (the embedded default).
+
+    Args:
+        path: the database file; created if missing.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatmem-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._last_incarnation = 0
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite: {exc}") from exc
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            if self._path != ":memory:":
+                pathlib.Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=5.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # an acknowledged PERSISTED write survives power loss
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._conn = conn
+        return self._conn
+
+    async def close(self) -> None:
+        """Close the connection and the worker thread."""
+
+        def shut() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await self._call(shut)
+        self._executor.shutdown(wait=True)
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations; return the names applied."""
+        return await self._call(self._migrate)
+
+    def _migrate(self) -> list[str]:
+        db = self._db()
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at INTEGER NOT NULL)"
+        )
+        done = {r[0] for r in db.execute("SELECT version FROM schema_migrations")}
+        applied = []
+        for mig in migrations.load("sqlite"):
+            if mig.version in done:
+                continue
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in mig.sql.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (mig.version, mig.name, _now_us()))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            applied.append(f"{mig.version:04d}_{mig.name}")
+        return applied
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return out
+
+    def _incarnation(self, now_us: int) -> int:
+        # Strictly increasing within the process: the one process owns the file.
+        self._last_incarnation = max(now_us, self._last_incarnation + 1)
+        return self._last_incarnation
+
+    async def append_batch(self, commands: Sequence[AppendCommand]) -> list[AppendResult | Exception]:
+        """Commit a group of appends in one transaction (see planner for the rules)."""
+        return await self._call(self._tx, functools.partial(self._append_batch, commands))
+
+    def _append_batch(self, commands: Sequence[AppendCommand], db: sqlite3.Connection) -> list[AppendResult | Exception]:
+        now_us = _now_us()
+        threads: dict[ThreadKey, ThreadInfo] = {}
+        for cmd in commands:
+            if cmd.key in threads:
+                continue
+            row = db.execute(
+                f"SELECT {_THREAD_COLS} FROM threads WHERE workspace_id = ? AND thread_id = ?",
+                (cmd.key.workspace_id, cmd.key.thread_id),
+            ).fetchone()
+            if row is None:
+                opts = cmd.new_thread
+                threads[cmd.key] = ThreadInfo(
+                    cmd.key.workspace_id, cmd.key.thread_id, opts.user_id, opts.title, opts.ttl_seconds,
+                    False, 0, 0, self._incarnation(now_us), now_us, now_us,
+                )  # fmt: skip
+            else:
+                threads[cmd.key] = _thread(row)
+        replays: dict[tuple[ThreadKey, str], Replay] = {}
+        for cmd in commands:
+            if cmd.request_id:
+                r = db.execute(
+                    "SELECT first_seq, count, message_count FROM append_requests "
+                    "WHERE workspace_id = ? AND thread_id = ? AND request_id = ?",
+                    (cmd.key.workspace_id, cmd.key.thread_id, cmd.request_id),
+                ).fetchone()
+                if r is not None:
+                    replays[(cmd.key, cmd.request_id)] = Replay(r[0], r[1], r[2])
+        plan = plan_appends(commands, threads, replays, now_us)
+        db.executemany(
+            "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (k.workspace_id, k.thread_id, m.seq, int(m.role), m.content, m.name, json.dumps(m.metadata), m.create_time_us)
+                for k, m in plan.message_rows
+            ],
+        )
+        db.executemany(
+            "INSERT INTO append_requests VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (k.workspace_id, k.thread_id, rid, r.first_seq, r.count, r.message_count)
+                for k, rid, r in plan.request_rows
+            ],
+        )
+        for key in plan.touched:
+            t = plan.threads[key]
+            db.execute(
+                "INSERT INTO threads (workspace_id, thread_id, user_id, title, ttl_seconds, pinned, message_count, "
+                "last_seq, incarnation, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (workspace_id, thread_id) DO UPDATE SET message_count = excluded.message_count, "
+                "last_seq = excluded.last_seq, update_time = excluded.update_time",
+                (
+                    t.workspace_id, t.thread_id, t.user_id, t.title, t.ttl_seconds, int(t.pinned),
+                    t.message_count, t.last_seq, t.incarnation, t.create_time_us, t.update_time_us,
+                ),
+            )  # fmt: skip
+        return plan.results
+
+    async def tail(self, key: ThreadKey, limit: int) -> ThreadTail | None:
+        """Return the newest messages and the thread."""
+
+        def run() -> ThreadTail | None:
+            db = self._db()
+            row = db.execute(
+                f"SELECT {_THREAD_COLS} FROM threads WHERE workspace_id = ? AND thread_id = ?",
+                (key.workspace_id, key.thread_id),
+            ).fetchone()
+            if row is None:
+                return None
+            rows = db.execute(
+                f"SELECT {_MSG_COLS} FROM messages WHERE workspace_id = ? AND thread_id = ? ORDER BY seq DESC LIMIT ?",
+                (key.workspace_id, key.thread_id, limit),
+            ).fetchall()
+            return ThreadTail(_thread(row), [_message(r) for r in reversed(rows)])
+
+        return await self._call(run)
+
+    async def list_messages(self, key: ThreadKey, start_seq: int, reverse: bool, limit: int) -> list[StoredMessage]:
+        """Keyset page of messages from start_seq (inclusive)."""
+        if reverse:
+            cond, start = "seq <= ? ORDER BY seq DESC", start_seq or 2**63 - 1
+        else:
+            cond, start = "seq >= ? ORDER BY seq", start_seq
+
+        def run() -> list[StoredMessage]:
+            rows = self._db().execute(
+                f"SELECT {_MSG_COLS} FROM messages WHERE workspace_id = ? AND thread_id = ? AND {cond} LIMIT ?",
+                (key.workspace_id, key.thread_id, start, limit),
+            )
+            return [_message(r) for r in rows]
+
+        return await self._call(run)
+
+    async def get_thread(self, key: ThreadKey) -> ThreadInfo | None:
+        """Return a thread's metadata, or None."""
+
+        def run() -> ThreadInfo | None:
+            row = self._db().execute(
+                f"SELECT {_THREAD_COLS} FROM threads WHERE workspace_id = ? AND thread_id = ?",
+                (key.workspace_id, key.thread_id),
+            ).fetchone()
+            return _thread(row) if row else None
+
+        return await self._call(run)
+
+    async def list_threads(
+        self, workspace_id: str, user_id: str, after: ThreadCursor | None, limit: int
+    ) -> list[ThreadInfo]:
+        """Keyset page of a user's threads, newest first."""
+        cond, args = "", [workspace_id, user_id]
+        if after is not None:
+            cond = "AND (create_time < ? OR (create_time = ? AND thread_id < ?))"
+            args += [after.create_time_us, after.create_time_us, after.thread_id]
+
+        def run() -> list[ThreadInfo]:
+            rows = self._db().execute(
+                f"SELECT {_THREAD_COLS} FROM threads WHERE workspace_id = ? AND user_id = ? {cond} "
+                "ORDER BY create_time DESC, thread_id DESC LIMIT ?",
+                (*args, limit),
+            )
+            return [_thread(r) for r in rows]
+
+        return await self._call(run)
+
+    async def update_thread(self, key: ThreadKey, patch: ThreadPatch) -> ThreadInfo | None:
+        """Apply a patch; ttl_seconds 0 restores the default TTL."""
+
+        def run(db: sqlite3.Connection) -> ThreadInfo | None:
+            ttl_sql = "ttl_seconds"
+            args: list[Any] = []
+            if patch.ttl_seconds is not None:
+                ttl_sql = "?"
+                args.append(patch.ttl_seconds or None)
+            db.execute(
+                f"UPDATE threads SET title = COALESCE(?, title), ttl_seconds = {ttl_sql}, "
+                "pinned = COALESCE(?, pinned), update_time = ? WHERE workspace_id = ? AND thread_id = ?",
+                (
+                    patch.title,
+                    *args,
+                    None if patch.pinned is None else int(patch.pinned),
+                    _now_us(),
+                    key.workspace_id,
+                    key.thread_id,
+                ),
+            )
+            row = db.execute(
+                f"SELECT {_THREAD_COLS} FROM threads WHERE workspace_id = ? AND thread_id = ?",
+                (key.workspace_id, key.thread_id),
+            ).fetchone()
+            return _thread(row) if row else None
+
+        return await self._call(self._tx, run)
+
+    async def delete_thread(self, key: ThreadKey) -> tuple[ThreadInfo, int] | None:
+        """Delete a thread, its messages and its request records in one transaction."""
+
+        def run(db: sqlite3.Connection) -> tuple[ThreadInfo, int] | None:
+            where = (key.workspace_id, key.thread_id)
+            row = db.execute(
+                f"SELECT {_THREAD_COLS} FROM threads WHERE workspace_id = ? AND thread_id = ?", where
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM threads WHERE workspace_id = ? AND thread_id = ?", where)
+            count = db.execute("DELETE FROM messages WHERE workspace_id = ? AND thread_id = ?", where).rowcount
+            db.execute("DELETE FROM append_requests WHERE workspace_id = ? AND thread_id = ?", where)
+            return _thread(row), count
+
+        return await self._call(self._tx, run)
+
+    async def get_preferences(self, workspace_id: str, user_id: str) -> PreferenceSet:
+        """Return a user's preferences and their version."""
+
+        def run(db: sqlite3.Connection) -> PreferenceSet:
+            row = db.execute(
+                "SELECT version FROM preference_sets WHERE workspace_id = ? AND user_id = ?", (workspace_id, user_id)
+            ).fetchone()
+            if row is None:
+                return PreferenceSet(0, {})
+            rows = db.execute(
+                "SELECT key, value, update_time FROM preferences WHERE workspace_id = ? AND user_id = ?",
+                (workspace_id, user_id),
+            )
+            return PreferenceSet(row[0], {k: PreferenceValue(v, us) for k, v, us in rows})
+
+        return await self._call(self._tx, run)
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, workspace_id: str, user_id: str) -> int:
+        row = db.execute(
+            "INSERT INTO preference_sets VALUES (?, ?, 1) ON CONFLICT (workspace_id, user_id) "
+            "DO UPDATE SET version = version + 1 RETURNING version",
+            (workspace_id, user_id),
+        ).fetchone()
+        return int(row[0])
+
+    async def set_preferences(self, workspace_id: str, user_id: str, values: dict[str, str]) -> PreferenceChange:
+        """Upsert keys and bump the version."""
+        now_us = _now_us()
+
+        def run(db: sqlite3.Connection) -> PreferenceChange:
+            version = self._bump(db, workspace_id, user_id)
+            db.executemany(
+                "INSERT INTO preferences VALUES (?, ?, ?, ?, ?) ON CONFLICT (workspace_id, user_id, key) "
+                "DO UPDATE SET value = excluded.value, update_time = excluded.update_time",
+                [(workspace_id, user_id, k, v, now_us) for k, v in values.items()],
+            )
+            set_values = {k: PreferenceValue(v, now_us) for k, v in values.items()}
+            return PreferenceChange(version, set_values, (), False, len(values))
+
+        return await self._call(self._tx, run)
+
+    async def delete_preferences(
+        self, workspace_id: str, user_id: str, keys: Sequence[str] | None
+    ) -> PreferenceChange:
+        """Delete some keys (None: all) and bump the version."""
+
+        def run(db: sqlite3.Connection) -> PreferenceChange:
+            version = self._bump(db, workspace_id, user_id)
+            if keys is None:
+                count = db.execute(
+                    "DELETE FROM preferences WHERE workspace_id = ? AND user_id = ?", (workspace_id, user_id)
+                ).rowcount
+            else:
+                count = sum(
+                    db.execute(
+                        "DELETE FROM preferences WHERE workspace_id = ? AND user_id = ? AND key = ?",
+                        (workspace_id, user_id, k),
+                    ).rowcount
+                    for k in keys
+                )
+            return PreferenceChange(version, {}, tuple(keys or ()), keys is None, count)
+
+        return await self._call(self._tx, run)
