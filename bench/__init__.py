@@ -1,0 +1,1 @@
+"""Benchmarks for the chatmem server, run against real processes on the loopback interface."""

@@ -1,0 +1,1 @@
+"""chatmem test suite."""

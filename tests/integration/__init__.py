@@ -1,0 +1,1 @@
+"""Integration tests against real redis-server and PostgreSQL processes."""

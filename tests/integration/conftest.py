@@ -1,0 +1,73 @@
+"""Real redis-server and PostgreSQL processes for the session, and the API harness over every backend."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from server.storage.keys import KeySpace
+from tests.conftest import Harness, make_settings, start_harness
+from tests.procs import PostgresProcess, RedisProcess
+
+BACKENDS = ["sqlite", "postgres", "sqlite+redis", "postgres+redis"]
+
+
+@pytest.fixture(scope="session")
+def redis_proc() -> Iterator[RedisProcess]:
+    """A redis-server on a free loopback port, for the whole session."""
+    proc = RedisProcess()
+    proc.start()
+    yield proc
+    proc.close()
+
+
+@pytest.fixture(scope="session")
+def pg_proc() -> Iterator[PostgresProcess]:
+    """A PostgreSQL server on a free loopback port, for the whole session."""
+    proc = PostgresProcess()
+    proc.start()
+    yield proc
+    proc.close()
+
+
+def backend_settings(request: pytest.FixtureRequest, backend: str, tmp_path: pathlib.Path, **memory: Any) -> Any:
+    """Settings for a backend name such as ``postgres+redis``."""
+    db_url = request.getfixturevalue("pg_proc").url if backend.startswith("postgres") else None
+    redis_url = request.getfixturevalue("redis_proc").url if backend.endswith("+redis") else None
+    return make_settings(
+        database_url=db_url, sqlite_path=str(tmp_path / "chatmem.db"), redis_url=redis_url, **memory
+    )
+
+
+@pytest.fixture(params=BACKENDS)
+async def api(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Harness]:
+    """A started server on each backend in turn; each test gets its own workspace."""
+    h = await start_harness(backend_settings(request, request.param, tmp_path))
+    yield h
+    await h.close()
+
+
+@pytest.fixture(params=["postgres+redis", "sqlite+redis"])
+async def cached(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Harness]:
+    """A started server with the Redis cache, on each store."""
+    h = await start_harness(backend_settings(request, request.param, tmp_path))
+    yield h
+    await h.close()
+
+
+@pytest.fixture
+async def redis_client(redis_proc: RedisProcess) -> AsyncIterator[aioredis.Redis]:
+    """A direct client of the test Redis, to look at or damage the cache."""
+    client = aioredis.Redis.from_url(redis_proc.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def keys() -> KeySpace:
+    """The default key space."""
+    return KeySpace()

@@ -1,0 +1,203 @@
+"""Real redis-server and PostgreSQL processes on free loopback ports, for tests and benchmarks.
+
+PostgreSQL refuses to run as root, so when the tests run as root its processes run as the
+``postgres`` user. Each process can be stopped, killed (SIGKILL), paused (SIGSTOP) and started
+again on the same port and data directory, which is what the fault tests need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(predicate: Any, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not become ready in {timeout_s}s")
+
+
+class RedisProcess:
+    """A redis-server child process.
+
+    Args:
+        appendonly: turn on AOF (with appendfsync always) so that a kill -9 loses nothing acknowledged.
+    """
+
+    def __init__(self, *, appendonly: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.binary = binary
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="chatmem-redis-")
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The redis:// URL of this server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start (or start again) and wait until it answers PING."""
+        args = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+            "--save", "", "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log"),
+        ]  # fmt: skip
+        if self.appendonly:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(self.ping, f"redis-server on port {self.port}")
+
+    def ping(self) -> bool:
+        """True if the server answers PING."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL the server and reap it."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the server holds its connections but answers nothing."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after pause()."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        """Stop the server (resuming it first if paused)."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def close(self) -> None:
+        """Stop and remove the data directory."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _pg_bindir() -> pathlib.Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(p.split("/")[4]))
+    if found:
+        return pathlib.Path(found[-1]).parent
+    binary = shutil.which("postgres")
+    if binary is None:
+        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+    return pathlib.Path(binary).resolve().parent
+
+
+class PostgresProcess:
+    """A PostgreSQL server child process with its own data directory (run as ``postgres`` under root)."""
+
+    def __init__(self) -> None:
+        self.bindir = _pg_bindir()
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="chatmem-pg-")
+        self.data = os.path.join(self.dir, "data")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._as_postgres = os.geteuid() == 0
+        if self._as_postgres:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self._run([str(self.bindir / "initdb"), "-D", self.data, "-A", "trust", "-U", "postgres", "-E", "UTF8",
+                   "--no-sync"])  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        """The postgresql:// URL of this server's postgres database."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _user_kwargs(self) -> dict[str, Any]:
+        return {"user": "postgres", "group": "postgres", "extra_groups": []} if self._as_postgres else {}
+
+    def _run(self, args: list[str]) -> None:
+        subprocess.run(args, check=True, capture_output=True, **self._user_kwargs())
+
+    def start(self) -> None:
+        """Start (or start again) and wait until it accepts connections."""
+        args = [
+            str(self.bindir / "postgres"), "-D", self.data, "-p", str(self.port), "-k", self.dir,
+            "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off",
+            "-c", "max_connections=200", "-c", "shared_buffers=128MB",
+        ]  # fmt: skip
+        log = open(os.path.join(self.dir, "postgres.log"), "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, **self._user_kwargs())
+        log.close()
+        _wait(self.ready, f"PostgreSQL on port {self.port}")
+
+    def ready(self) -> bool:
+        """True if pg_isready says the server accepts connections."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"postgres exited with {self.proc.returncode}; see {self.dir}/postgres.log")
+        done = subprocess.run(
+            [str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"],
+            capture_output=True,
+        )
+        return done.returncode == 0
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster (its backends exit when they notice) and reap it."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            _wait(lambda: not self._port_open(), "killed postgres to release its port", 30)
+
+    def _port_open(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT)."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def close(self) -> None:
+        """Stop and remove the data directory."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
