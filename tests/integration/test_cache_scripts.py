@@ -1,0 +1,85 @@
+"""The cache's Lua scripts on a real Redis: fences against stale fills, deletes and re-creation."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from server.storage.cache import RedisCache
+from server.storage.keys import KeySpace
+from server.storage.models import PreferenceChange, PreferenceSet, PreferenceValue, ThreadInfo, ThreadKey
+from tests.procs import RedisProcess
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def cache(redis_proc: RedisProcess) -> AsyncIterator[RedisCache]:
+    client = aioredis.Redis.from_url(redis_proc.url)
+    yield RedisCache(client, KeySpace(), window=5, thread_ttl_s=3600, prefs_ttl_s=3600)
+    await client.aclose()
+
+
+def thread(last_seq: int, incarnation: int = 1000) -> ThreadInfo:
+    return ThreadInfo(f"ws-{uuid.uuid4().hex[:8]}", "t", "", "", None, False, last_seq, last_seq, incarnation, 0, 0)
+
+
+def enc(*seqs: int) -> list[bytes]:
+    return [f"m{s}".encode() for s in seqs]
+
+
+async def test_push_extends_only_a_contiguous_window_and_trims(cache: RedisCache) -> None:
+    t = thread(3)
+    assert await cache.push_window(t, 1, enc(1, 2, 3)) is True  # a new thread's window is complete
+    t4 = dataclasses.replace(t, last_seq=7)
+    assert await cache.push_window(t4, 4, enc(4, 5, 6, 7)) is True
+    key = ThreadKey(t.workspace_id, t.thread_id)
+    assert await cache.read_window(key, 5) == enc(3, 4, 5, 6, 7)
+    assert await cache.read_window(key, 2) == enc(6, 7)
+    gap = dataclasses.replace(t, last_seq=10)
+    assert await cache.push_window(gap, 9, enc(9, 10)) is False  # seq 8 went missing: invalidate
+    assert await cache.read_window(key, 5) is None
+
+
+async def test_a_fill_older_than_a_committed_write_is_refused(cache: RedisCache) -> None:
+    t = thread(5)
+    key = ThreadKey(t.workspace_id, t.thread_id)
+    # A reader loads seqs 1..5 from the store; before it fills, seq 6 commits and finds no window.
+    assert await cache.push_window(dataclasses.replace(t, last_seq=6), 6, enc(6)) is False
+    assert await cache.fill_window(t, enc(1, 2, 3, 4, 5)) is False
+    assert await cache.read_window(key, 5) is None
+    assert await cache.fill_window(dataclasses.replace(t, last_seq=6), enc(2, 3, 4, 5, 6)) is True
+    assert await cache.read_window(key, 5) == enc(2, 3, 4, 5, 6)
+
+
+async def test_a_deleted_or_replaced_incarnation_never_lands(cache: RedisCache) -> None:
+    old = thread(2, incarnation=1000)
+    key = ThreadKey(old.workspace_id, old.thread_id)
+    await cache.push_window(old, 1, enc(1, 2))
+    await cache.drop_window(old)
+    assert await cache.fill_window(old, enc(1, 2)) is False
+    assert await cache.push_window(old, 3, enc(3)) is False
+    new = dataclasses.replace(old, incarnation=2000, last_seq=1)
+    assert await cache.push_window(new, 1, [b"fresh"]) is True
+    # A stale fill of the deleted thread arriving after the re-creation must not replace it.
+    assert await cache.fill_window(dataclasses.replace(old, last_seq=9), enc(1, 2)) is False
+    assert await cache.read_window(key, 5) == [b"fresh"]
+
+
+async def test_preferences_apply_in_version_order_or_fence(cache: RedisCache) -> None:
+    ws, user = f"ws-{uuid.uuid4().hex[:8]}", "u"
+    v1 = PreferenceSet(1, {"a": PreferenceValue("1", 10)})
+    assert await cache.fill_preferences(ws, user, v1) is True
+    await cache.apply_preferences(ws, user, PreferenceChange(2, {"b": PreferenceValue("2", 20)}, (), False, 1))
+    assert await cache.read_preferences(ws, user) == {"a": ("1", 10), "b": ("2", 20)}
+    # Version 4 arrives while the cache holds 2 (3 was lost): the hash is fenced, not patched.
+    await cache.apply_preferences(ws, user, PreferenceChange(4, {"c": PreferenceValue("3", 30)}, (), False, 1))
+    assert await cache.read_preferences(ws, user) is None
+    assert await cache.fill_preferences(ws, user, PreferenceSet(3, {})) is False
+    assert await cache.fill_preferences(ws, user, PreferenceSet(4, {"c": PreferenceValue("3", 30)})) is True
+    await cache.apply_preferences(ws, user, PreferenceChange(5, {}, (), True, 1))
+    assert await cache.read_preferences(ws, user) == {}
