@@ -668,11 +668,12 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
     return config
 
 
-def run(config: BenchConfig) -> tuple[dict[str, Any], pathlib.Path]:
+def run(config: BenchConfig, argv: Sequence[str] = ()) -> tuple[dict[str, Any], pathlib.Path]:
     """Start Redis, PostgreSQL and the server, measure, stop everything, and write the JSON report.
 
     Args:
         config: the benchmark configuration.
+        argv: the command line arguments, recorded in the report.
 
     Returns:
         The report and the path of its JSON file.
@@ -710,7 +711,7 @@ def run(config: BenchConfig) -> tuple[dict[str, Any], pathlib.Path]:
     report: dict[str, Any] = {
         "benchmark": "latency",
         "date_utc": started.isoformat(timespec="seconds"),
-        "command": [sys.executable, "-m", "bench.latency", *sys.argv[1:]],
+        "command": [sys.executable, "-m", "bench.latency", *argv],
         "config": asdict(config),
         "machine": machine_info(),
         "setup": {
@@ -740,8 +741,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0, or 1 when a measured call failed or was anomalous or the server did not exit cleanly.
     """
-    config = parse_args(argv)
-    report, path = run(config)
+    args = sys.argv[1:] if argv is None else list(argv)
+    report, path = run(parse_args(args), args)
     phases = [PhaseResult(**p) for p in report["phases"]]
     m = report["machine"]
     print(f"chatmem latency, {report['date_utc']}, nproc={m['nproc']}, python {m['python']}, grpcio {m['grpcio']}")

@@ -39,16 +39,24 @@ _THREAD_COLS = (
 )
 _MIGRATION_LOCK = 0x636861746D656D  # "chatmem": one advisory lock id, so replicas migrate one at a time
 
-_UNAVAILABLE = (
+_CONNECTION_ERRORS = (
     OSError,
     TimeoutError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.InternalClientError,  # raised on a connection that died mid-operation
 )
+# SQLSTATE classes that mean "the database is not there right now", not "this request is wrong":
+# 08 connection exception, 53 insufficient resources, 57P admin/crash shutdown, cannot connect now.
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True if an exception from asyncpg means PostgreSQL is unreachable or going away."""
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return True
+    if isinstance(exc, asyncpg.exceptions.PostgresError):
+        return str(getattr(exc, "sqlstate", "") or "").startswith(_UNAVAILABLE_SQLSTATES)
+    return False
 
 
 def _thread(row: Any) -> ThreadInfo:
@@ -105,8 +113,10 @@ class PostgresStore:
                 timeout=connect_timeout_s,
                 max_inactive_connection_lifetime=300.0,
             )
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+            raise
         return cls(pool)
 
     async def close(self) -> None:
@@ -141,8 +151,10 @@ class PostgresStore:
     async def _guard(self, coro: Any) -> Any:
         try:
             return await coro
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+            raise
 
     async def append_batch(self, commands: Sequence[AppendCommand]) -> list[AppendResult | Exception]:
         """Commit a group of appends in one transaction (see planner for the rules)."""

@@ -67,8 +67,11 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatmem-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._last_incarnation = 0
+        self._closed = False
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StoreUnavailable("the SQLite store is closed")
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
@@ -87,7 +90,9 @@ class SqliteStore:
         return self._conn
 
     async def close(self) -> None:
-        """Close the connection and the worker thread."""
+        """Close the connection and the worker thread (idempotent)."""
+        if self._closed:
+            return
 
         def shut() -> None:
             if self._conn is not None:
@@ -95,6 +100,7 @@ class SqliteStore:
                 self._conn = None
 
         await self._call(shut)
+        self._closed = True
         self._executor.shutdown(wait=True)
 
     async def migrate(self) -> list[str]:

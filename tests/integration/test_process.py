@@ -1,0 +1,171 @@
+"""The server as a real process: the embedded default, the migrate subcommand, and graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from chatmem.v1 import thread_memory_service_pb2 as pb
+from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from server.storage.models import ThreadKey
+from server.storage.sqlite import SqliteStore
+from tests.conftest import exchange, msg
+from tests.procs import PostgresProcess, free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def server_env(tmp_path: pathlib.Path, port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS__", "DATABASE__", "GRPC__", "MEMORY__"))}
+    env.update(GRPC__ADDRESS=f"127.0.0.1:{port}", GRPC__SHUTDOWN_GRACE_S="5", **extra)
+    return env
+
+
+@pytest.fixture
+def embedded(tmp_path: pathlib.Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`chatmem-server` with no store configured, run in an empty folder: the embedded SQLite default."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server"],
+        cwd=tmp_path,
+        env={**server_env(tmp_path, port), "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    yield proc, port
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+async def wait_serving(port: int) -> grpc.aio.Channel:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    health = health_pb2_grpc.HealthStub(channel)
+    for _ in range(200):
+        try:
+            resp = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                return channel
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.05)
+    raise TimeoutError("server never became SERVING")
+
+
+async def test_embedded_default_serves_health_reflection_and_history(
+    embedded: tuple[subprocess.Popen[str], int], tmp_path: pathlib.Path
+) -> None:
+    proc, port = embedded
+    channel = await wait_serving(port)
+    stub = pb_grpc.ThreadMemoryServiceStub(channel)
+    await stub.AppendMessages(pb.AppendMessagesRequest(thread_id="t", messages=exchange(1)))
+    got = await stub.GetHistory(pb.GetHistoryRequest(thread_id="t"))
+    assert [m.content for m in got.messages] == ["question 1", "answer 1"]
+    assert (tmp_path / "chatmem.db").exists()
+    refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+    async def ask() -> reflection_pb2.ServerReflectionResponse:
+        async for resp in refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])):
+            return resp
+        raise AssertionError("no reflection answer")
+
+    names = {s.name for s in (await ask()).list_services_response.service}
+    assert {"chatmem.v1.ThreadMemoryService", "chatmem.v1.PreferencesService", "grpc.health.v1.Health"} <= names
+    for service in ("", "chatmem.v1.ThreadMemoryService", "chatmem.v1.PreferencesService"):
+        resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    await channel.close()
+
+
+async def test_sigterm_drains_in_flight_rpcs_then_exits_cleanly(
+    embedded: tuple[subprocess.Popen[str], int], tmp_path: pathlib.Path
+) -> None:
+    proc, port = embedded
+    channel = await wait_serving(port)
+    stub = pb_grpc.ThreadMemoryServiceStub(channel)
+    watcher = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+    first = await watcher.read()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def client(c: int) -> list[int]:
+        acked = []
+        for i in range(200):
+            try:
+                resp = await stub.AppendMessages(
+                    pb.AppendMessagesRequest(thread_id=f"c{c}", messages=exchange(i)), timeout=5
+                )
+            except grpc.aio.AioRpcError as exc:
+                # Calls that reach the server after the stop began are refused, never half-run.
+                assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), exc
+                break
+            acked += list(resp.seqs)
+        return acked
+
+    for start in range(0, 3000, 100):
+        await stub.AppendMessages(
+            pb.AppendMessagesRequest(thread_id="long", messages=[msg(f"m{i}") for i in range(start, start + 100)])
+        )
+    stream = stub.StreamHistory(pb.StreamHistoryRequest(thread_id="long", chunk_size=50))
+    first_chunk = await stream.read()
+
+    async def slow_reader() -> int:
+        n = len(first_chunk.messages)
+        for _ in range(1000):
+            chunk = await stream.read()
+            if chunk is grpc.aio.EOF:
+                break
+            n += len(chunk.messages)
+            await asyncio.sleep(0.02)  # a slow consumer keeps the RPC in flight across the stop
+        return n
+
+    reader = asyncio.ensure_future(slow_reader())
+    clients = [asyncio.ensure_future(client(c)) for c in range(4)]
+    await asyncio.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    status = await asyncio.wait_for(watcher.read(), 5)
+    assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert await reader == 3000, "an RPC in flight at SIGTERM must run to completion"
+    acked = await asyncio.gather(*clients)
+    assert proc.wait(15) == 0
+    output = proc.stdout.read() if proc.stdout else ""
+    assert "chatmem stopped" in output
+    await channel.close()
+    # Everything acknowledged before the stop is in the store, exactly once.
+    store = SqliteStore(str(tmp_path / "chatmem.db"))
+    try:
+        for c, seqs in enumerate(acked):
+            assert seqs == list(range(1, len(seqs) + 1))
+            stored = await store.list_messages(ThreadKey("default", f"c{c}"), 1, False, 10_000)
+            assert [m.seq for m in stored][: len(seqs)] == seqs
+            assert len(stored) - len(seqs) <= 2, "at most the one exchange in flight at the stop may land unacked"
+    finally:
+        await store.close()
+    assert sum(len(s) for s in acked) > 0
+
+
+def test_migrate_subcommand_applies_then_reports_up_to_date(tmp_path: pathlib.Path) -> None:
+    pg = PostgresProcess()
+    pg.start()
+    try:
+        env = {**server_env(tmp_path, free_port(), DATABASE__URL=pg.url), "PYTHONPATH": str(ROOT)}
+        cmd = [sys.executable, "-m", "server", "migrate"]
+        first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert first.returncode == 0, first.stderr
+        assert "0001_init" in first.stdout
+        second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert "up to date" in second.stdout
+    finally:
+        pg.close()

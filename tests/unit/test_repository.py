@@ -1,0 +1,110 @@
+"""The consistency policy with an in-memory fake of our Cache Protocol that is down (and a real in-memory SQLite store)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from server.errors import UnavailableError
+from server.storage.models import (
+    AppendCommand,
+    NewMessage,
+    PreferenceChange,
+    PreferenceSet,
+    Role,
+    ThreadInfo,
+    ThreadKey,
+    Tier,
+)
+from server.storage.protocols import CacheUnavailable
+from server.storage.repository import Repository
+from server.storage.sqlite import SqliteStore
+
+KEY = ThreadKey("w", "t")
+
+
+class DownCache:
+    """A Cache whose every call fails as a dead Redis would."""
+
+    calls = 0
+
+    async def _down(self) -> None:
+        self.calls += 1
+        raise CacheUnavailable("connection refused")
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
+        await self._down()
+
+    async def read_window(self, key: ThreadKey, limit: int) -> list[bytes] | None:
+        await self._down()
+        return None
+
+    async def fill_window(self, thread: ThreadInfo, encoded: Sequence[bytes]) -> bool:
+        await self._down()
+        return False
+
+    async def push_window(self, thread: ThreadInfo, first_seq: int, encoded: Sequence[bytes]) -> bool:
+        await self._down()
+        return False
+
+    async def drop_window(self, thread: ThreadInfo) -> None:
+        await self._down()
+
+    async def retune_window(self, thread: ThreadInfo) -> None:
+        await self._down()
+
+    async def read_preferences(self, workspace_id: str, user_id: str) -> dict[str, tuple[str, int]] | None:
+        await self._down()
+        return None
+
+    async def fill_preferences(self, workspace_id: str, user_id: str, prefs: PreferenceSet) -> bool:
+        await self._down()
+        return False
+
+    async def apply_preferences(self, workspace_id: str, user_id: str, change: PreferenceChange) -> None:
+        await self._down()
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(":memory:")
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+def append(n: int) -> AppendCommand:
+    return AppendCommand(KEY, tuple(NewMessage(Role.USER, f"m{i}") for i in range(n)))
+
+
+async def test_a_dead_cache_degrades_to_the_store_and_says_so(store: SqliteStore) -> None:
+    cache = DownCache()
+    repo = Repository(store, cache, window=5)
+    out = await repo.append(append(7))
+    assert out.result.seqs == list(range(1, 8)) and out.served.degraded
+    window = await repo.history(KEY, 5)
+    assert window.served.tier == Tier.STORE and window.served.degraded
+    assert len(window.encoded) == 5
+    prefs = await repo.get_preferences("w", "u")
+    assert prefs.served.degraded
+    _, served = await repo.set_preferences("w", "u", {"a": "1"})
+    assert served.degraded
+    assert cache.calls >= 4
+
+
+async def test_without_a_cache_everything_is_the_store_and_not_degraded(store: SqliteStore) -> None:
+    repo = Repository(store, None, window=5)
+    await repo.append(append(3))
+    window = await repo.history(KEY, 50)
+    assert window.served.tier == Tier.STORE and not window.served.degraded and len(window.encoded) == 3
+
+
+async def test_a_dead_store_is_unavailable(store: SqliteStore) -> None:
+    repo = Repository(store, None, window=5)
+    await store.close()
+    with pytest.raises(UnavailableError):
+        await repo.append(append(1))
