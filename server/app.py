@@ -8,12 +8,16 @@ import signal
 from dataclasses import dataclass
 
 import grpc
-from chatmem.v1 import preferences_service_pb2, preferences_service_pb2_grpc, thread_memory_service_pb2
-from chatmem.v1 import thread_memory_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from chatmem.v1 import (
+    preferences_service_pb2,
+    preferences_service_pb2_grpc,
+    thread_memory_service_pb2,
+    thread_memory_service_pb2_grpc,
+)
 from server.config import Settings
 from server.services.preferences import PreferencesService
 from server.services.thread_memory import ThreadMemoryService

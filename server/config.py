@@ -1,4 +1,4 @@
-"""Settings from the environment (and a .env file), in nested sections: GRPC__, REDIS__, DATABASE__, MEMORY__, LIMITS__."""
+"""Settings from the environment and a .env file, in sections: GRPC__, REDIS__, DATABASE__, MEMORY__, LIMITS__."""
 
 from __future__ import annotations
 

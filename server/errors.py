@@ -97,4 +97,3 @@ class ResourceExhaustedError(ChatmemError):
     """A limit was hit (for example the in-flight cap)."""
 
     code = code_pb2.RESOURCE_EXHAUSTED
-

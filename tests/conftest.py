@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 import pytest
-from chatmem.v1 import preferences_service_pb2_grpc, resources_pb2, thread_memory_service_pb2_grpc
 
+from chatmem.v1 import preferences_service_pb2_grpc, resources_pb2, thread_memory_service_pb2_grpc
 from server.app import App, create_server
 from server.config import DatabaseSettings, GrpcSettings, MemorySettings, RedisSettings, Settings
 

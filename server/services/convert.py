@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from chatmem.v1 import resources_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from chatmem.v1 import resources_pb2
 from server.storage.models import PreferenceValue, StoredMessage, ThreadInfo
 from server.storage.repository import Served
 
 
 def timestamp(us: int) -> timestamp_pb2.Timestamp:
-    """Microseconds since the epoch as a Timestamp."""
+    """Convert microseconds since the epoch to a Timestamp."""
     seconds, micros = divmod(us, 1_000_000)
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
 def message(workspace_id: str, thread_id: str, m: StoredMessage) -> resources_pb2.Message:
-    """A stored message as chatmem.v1.Message."""
+    """Convert a stored message to chatmem.v1.Message."""
     return resources_pb2.Message(
         workspace_id=workspace_id,
         thread_id=thread_id,
@@ -30,7 +30,7 @@ def message(workspace_id: str, thread_id: str, m: StoredMessage) -> resources_pb
 
 
 def thread(t: ThreadInfo, default_ttl_s: int) -> resources_pb2.Thread:
-    """A thread as chatmem.v1.Thread; ttl is the effective cache TTL."""
+    """Convert a thread to chatmem.v1.Thread; ttl is the effective cache TTL."""
     return resources_pb2.Thread(
         workspace_id=t.workspace_id,
         thread_id=t.thread_id,
@@ -46,10 +46,10 @@ def thread(t: ThreadInfo, default_ttl_s: int) -> resources_pb2.Thread:
 
 
 def preference(key: str, p: PreferenceValue) -> resources_pb2.Preference:
-    """A preference as chatmem.v1.Preference."""
+    """Convert a preference to chatmem.v1.Preference."""
     return resources_pb2.Preference(key=key, value=p.value, update_time=timestamp(p.update_time_us))
 
 
 def serving(s: Served) -> resources_pb2.ServingInfo:
-    """How a request was served, as chatmem.v1.ServingInfo."""
+    """Convert how a request was served to chatmem.v1.ServingInfo."""
     return resources_pb2.ServingInfo(tier=int(s.tier), degraded=s.degraded)  # type: ignore[arg-type]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import grpc
+
 from chatmem.v1 import preferences_service_pb2 as pb
 from chatmem.v1 import preferences_service_pb2_grpc as pb_grpc
-
 from server.config import Settings
 from server.services import convert
 from server.services.handler import unary
@@ -48,9 +48,7 @@ class PreferencesService(pb_grpc.PreferencesServiceServicer):
         wanted = set(request.keys) if request.keys else None
         return pb.GetPreferencesResponse(
             preferences=[
-                convert.preference(k, found.values[k])
-                for k in sorted(found.values)
-                if wanted is None or k in wanted
+                convert.preference(k, found.values[k]) for k in sorted(found.values) if wanted is None or k in wanted
             ],
             serving=convert.serving(found.served),
         )

@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from server.storage import scripts
 from server.storage.keys import KeySpace
 from server.storage.models import PreferenceChange, PreferenceSet, ThreadInfo, ThreadKey
-from server.storage.protocols import CacheUnavailable
+from server.storage.protocols import CacheUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,9 @@ class RedisCache:
             return await script(self._client, keys, args)
         except ResponseError as exc:
             log.error("redis rejected a cache script: %s", exc)
-            raise CacheUnavailable(str(exc)) from exc
+            raise CacheUnavailableError(str(exc)) from exc
         except (RedisError, OSError, TimeoutError) as exc:
-            raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise CacheUnavailableError(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
         """Close the client and its pool."""
@@ -99,7 +99,7 @@ class RedisCache:
         try:
             await self._client.ping()
         except (RedisError, OSError, TimeoutError) as exc:
-            raise CacheUnavailable(str(exc)) from exc
+            raise CacheUnavailableError(str(exc)) from exc
 
     async def read_window(self, key: ThreadKey, limit: int) -> list[bytes] | None:
         """Return the newest ``limit`` encoded messages of a valid window, refreshing its TTL."""

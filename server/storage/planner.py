@@ -64,8 +64,7 @@ def plan_appends(
         if cmd.expected_last_seq is not None and cmd.expected_last_seq != thread.last_seq:
             plan.results.append(
                 AbortedError(
-                    f"thread {cmd.key.thread_id!r} has last seq {thread.last_seq}, "
-                    f"expected {cmd.expected_last_seq}"
+                    f"thread {cmd.key.thread_id!r} has last seq {thread.last_seq}, expected {cmd.expected_last_seq}"
                 )
             )
             continue

@@ -14,6 +14,7 @@ from server.storage import migrations
 from server.storage.models import (
     AppendCommand,
     AppendResult,
+    NewThreadOptions,
     PreferenceChange,
     PreferenceSet,
     PreferenceValue,
@@ -26,7 +27,7 @@ from server.storage.models import (
     ThreadTail,
 )
 from server.storage.planner import Replay, plan_appends
-from server.storage.protocols import StoreUnavailable
+from server.storage.protocols import StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ _UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """True if an exception from asyncpg means PostgreSQL is unreachable or going away."""
+    """Tell whether an exception from asyncpg means PostgreSQL is unreachable or going away."""
     if isinstance(exc, _CONNECTION_ERRORS):
         return True
     if isinstance(exc, asyncpg.exceptions.PostgresError):
@@ -86,7 +87,9 @@ def _message(row: Any) -> StoredMessage:
     )
 
 
-_MSG_COLS = f"m.seq, m.role, m.content, m.name, m.metadata::text AS metadata, {_US.format(col='m.create_time')} AS msg_us"
+_MSG_COLS = (
+    f"m.seq, m.role, m.content, m.name, m.metadata::text AS metadata, {_US.format(col='m.create_time')} AS msg_us"
+)
 
 
 class PostgresStore:
@@ -103,7 +106,7 @@ class PostgresStore:
     async def connect(
         cls, dsn: str, *, min_size: int, max_size: int, command_timeout_s: float, connect_timeout_s: float
     ) -> PostgresStore:
-        """Open a pool; raises StoreUnavailable if PostgreSQL cannot be reached."""
+        """Open a pool; raises StoreUnavailableError if PostgreSQL cannot be reached."""
         try:
             pool = await asyncpg.create_pool(
                 dsn,
@@ -115,7 +118,7 @@ class PostgresStore:
             )
         except Exception as exc:
             if is_unavailable(exc):
-                raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+                raise StoreUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
             raise
         return cls(pool)
 
@@ -153,7 +156,7 @@ class PostgresStore:
             return await coro
         except Exception as exc:
             if is_unavailable(exc):
-                raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+                raise StoreUnavailableError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
             raise
 
     async def append_batch(self, commands: Sequence[AppendCommand]) -> list[AppendResult | Exception]:
@@ -169,7 +172,7 @@ class PostgresStore:
 
     async def _append_batch(self, commands: Sequence[AppendCommand]) -> list[AppendResult | Exception]:
         keys = sorted({c.key for c in commands}, key=lambda k: (k.workspace_id, k.thread_id))
-        first_opts = {}
+        first_opts: dict[ThreadKey, NewThreadOptions] = {}
         for c in commands:
             first_opts.setdefault(c.key, c.new_thread)
         ws = [k.workspace_id for k in keys]
@@ -227,7 +230,8 @@ class PostgresStore:
                 )
             if plan.request_rows:
                 await conn.execute(
-                    "INSERT INTO append_requests (workspace_id, thread_id, request_id, first_seq, count, message_count) "
+                    "INSERT INTO append_requests "
+                    "(workspace_id, thread_id, request_id, first_seq, count, message_count) "
                     "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::bigint[])",
                     [k.workspace_id for k, _, _ in plan.request_rows],
                     [k.thread_id for k, _, _ in plan.request_rows],
@@ -241,7 +245,8 @@ class PostgresStore:
                 await conn.execute(
                     "UPDATE threads t SET last_seq = u.last_seq, message_count = u.mc, "
                     f"update_time = {_TS.format(arg='u.us')} "
-                    "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u(ws, th, last_seq, mc, us) "
+                    "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) "
+                    "AS u(ws, th, last_seq, mc, us) "
                     "WHERE t.workspace_id = u.ws AND t.thread_id = u.th",
                     [k.workspace_id for k in touched],
                     [k.thread_id for k in touched],
@@ -329,7 +334,8 @@ class PostgresStore:
         row = await self._guard(
             self._pool.fetchrow(
                 "UPDATE threads t SET title = COALESCE($3, t.title), "
-                "ttl_seconds = CASE WHEN $4::int IS NULL THEN t.ttl_seconds WHEN $4::int = 0 THEN NULL ELSE $4::int END, "
+                "ttl_seconds = CASE WHEN $4::int IS NULL THEN t.ttl_seconds "
+                "WHEN $4::int = 0 THEN NULL ELSE $4::int END, "
                 "pinned = COALESCE($5, t.pinned), update_time = clock_timestamp() "
                 f"WHERE t.workspace_id = $1 AND t.thread_id = $2 RETURNING {_THREAD_COLS}",
                 key.workspace_id,
@@ -402,7 +408,8 @@ class PostgresStore:
                 version = await self._bump(conn, workspace_id, user_id)
                 await conn.execute(
                     "INSERT INTO preferences (workspace_id, user_id, key, value, update_time) "
-                    f"SELECT $1, $2, k, v, {_TS.format(arg='$5::bigint')} FROM unnest($3::text[], $4::text[]) AS u(k, v) "
+                    f"SELECT $1, $2, k, v, {_TS.format(arg='$5::bigint')} "
+                    "FROM unnest($3::text[], $4::text[]) AS u(k, v) "
                     "ON CONFLICT (workspace_id, user_id, key) DO UPDATE "
                     "SET value = excluded.value, update_time = excluded.update_time",
                     workspace_id,
@@ -416,9 +423,7 @@ class PostgresStore:
 
         return await self._guard(run())  # type: ignore[no-any-return]
 
-    async def delete_preferences(
-        self, workspace_id: str, user_id: str, keys: Sequence[str] | None
-    ) -> PreferenceChange:
+    async def delete_preferences(self, workspace_id: str, user_id: str, keys: Sequence[str] | None) -> PreferenceChange:
         """Delete some keys (None: all) and bump the version."""
 
         async def run() -> PreferenceChange:

@@ -19,11 +19,11 @@ from server.storage.models import (
 )
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailableError(Exception):
     """The durable store could not be reached or failed for a reason outside the request."""
 
 
-class CacheUnavailable(Exception):
+class CacheUnavailableError(Exception):
     """Redis could not be reached or timed out."""
 
 
@@ -76,15 +76,13 @@ class Store(Protocol):
         """Upsert keys and bump the version."""
         ...
 
-    async def delete_preferences(
-        self, workspace_id: str, user_id: str, keys: Sequence[str] | None
-    ) -> PreferenceChange:
+    async def delete_preferences(self, workspace_id: str, user_id: str, keys: Sequence[str] | None) -> PreferenceChange:
         """Delete the keys (None: all of them) and bump the version."""
         ...
 
 
 class Cache(Protocol):
-    """The Redis tier (L1). Every method raises CacheUnavailable when Redis cannot answer."""
+    """The Redis tier (L1). Every method raises CacheUnavailableError when Redis cannot answer."""
 
     async def close(self) -> None:
         """Release connections."""

@@ -36,7 +36,7 @@ from server.storage.models import (
     ThreadTail,
     Tier,
 )
-from server.storage.protocols import Cache, CacheUnavailable, Store, StoreUnavailable
+from server.storage.protocols import Cache, CacheUnavailableError, Store, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Preferences:
     served: Served
 
 
-def _store_down(exc: StoreUnavailable) -> UnavailableError:
+def _store_down(exc: StoreUnavailableError) -> UnavailableError:
     return UnavailableError(f"the durable store is unavailable: {exc}")
 
 
@@ -112,7 +112,7 @@ class Repository:
         """Append messages (write_through): commit to the store, then extend the cache window."""
         try:
             result, degraded = await self._committer.submit(command)
-        except StoreUnavailable as exc:
+        except StoreUnavailableError as exc:
             raise _store_down(exc) from exc
         return AppendOutcome(result, Durability.PERSISTED, Served(Tier.STORE, degraded))
 
@@ -121,10 +121,7 @@ class Repository:
         cache_failed: set[ThreadKey] = set()
         if self._cache is not None:
             cache_failed = await self._push_windows(self._cache, results)
-        return [
-            r if isinstance(r, Exception) else (r, r.thread_key in cache_failed)
-            for r in results
-        ]
+        return [r if isinstance(r, Exception) else (r, r.thread_key in cache_failed) for r in results]
 
     async def _push_windows(self, cache: Cache, results: Sequence[AppendResult | Exception]) -> set[ThreadKey]:
         # One push per thread with all of the group's new messages of that thread, in seq order,
@@ -141,7 +138,7 @@ class Repository:
                 await cache.push_window(
                     group[-1].thread, group[0].first_seq, encode_messages(key.workspace_id, key.thread_id, messages)
                 )
-            except CacheUnavailable as exc:
+            except CacheUnavailableError as exc:
                 log.warning("cache push failed for %s: %s", key, exc)
                 failed.add(key)
 
@@ -152,7 +149,7 @@ class Repository:
         """Change a thread's title, TTL or pin, then retune its cached window."""
         try:
             thread = await self._store.update_thread(key, patch)
-        except StoreUnavailable as exc:
+        except StoreUnavailableError as exc:
             raise _store_down(exc) from exc
         if thread is None:
             raise NotFoundError(f"thread {key.thread_id!r} not found")
@@ -160,7 +157,7 @@ class Repository:
         if self._cache is not None and (patch.ttl_seconds is not None or patch.pinned is not None):
             try:
                 await self._cache.retune_window(thread)
-            except CacheUnavailable:
+            except CacheUnavailableError:
                 degraded = True
         return thread, Served(Tier.STORE, degraded)
 
@@ -168,7 +165,7 @@ class Repository:
         """Delete a thread from the store, then invalidate and tombstone its cached window."""
         try:
             deleted = await self._store.delete_thread(key)
-        except StoreUnavailable as exc:
+        except StoreUnavailableError as exc:
             raise _store_down(exc) from exc
         if deleted is None:
             return None
@@ -177,7 +174,7 @@ class Repository:
         if self._cache is not None:
             try:
                 await self._cache.drop_window(thread)
-            except CacheUnavailable:
+            except CacheUnavailableError:
                 degraded = True
         return count, Served(Tier.STORE, degraded)
 
@@ -189,7 +186,7 @@ class Repository:
         if self._cache is not None and limit <= self._window:
             try:
                 encoded = await self._cache.read_window(key, limit)
-            except CacheUnavailable:
+            except CacheUnavailableError:
                 encoded, degraded = None, True
             if encoded is not None:
                 return Window(encoded, Served(Tier.CACHE))
@@ -220,13 +217,13 @@ class Repository:
     async def _load(self, key: ThreadKey, limit: int, fill: bool) -> ThreadTail | None:
         try:
             tail = await self._store.tail(key, limit)
-        except StoreUnavailable as exc:
+        except StoreUnavailableError as exc:
             raise _store_down(exc) from exc
         if tail is not None and fill and self._cache is not None and tail.messages:
             window = tail.messages[-self._window :]
             try:
                 await self._cache.fill_window(tail.thread, encode_messages(key.workspace_id, key.thread_id, window))
-            except CacheUnavailable as exc:
+            except CacheUnavailableError as exc:
                 log.warning("cache fill failed for %s: %s", key, exc)
         return tail
 
@@ -234,7 +231,7 @@ class Repository:
         """Return a keyset page of the full history (from the store)."""
         try:
             return await self._store.list_messages(key, start_seq, reverse, limit)
-        except StoreUnavailable as exc:
+        except StoreUnavailableError as exc:
             raise _store_down(exc) from exc
 
     async def stream(self, key: ThreadKey, after_seq: int, chunk: int) -> AsyncIterator[list[StoredMessage]]:
@@ -253,7 +250,7 @@ class Repository:
         """Return a thread's metadata or raise NotFoundError."""
         try:
             thread = await self._store.get_thread(key)
-        except StoreUnavailable as exc:
+        except StoreUnavailableError as exc:
             raise _store_down(exc) from exc
         if thread is None:
             raise NotFoundError(f"thread {key.thread_id!r} not found")
@@ -265,7 +262,7 @@ class Repository:
         """Return a page of a user's threads, newest first."""
         try:
             return await self._store.list_threads(workspace_id, user_id, after, limit)
-        except StoreUnavailable as exc:
+        except StoreUnavailableError as exc:
             raise _store_down(exc) from exc
 
     # --- preferences -----------------------------------------------------------------------------
@@ -276,27 +273,29 @@ class Repository:
         if self._cache is not None:
             try:
                 cached = await self._cache.read_preferences(workspace_id, user_id)
-            except CacheUnavailable:
+            except CacheUnavailableError:
                 cached, degraded = None, True
             if cached is not None:
                 values = {k: PreferenceValue(v, us) for k, (v, us) in cached.items()}
                 return Preferences(values, Served(Tier.CACHE))
         try:
             prefs: PreferenceSet = await self._store.get_preferences(workspace_id, user_id)
-        except StoreUnavailable as exc:
+        except StoreUnavailableError as exc:
             raise _store_down(exc) from exc
         if self._cache is not None and not degraded:
             try:
                 await self._cache.fill_preferences(workspace_id, user_id, prefs)
-            except CacheUnavailable:
+            except CacheUnavailableError:
                 degraded = True
         return Preferences(prefs.values, Served(Tier.STORE, degraded))
 
-    async def set_preferences(self, workspace_id: str, user_id: str, values: dict[str, str]) -> tuple[PreferenceChange, Served]:
+    async def set_preferences(
+        self, workspace_id: str, user_id: str, values: dict[str, str]
+    ) -> tuple[PreferenceChange, Served]:
         """Upsert preferences in the store, then in the cache."""
         try:
             change = await self._store.set_preferences(workspace_id, user_id, values)
-        except StoreUnavailable as exc:
+        except StoreUnavailableError as exc:
             raise _store_down(exc) from exc
         return change, await self._apply_preferences(workspace_id, user_id, change)
 
@@ -306,7 +305,7 @@ class Repository:
         """Delete some or all preferences in the store, then in the cache."""
         try:
             change = await self._store.delete_preferences(workspace_id, user_id, keys)
-        except StoreUnavailable as exc:
+        except StoreUnavailableError as exc:
             raise _store_down(exc) from exc
         return change, await self._apply_preferences(workspace_id, user_id, change)
 
@@ -315,6 +314,6 @@ class Repository:
             return Served(Tier.STORE)
         try:
             await self._cache.apply_preferences(workspace_id, user_id, change)
-        except CacheUnavailable:
+        except CacheUnavailableError:
             return Served(Tier.STORE, True)
         return Served(Tier.STORE)

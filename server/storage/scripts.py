@@ -24,7 +24,9 @@ end
 """
 
 # KEYS: msgs, meta. ARGV: limit.
-READ_WINDOW = _KEEP + """
+READ_WINDOW = (
+    _KEEP
+    + """
 local m = redis.call('HMGET', KEYS[2], 'last', 'ttl', 'del')
 if not m[1] or m[3] then return false end
 local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
@@ -32,9 +34,12 @@ if #items == 0 then return false end
 keep(tonumber(m[2]) or 0, KEYS[1], KEYS[2])
 return items
 """
+)
 
 # KEYS: msgs, meta. ARGV: inc, last_seq, ttl, maxlen, encoded...
-FILL_WINDOW = _KEEP + """
+FILL_WINDOW = (
+    _KEEP
+    + """
 local inc = tonumber(ARGV[1])
 local last = tonumber(ARGV[2])
 local m = redis.call('HMGET', KEYS[2], 'inc', 'hw', 'del')
@@ -49,9 +54,12 @@ redis.call('HSET', KEYS[2], 'inc', ARGV[1], 'last', ARGV[2], 'hw', ARGV[2], 'ttl
 keep(tonumber(ARGV[3]), KEYS[1], KEYS[2])
 return 1
 """
+)
 
 # KEYS: msgs, meta. ARGV: inc, first_seq, new_last, ttl, maxlen, encoded...
-PUSH_WINDOW = _KEEP + """
+PUSH_WINDOW = (
+    _KEEP
+    + """
 local inc = tonumber(ARGV[1])
 local first = tonumber(ARGV[2])
 local last = tonumber(ARGV[3])
@@ -83,6 +91,7 @@ redis.call('HSET', KEYS[2], 'inc', ARGV[1], 'hw', hw, 'ttl', ARGV[4])
 keep(ttl, KEYS[2])
 return 0
 """
+)
 
 # KEYS: msgs, meta. ARGV: inc, tombstone_ttl.
 DROP_WINDOW = """
@@ -95,13 +104,16 @@ return 1
 """
 
 # KEYS: msgs, meta. ARGV: inc, ttl.
-RETUNE_WINDOW = _KEEP + """
+RETUNE_WINDOW = (
+    _KEEP
+    + """
 local m = redis.call('HMGET', KEYS[2], 'inc', 'del')
 if tonumber(m[1]) ~= tonumber(ARGV[1]) or m[2] then return 0 end
 redis.call('HSET', KEYS[2], 'ttl', ARGV[2])
 keep(tonumber(ARGV[2]), KEYS[1], KEYS[2])
 return 1
 """
+)
 
 # Preferences hash: user keys map to "<update_time_us>:<value>"; '#v' is the cached version, '#f'
 # a fence (the hash holds no valid set, but no fill older than this version may land). Valid

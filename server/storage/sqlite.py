@@ -32,7 +32,7 @@ from server.storage.models import (
     ThreadTail,
 )
 from server.storage.planner import Replay, plan_appends
-from server.storage.protocols import StoreUnavailable
+from server.storage.protocols import StoreUnavailableError
 
 T = TypeVar("T")
 
@@ -71,12 +71,12 @@ class SqliteStore:
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
-            raise StoreUnavailable("the SQLite store is closed")
+            raise StoreUnavailableError("the SQLite store is closed")
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
         except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"SQLite: {exc}") from exc
+            raise StoreUnavailableError(f"SQLite: {exc}") from exc
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -151,7 +151,9 @@ class SqliteStore:
         """Commit a group of appends in one transaction (see planner for the rules)."""
         return await self._call(self._tx, functools.partial(self._append_batch, commands))
 
-    def _append_batch(self, commands: Sequence[AppendCommand], db: sqlite3.Connection) -> list[AppendResult | Exception]:
+    def _append_batch(
+        self, commands: Sequence[AppendCommand], db: sqlite3.Connection
+    ) -> list[AppendResult | Exception]:
         now_us = _now_us()
         threads: dict[ThreadKey, ThreadInfo] = {}
         for cmd in commands:
@@ -184,7 +186,16 @@ class SqliteStore:
             "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (k.workspace_id, k.thread_id, m.seq, int(m.role), m.content, m.name, json.dumps(m.metadata), m.create_time_us)
+                (
+                    k.workspace_id,
+                    k.thread_id,
+                    m.seq,
+                    int(m.role),
+                    m.content,
+                    m.name,
+                    json.dumps(m.metadata),
+                    m.create_time_us,
+                )
                 for k, m in plan.message_rows
             ],
         )
@@ -248,10 +259,14 @@ class SqliteStore:
         """Return a thread's metadata, or None."""
 
         def run() -> ThreadInfo | None:
-            row = self._db().execute(
-                f"SELECT {_THREAD_COLS} FROM threads WHERE workspace_id = ? AND thread_id = ?",
-                (key.workspace_id, key.thread_id),
-            ).fetchone()
+            row = (
+                self._db()
+                .execute(
+                    f"SELECT {_THREAD_COLS} FROM threads WHERE workspace_id = ? AND thread_id = ?",
+                    (key.workspace_id, key.thread_id),
+                )
+                .fetchone()
+            )
             return _thread(row) if row else None
 
         return await self._call(run)
@@ -260,7 +275,8 @@ class SqliteStore:
         self, workspace_id: str, user_id: str, after: ThreadCursor | None, limit: int
     ) -> list[ThreadInfo]:
         """Keyset page of a user's threads, newest first."""
-        cond, args = "", [workspace_id, user_id]
+        cond = ""
+        args: list[Any] = [workspace_id, user_id]
         if after is not None:
             cond = "AND (create_time < ? OR (create_time = ? AND thread_id < ?))"
             args += [after.create_time_us, after.create_time_us, after.thread_id]
@@ -363,9 +379,7 @@ class SqliteStore:
 
         return await self._call(self._tx, run)
 
-    async def delete_preferences(
-        self, workspace_id: str, user_id: str, keys: Sequence[str] | None
-    ) -> PreferenceChange:
+    async def delete_preferences(self, workspace_id: str, user_id: str, keys: Sequence[str] | None) -> PreferenceChange:
         """Delete some keys (None: all) and bump the version."""
 
         def run(db: sqlite3.Connection) -> PreferenceChange:

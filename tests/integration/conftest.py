@@ -38,9 +38,7 @@ def backend_settings(request: pytest.FixtureRequest, backend: str, tmp_path: pat
     """Settings for a backend name such as ``postgres+redis``."""
     db_url = request.getfixturevalue("pg_proc").url if backend.startswith("postgres") else None
     redis_url = request.getfixturevalue("redis_proc").url if backend.endswith("+redis") else None
-    return make_settings(
-        database_url=db_url, sqlite_path=str(tmp_path / "chatmem.db"), redis_url=redis_url, **memory
-    )
+    return make_settings(database_url=db_url, sqlite_path=str(tmp_path / "chatmem.db"), redis_url=redis_url, **memory)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -6,11 +6,11 @@ import asyncio
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
+
 from chatmem.v1 import preferences_service_pb2 as pp
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
-from google.protobuf import duration_pb2
-
 from tests.conftest import Harness, exchange, msg
 
 pytestmark = pytest.mark.integration
@@ -114,8 +114,9 @@ async def test_list_messages_pages_forward_and_backward(api: Harness) -> None:
     token = ""
     for _ in range(10):
         page = await api.threads.ListMessages(
-            pb.ListMessagesRequest(workspace_id=api.ws, thread_id="t", page_size=4, page_token=token, reverse=True,
-                                   start_seq=9)  # fmt: skip
+            pb.ListMessagesRequest(
+                workspace_id=api.ws, thread_id="t", page_size=4, page_token=token, reverse=True, start_seq=9
+            )
         )
         back += [m.seq for m in page.messages]
         token = page.next_page_token

@@ -6,9 +6,9 @@ import pathlib
 from collections.abc import AsyncIterator
 
 import pytest
+
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
-
 from tests.conftest import Harness, start_harness
 from tests.integration.conftest import backend_settings
 

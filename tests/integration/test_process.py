@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from chatmem.v1 import thread_memory_service_pb2 as pb
-from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from chatmem.v1 import thread_memory_service_pb2 as pb
+from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
 from server.storage.models import ThreadKey
 from server.storage.sqlite import SqliteStore
 from tests.conftest import exchange, msg
@@ -68,7 +68,7 @@ async def wait_serving(port: int) -> grpc.aio.Channel:
 async def test_embedded_default_serves_health_reflection_and_history(
     embedded: tuple[subprocess.Popen[str], int], tmp_path: pathlib.Path
 ) -> None:
-    proc, port = embedded
+    _proc, port = embedded
     channel = await wait_serving(port)
     stub = pb_grpc.ThreadMemoryServiceStub(channel)
     await stub.AppendMessages(pb.AppendMessagesRequest(thread_id="t", messages=exchange(1)))

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
-from chatmem.v1 import resources_pb2 as r
-from chatmem.v1 import thread_memory_service_pb2 as pb
 from google.protobuf import duration_pb2
 
+from chatmem.v1 import resources_pb2 as r
+from chatmem.v1 import thread_memory_service_pb2 as pb
 from server.storage.keys import KeySpace
 from server.storage.models import ThreadKey
 from tests.conftest import Harness, exchange, msg
@@ -22,7 +22,9 @@ WINDOW = 50
 async def fill_thread(h: Harness, thread: str, exchanges: int, **first: object) -> None:
     for i in range(exchanges):
         await h.threads.AppendMessages(
-            pb.AppendMessagesRequest(workspace_id=h.ws, thread_id=thread, messages=exchange(i), **(first if i == 0 else {}))  # type: ignore[arg-type]
+            pb.AppendMessagesRequest(
+                workspace_id=h.ws, thread_id=thread, messages=exchange(i), **(first if i == 0 else {})
+            )  # type: ignore[arg-type]
         )
 
 
@@ -69,7 +71,9 @@ async def test_promise3_an_append_to_an_expired_thread_leaves_no_partial_window(
     assert await redis_client.exists(k.msgs)
     await asyncio.sleep(2.2)
     assert not await redis_client.exists(k.msgs, k.meta), "the cache TTL should have expired the window"
-    await cached.threads.AppendMessages(pb.AppendMessagesRequest(workspace_id=cached.ws, thread_id="t", messages=exchange(99)))
+    await cached.threads.AppendMessages(
+        pb.AppendMessagesRequest(workspace_id=cached.ws, thread_id="t", messages=exchange(99))
+    )
     # The append must not have created a list holding only the new messages.
     assert not await redis_client.exists(k.msgs)
     got = await window(cached, "t")
@@ -85,7 +89,9 @@ async def test_promise3_an_evicted_list_with_surviving_metadata_is_a_miss(
     await window(cached, "t")
     k = keys.thread(cached.ws, "t")
     await redis_client.delete(k.msgs)  # as an LRU eviction of one key would
-    await cached.threads.AppendMessages(pb.AppendMessagesRequest(workspace_id=cached.ws, thread_id="t", messages=exchange(77)))
+    await cached.threads.AppendMessages(
+        pb.AppendMessagesRequest(workspace_id=cached.ws, thread_id="t", messages=exchange(77))
+    )
     assert not await redis_client.exists(k.msgs)
     got = await window(cached, "t")
     assert got.serving.tier == r.TIER_STORE
@@ -166,7 +172,9 @@ async def test_pinned_windows_do_not_expire_and_ttl_changes_apply(
     await cached.threads.UpdateThread(pb.UpdateThreadRequest(workspace_id=cached.ws, thread_id="t", pinned=True))
     assert await redis_client.ttl(k.msgs) == -1
     await cached.threads.UpdateThread(
-        pb.UpdateThreadRequest(workspace_id=cached.ws, thread_id="t", pinned=False, ttl=duration_pb2.Duration(seconds=90))
+        pb.UpdateThreadRequest(
+            workspace_id=cached.ws, thread_id="t", pinned=False, ttl=duration_pb2.Duration(seconds=90)
+        )
     )
     assert 0 < await redis_client.ttl(k.msgs) <= 90
 

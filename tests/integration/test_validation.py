@@ -6,13 +6,13 @@ from typing import Any
 
 import grpc
 import pytest
-from chatmem.v1 import preferences_service_pb2 as pp
-from chatmem.v1 import resources_pb2 as r
-from chatmem.v1 import thread_memory_service_pb2 as pb
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from chatmem.v1 import preferences_service_pb2 as pp
+from chatmem.v1 import resources_pb2 as r
+from chatmem.v1 import thread_memory_service_pb2 as pb
 from tests.conftest import Harness, msg
 
 pytestmark = pytest.mark.integration
@@ -75,7 +75,9 @@ def violations(err: grpc.aio.AioRpcError) -> list[str]:
     return fields
 
 
-@pytest.mark.parametrize(("service", "method", "request_", "field"), CASES, ids=[f"{c[1]}-{c[3]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    ("service", "method", "request_", "field"), CASES, ids=[f"{c[1]}-{c[3]}-{i}" for i, c in enumerate(CASES)]
+)
 async def test_bad_input_is_invalid_argument_with_the_field(
     sqlite_api: Harness, service: str, method: str, request_: Any, field: str
 ) -> None:
@@ -105,7 +107,9 @@ async def test_an_oversized_request_is_refused_by_grpc_not_the_process(sqlite_ap
 
 
 async def test_several_violations_are_reported_together(sqlite_api: Harness) -> None:
-    bad = pb.AppendMessagesRequest(thread_id="", messages=[msg("x", role=0), msg("y", role=r.ROLE_USER)], request_id="a b")
+    bad = pb.AppendMessagesRequest(
+        thread_id="", messages=[msg("x", role=0), msg("y", role=r.ROLE_USER)], request_id="a b"
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await sqlite_api.threads.AppendMessages(bad)
     assert set(violations(err.value)) == {"thread_id", "request_id", "messages[0].role"}

@@ -27,7 +27,7 @@ def test_sections_are_left_out_when_empty() -> None:
 
 @pytest.mark.parametrize("budget", range(1, 140, 3))
 def test_the_budget_is_never_exceeded_and_lines_are_never_cut(budget: int) -> None:
-    block, n, p = render(MESSAGES, {"name": "Ada"}, max_chars=budget)
+    block, n, _p = render(MESSAGES, {"name": "Ada"}, max_chars=budget)
     assert len(block) <= budget
     full_lines = {"user: hello", "assistant: hi there", "user: what's up?", "name: Ada"}
     for line in block.splitlines():

@@ -17,7 +17,7 @@ from server.storage.models import (
     ThreadKey,
     Tier,
 )
-from server.storage.protocols import CacheUnavailable
+from server.storage.protocols import CacheUnavailableError
 from server.storage.repository import Repository
 from server.storage.sqlite import SqliteStore
 
@@ -31,7 +31,7 @@ class DownCache:
 
     async def _down(self) -> None:
         self.calls += 1
-        raise CacheUnavailable("connection refused")
+        raise CacheUnavailableError("connection refused")
 
     async def close(self) -> None:
         return None

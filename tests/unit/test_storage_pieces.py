@@ -5,8 +5,8 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-from chatmem.v1 import resources_pb2, thread_memory_service_pb2
 
+from chatmem.v1 import resources_pb2, thread_memory_service_pb2
 from server.config import LimitSettings, Settings
 from server.errors import InvalidArgumentError
 from server.storage.codec import encode_messages, frame_repeated
@@ -24,7 +24,9 @@ def test_thread_keys_share_one_stable_hash_tag() -> None:
 
 
 def test_framed_messages_parse_as_the_original_list() -> None:
-    stored = [StoredMessage(i, Role.ASSISTANT, "é" * i * 40, "n", {"k": str(i)}, 1_700_000_000_123_456) for i in range(1, 30)]
+    stored = [
+        StoredMessage(i, Role.ASSISTANT, "é" * i * 40, "n", {"k": str(i)}, 1_700_000_000_123_456) for i in range(1, 30)
+    ]
     encoded = encode_messages("w", "t", stored)
     resp = thread_memory_service_pb2.GetHistoryResponse.FromString(frame_repeated(1, encoded))
     assert [m.SerializeToString() for m in resp.messages] == encoded
