@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import grpc
+
 from chatmem.v1 import preferences_service_pb2 as prefs
 from chatmem.v1 import preferences_service_pb2_grpc as prefs_grpc
 from chatmem.v1 import resources_pb2 as res
