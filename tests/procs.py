@@ -182,13 +182,36 @@ class PostgresProcess:
             self.proc = None
             _wait(lambda: not self._port_open(), "killed postgres to release its port", 30)
 
+    def _tree(self) -> list[int]:
+        assert self.proc is not None
+        pids = [self.proc.pid]
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = pathlib.Path(stat).read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == self.proc.pid:
+                    pids.append(int(stat.split("/")[2]))
+        return pids
+
+    def pause(self) -> None:
+        """SIGSTOP the postmaster and every backend: connections stay open, nothing answers."""
+        for pid in self._tree():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after pause()."""
+        for pid in self._tree():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     def _port_open(self) -> bool:
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", self.port)) == 0
 
     def stop(self) -> None:
-        """Fast shutdown (SIGINT)."""
+        """Fast shutdown (SIGINT), resuming first if paused."""
         if self.proc is not None:
+            self.resume()
             self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(30)
