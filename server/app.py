@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
+import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,9 +27,10 @@ from server.services.preferences import PreferencesService
 from server.services.thread_memory import ThreadMemoryService
 from server.storage.cache import RedisCache, build_redis_client
 from server.storage.keys import KeySpace
+from server.storage.outbox import Flusher
 from server.storage.postgres import PostgresStore
 from server.storage.protocols import Cache, Store
-from server.storage.repository import Repository
+from server.storage.repository import Policy, Repository
 from server.storage.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -50,24 +55,42 @@ async def open_store(settings: Settings) -> Store:
     return SqliteStore(db.sqlite_path)
 
 
-def open_cache(settings: Settings) -> Cache | None:
-    """Build the Redis cache, or None when no Redis is configured (the pool connects lazily)."""
+def open_redis(settings: Settings) -> Any:
+    """Build the redis.asyncio client (it connects lazily), or None when no Redis is configured."""
     r = settings.redis
     if not r.enabled:
         return None
-    client = build_redis_client(
+    return build_redis_client(
         r.resolved_url(),
         max_connections=r.max_connections,
         socket_timeout_s=r.socket_timeout_s,
         connect_timeout_s=r.connect_timeout_s,
         cluster=r.cluster,
     )
+
+
+def open_cache(settings: Settings, client: Any) -> RedisCache:
+    """Build the Redis cache over a client."""
     return RedisCache(
         client,
-        KeySpace(r.key_prefix),
+        KeySpace(settings.redis.key_prefix),
         window=settings.memory.max_thread_messages,
         thread_ttl_s=int(settings.memory.thread_ttl_hours * 3600),
         prefs_ttl_s=int(settings.memory.user_ttl_days * 86400),
+    )
+
+
+def policy_of(settings: Settings) -> Policy:
+    """Build the repository's policy from the settings."""
+    m = settings.memory
+    return Policy(
+        window=m.max_thread_messages,
+        write_behind=settings.write_mode == "write_behind",
+        default_ttl_s=int(m.thread_ttl_hours * 3600),
+        request_ttl_s=int(m.request_id_ttl_hours * 3600),
+        max_unflushed=settings.outbox.max_unflushed_per_thread,
+        probe_interval_s=settings.redis.probe_interval_s,
+        max_group=m.group_commit_max,
     )
 
 
@@ -81,10 +104,19 @@ class App:
     repository: Repository
     store: Store
     cache: Cache | None
+    flusher: Flusher | None
     port: int
 
     async def start(self) -> None:
-        """Start serving and report SERVING."""
+        """Start the flusher and the server, warn about a Redis that does not persist, report SERVING."""
+        if self.flusher is not None:
+            assert self.cache is not None
+            if await self.cache.aof_enabled() is not True:
+                log.warning(
+                    "WRITE_BEHIND WITH A REDIS WITHOUT AOF (or AOF not verifiable): appends acknowledged as QUEUED "
+                    "are lost if Redis restarts before they are flushed. Run Redis with appendonly yes."
+                )
+            await self.flusher.start()
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -93,7 +125,7 @@ class App:
             self.port,
             type(self.store).__name__,
             type(self.cache).__name__ if self.cache else "none",
-            self.settings.memory.write_mode,
+            self.settings.write_mode,
         )
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -102,6 +134,8 @@ class App:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.repository.close()
+        if self.flusher is not None:
+            await self.flusher.stop(self.settings.outbox.drain_on_shutdown_s)
         if self.cache is not None:
             await self.cache.close()
         await self.store.close()
@@ -126,11 +160,25 @@ async def create_server(
     applied = await store.migrate()
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
-    if cache is None and use_configured_cache:
-        cache = open_cache(settings)
-    repository = Repository(
-        store, cache, window=settings.memory.max_thread_messages, max_group=settings.memory.group_commit_max
-    )
+    client = open_redis(settings) if cache is None and use_configured_cache else None
+    if client is not None:
+        cache = open_cache(settings, client)
+    repository = Repository(store, cache, policy_of(settings))
+    flusher = None
+    if client is not None and repository.write_behind:
+        o = settings.outbox
+        flusher = Flusher(
+            client,
+            KeySpace(settings.redis.key_prefix),
+            store,
+            consumer=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            batch_size=o.batch_size,
+            block_ms=o.block_ms,
+            claim_idle_ms=o.claim_idle_ms,
+            claim_interval_s=o.claim_interval_s,
+            cluster=settings.redis.cluster,
+            store_health=repository.store_health,
+        )
     g = settings.grpc
     server = grpc.aio.server(
         options=[
@@ -156,7 +204,7 @@ async def create_server(
     port = server.add_insecure_port(g.address)
     if port == 0:
         raise OSError(f"cannot bind {g.address}")
-    return App(settings, server, health, repository, store, cache, port)
+    return App(settings, server, health, repository, store, cache, flusher, port)
 
 
 async def serve(settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""Settings from the environment and a .env file, in sections: GRPC__, REDIS__, DATABASE__, MEMORY__, LIMITS__."""
+"""Settings from the environment and .env: sections GRPC__, REDIS__, DATABASE__, MEMORY__, OUTBOX__, LIMITS__."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class RedisSettings(BaseModel):
     socket_timeout_s: float = Field(default=0.5, gt=0)
     connect_timeout_s: float = Field(default=0.5, gt=0)
     max_connections: int = Field(default=64, ge=1)
+    probe_interval_s: float = Field(default=1.0, gt=0, description="how often a bypassed Redis is probed")
 
     @property
     def enabled(self) -> bool:
@@ -67,8 +68,22 @@ class MemorySettings(BaseModel):
     thread_ttl_hours: float = Field(default=24, gt=0)
     user_ttl_days: float = Field(default=30, gt=0)
     max_thread_messages: int = Field(default=50, ge=1, le=1000)
-    write_mode: Literal["write_through"] = "write_through"
+    write_mode: Literal["write_through", "write_behind"] | None = Field(
+        default=None, description="unset: write_behind when Redis is configured, else write_through"
+    )
     group_commit_max: int = Field(default=256, ge=1)
+    request_id_ttl_hours: float = Field(default=24, gt=0, description="write_behind: how long Redis remembers ids")
+
+
+class OutboxSettings(BaseModel):
+    """The write_behind outbox and its flusher."""
+
+    batch_size: int = Field(default=500, ge=1)
+    block_ms: int = Field(default=100, ge=1, description="flush latency when idle; below REDIS__SOCKET_TIMEOUT_S")
+    claim_idle_ms: int = Field(default=30_000, ge=100)
+    claim_interval_s: float = Field(default=5.0, gt=0)
+    max_unflushed_per_thread: int = Field(default=100_000, ge=10)
+    drain_on_shutdown_s: float = Field(default=5.0, ge=0)
 
 
 class LimitSettings(BaseModel):
@@ -106,5 +121,21 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     database: DatabaseSettings = DatabaseSettings()
     memory: MemorySettings = MemorySettings()
+    outbox: OutboxSettings = OutboxSettings()
     limits: LimitSettings = LimitSettings()
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.memory.write_mode == "write_behind" and not self.redis.enabled:
+            raise ValueError("MEMORY__WRITE_MODE=write_behind needs Redis (REDIS__HOST or REDIS__URL)")
+        if self.outbox.block_ms >= self.redis.socket_timeout_s * 1000:
+            raise ValueError("OUTBOX__BLOCK_MS must be below REDIS__SOCKET_TIMEOUT_S")
+        return self
+
+    @property
+    def write_mode(self) -> str:
+        """The effective write mode."""
+        if self.memory.write_mode is not None:
+            return self.memory.write_mode
+        return "write_behind" if self.redis.enabled else "write_through"

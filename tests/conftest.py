@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,19 +13,27 @@ import pytest
 
 from chatmem.v1 import preferences_service_pb2_grpc, resources_pb2, thread_memory_service_pb2_grpc
 from server.app import App, create_server
-from server.config import DatabaseSettings, GrpcSettings, MemorySettings, RedisSettings, Settings
+from server.config import DatabaseSettings, GrpcSettings, MemorySettings, OutboxSettings, RedisSettings, Settings
 
 
 def make_settings(
-    *, database_url: str | None = None, sqlite_path: str = ":memory:", redis_url: str | None = None, **memory: Any
+    *,
+    database_url: str | None = None,
+    sqlite_path: str = ":memory:",
+    redis_url: str | None = None,
+    outbox: dict[str, Any] | None = None,
+    grpc: dict[str, Any] | None = None,
+    **memory: Any,
 ) -> Settings:
     """Settings for a test server on a free port; nothing comes from the environment or a .env file."""
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
-        grpc=GrpcSettings(address="127.0.0.1:0", shutdown_grace_s=2.0),
+        grpc=GrpcSettings(**{"address": "127.0.0.1:0", "shutdown_grace_s": 2.0, **(grpc or {})}),
         database=DatabaseSettings(url=database_url, sqlite_path=sqlite_path),
-        redis=RedisSettings(url=redis_url),
+        # Each test server gets its own key prefix: servers with different stores must not share an outbox.
+        redis=RedisSettings(url=redis_url, probe_interval_s=0.2, key_prefix=f"cm{uuid.uuid4().hex[:8]}"),
         memory=MemorySettings(**memory),
+        outbox=OutboxSettings(**{"block_ms": 20, "claim_idle_ms": 1000, "claim_interval_s": 0.5, **(outbox or {})}),
     )
 
 
@@ -37,6 +46,23 @@ class Harness:
     threads: thread_memory_service_pb2_grpc.ThreadMemoryServiceStub
     prefs: preferences_service_pb2_grpc.PreferencesServiceStub
     ws: str
+
+    @property
+    def durability(self) -> int:
+        """The durability an acknowledged append reports on this server."""
+        return (
+            resources_pb2.DURABILITY_QUEUED if self.app.repository.write_behind else resources_pb2.DURABILITY_PERSISTED
+        )
+
+    async def drained(self, timeout_s: float = 15.0) -> None:
+        """Wait until the write_behind outbox is empty (everything acknowledged is in the store)."""
+        flusher = self.app.flusher
+        if flusher is None:
+            return
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while await flusher.depth():
+            assert asyncio.get_running_loop().time() < deadline, "the outbox did not drain"
+            await asyncio.sleep(0.02)
 
     async def close(self) -> None:
         """Close the channel and stop the server."""

@@ -21,13 +21,11 @@ from server.storage.models import (
     ThreadCursor,
     ThreadKey,
     ThreadPatch,
-    Tier,
 )
-from server.storage.repository import Repository, Served
+from server.storage.repository import Repository
 from server.validation import Checker
 
 _MAX_TTL_S = 366 * 24 * 3600
-_STORE = Served(Tier.STORE)
 
 
 class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
@@ -88,10 +86,10 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         )
         outcome = await self._repo.append(command)
         return pb.AppendMessagesResponse(
-            seqs=outcome.result.seqs,
-            message_count=outcome.result.message_count,
+            seqs=outcome.seqs,
+            message_count=outcome.message_count,
             durability=int(outcome.durability),  # type: ignore[arg-type]
-            replayed=outcome.result.replayed,
+            replayed=outcome.replayed,
             serving=convert.serving(outcome.served),
         )
 
@@ -126,7 +124,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         if request.page_token:
             start = pagination.require_int(pagination.decode(request.page_token, "messages", scope), "next", low=0)
             if request.reverse and start == 0:
-                return pb.ListMessagesResponse(serving=convert.serving(_STORE))
+                return pb.ListMessagesResponse(serving=convert.serving(self._repo.served_by_store()))
         page = await self._repo.list_messages(key, start, request.reverse, size + 1)
         more = len(page) > size
         page = page[:size]
@@ -137,7 +135,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         return pb.ListMessagesResponse(
             messages=[convert.message(key.workspace_id, key.thread_id, m) for m in page],
             next_page_token=token,
-            serving=convert.serving(_STORE),
+            serving=convert.serving(self._repo.served_by_store()),
         )
 
     @server_stream

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -10,28 +9,22 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from server.storage import scripts
 from server.storage.keys import KeySpace
-from server.storage.models import PreferenceChange, PreferenceSet, ThreadInfo, ThreadKey
+from server.storage.models import (
+    PreferenceChange,
+    PreferenceSet,
+    QueuedReply,
+    QueuedRequest,
+    ThreadInfo,
+    ThreadKey,
+)
 from server.storage.protocols import CacheUnavailableError
+from server.storage.scripts import Script
 
 log = logging.getLogger(__name__)
-
-
-class _Script:
-    """A Lua script called by EVALSHA, loaded again by EVAL after a NOSCRIPT (Redis restarted)."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
-
-    async def __call__(self, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await client.eval(self.source, len(keys), *keys, *args)
 
 
 class RedisCache:
@@ -62,14 +55,18 @@ class RedisCache:
         self._thread_ttl_s = thread_ttl_s
         self._prefs_ttl_s = prefs_ttl_s
         self._tombstone_ttl_s = tombstone_ttl_s
-        self._read_window = _Script(scripts.READ_WINDOW)
-        self._fill_window = _Script(scripts.FILL_WINDOW)
-        self._push_window = _Script(scripts.PUSH_WINDOW)
-        self._drop_window = _Script(scripts.DROP_WINDOW)
-        self._retune_window = _Script(scripts.RETUNE_WINDOW)
-        self._read_prefs = _Script(scripts.READ_PREFS)
-        self._fill_prefs = _Script(scripts.FILL_PREFS)
-        self._apply_prefs = _Script(scripts.APPLY_PREFS)
+        self._read_window = Script(scripts.READ_WINDOW)
+        self._fill_window = Script(scripts.FILL_WINDOW)
+        self._push_window = Script(scripts.PUSH_WINDOW)
+        self._drop_thread = Script(scripts.DROP_THREAD)
+        self._reset_thread = Script(scripts.RESET_THREAD)
+        self._thread_incarnation = Script(scripts.THREAD_INCARNATION)
+        self._append_queued = Script(scripts.APPEND_QUEUED)
+        self._pending_seq = Script(scripts.PENDING_SEQ)
+        self._retune_window = Script(scripts.RETUNE_WINDOW)
+        self._read_prefs = Script(scripts.READ_PREFS)
+        self._fill_prefs = Script(scripts.FILL_PREFS)
+        self._apply_prefs = Script(scripts.APPLY_PREFS)
 
     @property
     def window(self) -> int:
@@ -81,7 +78,7 @@ class RedisCache:
             return 0
         return thread.ttl_seconds or self._thread_ttl_s
 
-    async def _run(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def _run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
             return await script(self._client, keys, args)
         except ResponseError as exc:
@@ -120,10 +117,78 @@ class RedisCache:
         args = (thread.incarnation, first_seq, last, self._ttl(thread), self._window, *encoded)
         return bool(await self._run(self._push_window, (k.msgs, k.meta), args))
 
-    async def drop_window(self, thread: ThreadInfo) -> None:
-        """Invalidate a deleted thread's window and leave a tombstone."""
-        k = self._keys.thread(thread.workspace_id, thread.thread_id)
-        await self._run(self._drop_window, (k.msgs, k.meta), (thread.incarnation, self._tombstone_ttl_s))
+    async def drop_thread(self, key: ThreadKey, incarnation: int) -> None:
+        """Forget a deleted thread (window, request ids, pending marker) and leave a tombstone."""
+        k = self._keys.thread(key.workspace_id, key.thread_id)
+        await self._run(
+            self._drop_thread, (k.msgs, k.meta, k.reqs, k.pending), (incarnation, self._tombstone_ttl_s, k.field)
+        )
+
+    async def reset_thread(self, key: ThreadKey) -> None:
+        """Forget a thread's window and counters (they may be stale); its queued messages stay."""
+        k = self._keys.thread(key.workspace_id, key.thread_id)
+        await self._run(self._reset_thread, (k.msgs, k.meta), ())
+
+    async def reset_preferences(self, workspace_id: str, user_id: str) -> None:
+        """Forget a user's cached preferences (they may be stale)."""
+        try:
+            await self._client.delete(self._keys.preferences(workspace_id, user_id))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise CacheUnavailableError(str(exc)) from exc
+
+    async def thread_incarnation(self, key: ThreadKey) -> int | None:
+        """Return the incarnation Redis holds for a live thread (queued or cached), or None."""
+        k = self._keys.thread(key.workspace_id, key.thread_id)
+        found = await self._run(self._thread_incarnation, (k.meta, k.pending), (k.field,))
+        return int(found) if found else None
+
+    async def pending_seq(self, key: ThreadKey) -> int | None:
+        """Return the newest seq of the thread still waiting in the outbox, or None if all are flushed."""
+        k = self._keys.thread(key.workspace_id, key.thread_id)
+        found = await self._run(self._pending_seq, (k.pending,), (k.field,))
+        return None if found is None else int(found)
+
+    async def append_queued(self, request: QueuedRequest) -> QueuedReply:
+        """Run the write_behind append: one atomic script on the thread's slot (see scripts.APPEND_QUEUED)."""
+        k = self._keys.thread(request.key.workspace_id, request.key.thread_id)
+        seed = request.seed
+        args: list[Any] = [
+            k.field,
+            request.request_id,
+            -1 if request.expected_last_seq is None else request.expected_last_seq,
+            request.new_ttl_s,
+            self._window,
+            request.request_ttl_s,
+            request.max_unflushed,
+            "1" if seed else "0",
+            seed.last_seq if seed else 0,
+            seed.message_count if seed else 0,
+            seed.incarnation if seed else 0,
+            request.options_json,
+            request.key.workspace_id,
+            request.key.thread_id,
+            *request.encoded,
+        ]
+        reply = await self._run(self._append_queued, (k.msgs, k.meta, k.reqs, k.outbox, k.pending), args)
+        kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        if kind == "dup":
+            first, n, count = (int(x) for x in reply[1].split(b":"))
+            return QueuedReply("dup", first=first, count=n, message_count=count)
+        if kind == "ok":
+            return QueuedReply("ok", first=int(reply[1]), count=len(request.encoded), message_count=int(reply[2]),
+                               incarnation=int(reply[3]))  # fmt: skip
+        return QueuedReply(kind, value=int(reply[1]) if len(reply) > 1 else 0)
+
+    async def aof_enabled(self) -> bool | None:
+        """Tell whether Redis persists with AOF; None when CONFIG GET is not allowed (managed services)."""
+        try:
+            found = await self._client.config_get("appendonly")
+        except (RedisError, OSError, TimeoutError):
+            return None
+        value = found.get("appendonly") or found.get(b"appendonly")
+        if value is None:
+            return None
+        return (value.decode() if isinstance(value, bytes) else str(value)) == "yes"
 
     async def retune_window(self, thread: ThreadInfo) -> None:
         """Apply a changed TTL or pin to a cached window."""

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from chatmem.v1 import resources_pb2
-from server.storage.models import StoredMessage
+from chatmem.v1 import resources_pb2, thread_memory_service_pb2
+from server.storage.models import NewMessage, Role, StoredMessage
 
 
 def encode_message(workspace_id: str, thread_id: str, message: StoredMessage) -> bytes:
@@ -50,3 +50,28 @@ def frame_repeated(field_number: int, encoded: Sequence[bytes]) -> bytes:
     """
     tag = bytes([(field_number << 3) | 2])
     return b"".join(tag + _varint(len(item)) + item for item in encoded)
+
+
+def encode_unsequenced(workspace_id: str, thread_id: str, message: NewMessage, create_time_us: int) -> bytes:
+    """Serialise a new message without its seq; the write_behind script appends field 3 (seq) itself."""
+    return encode_message(
+        workspace_id,
+        thread_id,
+        StoredMessage(0, message.role, message.content, message.name, message.metadata, create_time_us),
+    )
+
+
+def decode_framed(framed: bytes) -> list[StoredMessage]:
+    """Decode messages framed as a repeated field 1 (as the outbox stores them)."""
+    parsed = thread_memory_service_pb2.GetHistoryResponse.FromString(framed)
+    return [
+        StoredMessage(
+            seq=m.seq,
+            role=Role(m.role),
+            content=m.content,
+            name=m.name,
+            metadata=dict(m.metadata),
+            create_time_us=m.create_time.seconds * 1_000_000 + m.create_time.nanos // 1000,
+        )
+        for m in parsed.messages
+    ]

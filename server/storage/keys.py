@@ -21,10 +21,18 @@ def bucket_of(workspace_id: str, object_id: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ThreadKeys:
-    """The keys of one thread's cached window."""
+    """The keys of one thread, all on its bucket's slot.
+
+    They are the window, the metadata, the request ids, and the bucket's outbox stream and pending
+    hash (``field`` is the thread's name in that hash).
+    """
 
     msgs: str
     meta: str
+    reqs: str
+    outbox: str
+    pending: str
+    field: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +43,29 @@ class KeySpace:
 
     def thread(self, workspace_id: str, thread_id: str) -> ThreadKeys:
         """Return the window list and metadata hash keys of a thread."""
-        tag = bucket_of(workspace_id, thread_id)
-        base = f"{self.prefix}:{{b:{tag}}}:t:{workspace_id}/{thread_id}"
-        return ThreadKeys(msgs=f"{base}:msgs", meta=f"{base}:meta")
+        bucket = bucket_of(workspace_id, thread_id)
+        base = f"{self.prefix}:{{b:{bucket}}}:t:{workspace_id}/{thread_id}"
+        return ThreadKeys(
+            msgs=f"{base}:msgs",
+            meta=f"{base}:meta",
+            reqs=f"{base}:reqs",
+            outbox=self.outbox(bucket),
+            pending=self.pending(bucket),
+            field=f"{workspace_id}/{thread_id}",
+        )
+
+    def outbox(self, bucket: int) -> str:
+        """Return the outbox stream of a bucket."""
+        return f"{self.prefix}:{{b:{bucket}}}:outbox"
+
+    def pending(self, bucket: int) -> str:
+        """Return the hash of threads with unflushed messages in a bucket."""
+        return f"{self.prefix}:{{b:{bucket}}}:pending"
+
+    def thread_meta(self, field: str) -> str:
+        """Return the metadata key of a thread named by its pending field ``<ws>/<thread>``."""
+        workspace_id, _, thread_id = field.partition("/")
+        return self.thread(workspace_id, thread_id).meta
 
     def preferences(self, workspace_id: str, user_id: str) -> str:
         """Return the preferences hash key of a user."""

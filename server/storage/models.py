@@ -168,3 +168,73 @@ class PreferenceChange:
     deleted_keys: tuple[str, ...]
     deleted_all: bool
     affected: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedAppend:
+    """An outbox entry: an append acknowledged as QUEUED, on its way to the store."""
+
+    key: ThreadKey
+    incarnation: int
+    request_id: str
+    first_seq: int
+    message_count: int
+    new_thread: NewThreadOptions | None
+    messages: tuple[StoredMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Seed:
+    """What the store knows of a thread, to seed a missing Redis counter.
+
+    For an unknown thread, incarnation is a fresh one, larger than any deleted incarnation.
+    """
+
+    exists: bool
+    last_seq: int
+    message_count: int
+    incarnation: int
+    ttl_seconds: int | None = None
+    pinned: bool = False
+    dead_incarnation: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """A cache entry that may be stale because a write went around Redis.
+
+    Kinds: ``a`` a thread appended to through the store (its Redis seq counter may be behind, and the
+    append already skipped the fallback gap), ``t`` a thread otherwise changed, ``u`` a user's preferences.
+    """
+
+    kind: str
+    workspace_id: str
+    object_id: str
+    marked_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRequest:
+    """A write_behind append as the cache script takes it (messages encoded without their seq)."""
+
+    key: ThreadKey
+    encoded: tuple[bytes, ...]
+    request_id: str
+    expected_last_seq: int | None
+    new_ttl_s: int
+    options_json: str
+    request_ttl_s: int
+    max_unflushed: int
+    seed: Seed | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedReply:
+    """The script's answer: ``ok``, ``dup`` (a replay), ``seed`` (counter missing), ``aborted`` or ``backlog``."""
+
+    kind: str
+    first: int = 0
+    count: int = 0
+    message_count: int = 0
+    incarnation: int = 0
+    value: int = 0

@@ -1,8 +1,9 @@
 """Pure planning of a group of appends: dedupe by request_id, optimistic checks, seq assignment.
 
 Both stores lock the threads involved, hand their rows to plan_appends, and write what it returns in
-the same transaction, so the seq rules live here once: seqs of a thread are 1, 2, 3, ... with no gap
-or reuse, assigned in commit order under the thread row's lock.
+the same transaction, so the seq rules live here once: a thread's seqs strictly increase in commit order
+under the thread row's lock, never reused; they are dense (1, 2, 3, ...) except where a fallback write
+skips a gap (see server/storage/repository.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def plan_appends(
     threads: Mapping[ThreadKey, ThreadInfo],
     replays: Mapping[tuple[ThreadKey, str], Replay],
     now_us: int,
+    gaps: Mapping[ThreadKey, int] | None = None,
 ) -> AppendPlan:
     """Plan a group of appends against locked thread rows.
 
@@ -48,12 +50,15 @@ def plan_appends(
         threads: the current row of every thread the commands name (new ones with last_seq 0).
         replays: request ids already stored for these threads.
         now_us: the create time of every message in the group.
+        gaps: seqs to skip before a thread's first message in this group (fallback writes leave room
+            above any seq that an unreachable Redis may still hold unflushed).
 
     Returns:
         The rows to write and one result or AbortedError per command.
     """
     plan = AppendPlan(threads=dict(threads))
     seen: dict[tuple[ThreadKey, str], Replay] = dict(replays)
+    pending_gaps = dict(gaps or {})
     for cmd in commands:
         thread = plan.threads[cmd.key]
         rid_key = (cmd.key, cmd.request_id)
@@ -68,14 +73,14 @@ def plan_appends(
                 )
             )
             continue
-        first = thread.last_seq + 1
+        first = thread.last_seq + 1 + pending_gaps.pop(cmd.key, 0)
         stored = tuple(
             StoredMessage(first + i, m.role, m.content, m.name, dict(m.metadata), now_us)
             for i, m in enumerate(cmd.messages)
         )
         thread = dataclasses.replace(
             thread,
-            last_seq=thread.last_seq + len(stored),
+            last_seq=first + len(stored) - 1,
             message_count=thread.message_count + len(stored),
             update_time_us=now_us,
         )

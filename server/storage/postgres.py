@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,7 +19,10 @@ from server.storage.models import (
     PreferenceChange,
     PreferenceSet,
     PreferenceValue,
+    QueuedAppend,
+    Repair,
     Role,
+    Seed,
     StoredMessage,
     ThreadCursor,
     ThreadInfo,
@@ -58,6 +62,11 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.exceptions.PostgresError):
         return str(getattr(exc, "sqlstate", "") or "").startswith(_UNAVAILABLE_SQLSTATES)
     return False
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("a cancelled store call ended with %r", task.exception())
 
 
 def _thread(row: Any) -> ThreadInfo:
@@ -152,25 +161,41 @@ class PostgresStore:
         return applied
 
     async def _guard(self, coro: Any) -> Any:
+        # The query runs in its own task so that a caller whose deadline passes is released at once:
+        # asyncpg's clean-up of a cancelled query waits for PostgreSQL to answer the cancel request,
+        # which a hung server never does. The cancelled task finishes that clean-up on its own.
+        task = asyncio.ensure_future(coro)
         try:
-            return await coro
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.cancel()
+            task.add_done_callback(_consume)
+            raise
         except Exception as exc:
             if is_unavailable(exc):
                 raise StoreUnavailableError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
             raise
 
-    async def append_batch(self, commands: Sequence[AppendCommand]) -> list[AppendResult | Exception]:
-        """Commit a group of appends in one transaction (see planner for the rules)."""
+    async def append_batch(
+        self, commands: Sequence[AppendCommand], *, repair: bool = False, fallback_gap: int = 0
+    ) -> list[AppendResult | Exception]:
+        """Commit a group of appends in one transaction (see planner for the rules).
+
+        With ``repair``, the threads are marked for cache repair in the same transaction, and a thread
+        not yet marked skips ``fallback_gap`` seqs first.
+        """
         for attempt in range(3):
             try:
-                return await self._guard(self._append_batch(commands))  # type: ignore[no-any-return]
+                return await self._guard(self._append_batch(commands, repair, fallback_gap))  # type: ignore[no-any-return]
             except asyncpg.exceptions.DeadlockDetectedError:
                 if attempt == 2:
                     raise
                 log.warning("deadlock in a group commit; retrying")
         raise AssertionError("unreachable")
 
-    async def _append_batch(self, commands: Sequence[AppendCommand]) -> list[AppendResult | Exception]:
+    async def _append_batch(
+        self, commands: Sequence[AppendCommand], repair: bool, fallback_gap: int
+    ) -> list[AppendResult | Exception]:
         keys = sorted({c.key for c in commands}, key=lambda k: (k.workspace_id, k.thread_id))
         first_opts: dict[ThreadKey, NewThreadOptions] = {}
         for c in commands:
@@ -212,7 +237,13 @@ class PostgresStore:
                 for r in found:
                     key = ThreadKey(r["workspace_id"], r["thread_id"])
                     replays[(key, r["request_id"])] = Replay(r["first_seq"], r["count"], r["message_count"])
-            plan = plan_appends(commands, threads, replays, time.time_ns() // 1000)
+            gaps: dict[ThreadKey, int] = {}
+            if repair:
+                marked = await self._marked(conn, "a", keys)
+                gaps = {k: fallback_gap for k in keys if k not in marked}
+            plan = plan_appends(commands, threads, replays, time.time_ns() // 1000, gaps)
+            if repair and plan.touched:
+                await self._mark(conn, [Repair("a", k.workspace_id, k.thread_id) for k in plan.touched])
             if plan.message_rows:
                 await conn.execute(
                     "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time) "
@@ -329,47 +360,274 @@ class PostgresStore:
         )
         return [_thread(r) for r in rows]
 
-    async def update_thread(self, key: ThreadKey, patch: ThreadPatch) -> ThreadInfo | None:
+    async def update_thread(self, key: ThreadKey, patch: ThreadPatch, *, repair: bool = False) -> ThreadInfo | None:
         """Apply a patch; ttl_seconds 0 restores the default TTL."""
-        row = await self._guard(
-            self._pool.fetchrow(
-                "UPDATE threads t SET title = COALESCE($3, t.title), "
-                "ttl_seconds = CASE WHEN $4::int IS NULL THEN t.ttl_seconds "
-                "WHEN $4::int = 0 THEN NULL ELSE $4::int END, "
-                "pinned = COALESCE($5, t.pinned), update_time = clock_timestamp() "
-                f"WHERE t.workspace_id = $1 AND t.thread_id = $2 RETURNING {_THREAD_COLS}",
-                key.workspace_id,
-                key.thread_id,
-                patch.title,
-                patch.ttl_seconds,
-                patch.pinned,
-            )
-        )
-        return _thread(row) if row else None
 
-    async def delete_thread(self, key: ThreadKey) -> tuple[ThreadInfo, int] | None:
-        """Delete a thread, its messages and its request records in one transaction."""
+        async def run() -> ThreadInfo | None:
+            async with self._pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    "UPDATE threads t SET title = COALESCE($3, t.title), "
+                    "ttl_seconds = CASE WHEN $4::int IS NULL THEN t.ttl_seconds "
+                    "WHEN $4::int = 0 THEN NULL ELSE $4::int END, "
+                    "pinned = COALESCE($5, t.pinned), update_time = clock_timestamp() "
+                    f"WHERE t.workspace_id = $1 AND t.thread_id = $2 RETURNING {_THREAD_COLS}",
+                    key.workspace_id,
+                    key.thread_id,
+                    patch.title,
+                    patch.ttl_seconds,
+                    patch.pinned,
+                )
+                if row is not None and repair:
+                    await self._mark(conn, [Repair("t", key.workspace_id, key.thread_id)])
+                return _thread(row) if row else None
 
-        async def run() -> tuple[ThreadInfo, int] | None:
+        return await self._guard(run())  # type: ignore[no-any-return]
+
+    async def delete_thread(
+        self, key: ThreadKey, *, tombstone_incarnation: int = 0, repair: bool = False
+    ) -> tuple[ThreadInfo | None, int]:
+        """Delete a thread, its messages and request records, and leave a tombstone.
+
+        The tombstone holds the largest incarnation deleted (the row's, or ``tombstone_incarnation``
+        for a thread the outbox still holds), so that a late flush of it is skipped.
+
+        Returns:
+            (the deleted row or None, messages deleted).
+        """
+
+        async def run() -> tuple[ThreadInfo | None, int]:
             async with self._pool.acquire() as conn, conn.transaction():
                 row = await conn.fetchrow(
                     f"DELETE FROM threads t WHERE t.workspace_id = $1 AND t.thread_id = $2 RETURNING {_THREAD_COLS}",
                     key.workspace_id,
                     key.thread_id,
                 )
-                if row is None:
-                    return None
-                status = await conn.execute(
-                    "DELETE FROM messages WHERE workspace_id = $1 AND thread_id = $2", key.workspace_id, key.thread_id
-                )
-                await conn.execute(
-                    "DELETE FROM append_requests WHERE workspace_id = $1 AND thread_id = $2",
+                thread = _thread(row) if row else None
+                incarnation = max(tombstone_incarnation, thread.incarnation if thread else 0)
+                count = 0
+                if thread is not None:
+                    status = await conn.execute(
+                        "DELETE FROM messages WHERE workspace_id = $1 AND thread_id = $2",
+                        key.workspace_id,
+                        key.thread_id,
+                    )
+                    count = int(status.split()[-1])
+                    await conn.execute(
+                        "DELETE FROM append_requests WHERE workspace_id = $1 AND thread_id = $2",
+                        key.workspace_id,
+                        key.thread_id,
+                    )
+                if incarnation:
+                    await conn.execute(
+                        "INSERT INTO thread_tombstones (workspace_id, thread_id, incarnation) VALUES ($1, $2, $3) "
+                        "ON CONFLICT (workspace_id, thread_id) DO UPDATE SET "
+                        "incarnation = GREATEST(thread_tombstones.incarnation, excluded.incarnation), "
+                        "delete_time = clock_timestamp()",
+                        key.workspace_id,
+                        key.thread_id,
+                        incarnation,
+                    )
+                if repair:
+                    await self._mark(conn, [Repair("t", key.workspace_id, key.thread_id)])
+                return thread, count
+
+        return await self._guard(run())  # type: ignore[no-any-return]
+
+    async def seed(self, key: ThreadKey, create: NewThreadOptions | None = None) -> Seed:
+        """Return the thread's counters; for an unknown thread a fresh incarnation above any deleted one.
+
+        With ``create``, an unknown thread's row is created (empty, with that incarnation) so that it is
+        listed before its first messages are flushed.
+        """
+
+        async def run() -> Seed:
+            async with self._pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    "SELECT t.last_seq, t.message_count, t.incarnation, t.ttl_seconds, t.pinned, "
+                    "(SELECT incarnation FROM thread_tombstones d WHERE d.workspace_id = $1 AND d.thread_id = $2) "
+                    "AS dead FROM (SELECT 1) one LEFT JOIN threads t ON t.workspace_id = $1 AND t.thread_id = $2",
                     key.workspace_id,
                     key.thread_id,
                 )
-                return _thread(row), int(status.split()[-1])
+                dead = row["dead"] or 0
+                if row["incarnation"] is not None:
+                    return Seed(
+                        True, row["last_seq"], row["message_count"], row["incarnation"], row["ttl_seconds"],
+                        row["pinned"], dead,
+                    )  # fmt: skip
+                incarnation = max(time.time_ns() // 1000, dead + 1)
+                if create is not None:
+                    await conn.execute(
+                        "INSERT INTO threads (workspace_id, thread_id, user_id, title, ttl_seconds, incarnation) "
+                        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                        key.workspace_id,
+                        key.thread_id,
+                        create.user_id,
+                        create.title,
+                        create.ttl_seconds,
+                        incarnation,
+                    )
+                return Seed(False, 0, 0, incarnation, dead_incarnation=dead)
 
         return await self._guard(run())  # type: ignore[no-any-return]
+
+    async def apply_queued(self, entries: Sequence[QueuedAppend]) -> int:
+        """Write outbox entries idempotently; skip deleted incarnations. Returns the messages inserted."""
+        return await self._guard(self._apply_queued(entries))  # type: ignore[no-any-return]
+
+    async def _apply_queued(self, entries: Sequence[QueuedAppend]) -> int:
+        firsts: dict[ThreadKey, QueuedAppend] = {}
+        for e in entries:
+            firsts.setdefault(e.key, e)
+        keys = sorted(firsts, key=lambda k: (k.workspace_id, k.thread_id))
+        ws = [k.workspace_id for k in keys]
+        th = [k.thread_id for k in keys]
+        async with self._pool.acquire() as conn, conn.transaction():
+            opts = [firsts[k].new_thread or NewThreadOptions() for k in keys]
+            created = await conn.fetch(
+                "INSERT INTO threads (workspace_id, thread_id, user_id, title, ttl_seconds, incarnation, "
+                "create_time, update_time) "
+                f"SELECT ws, th, u, ti, ttl, inc, {_TS.format(arg='us')}, {_TS.format(arg='us')} "
+                "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::bigint[]) "
+                "AS r(ws, th, u, ti, ttl, inc, us) ON CONFLICT DO NOTHING RETURNING workspace_id, thread_id",
+                ws,
+                th,
+                [o.user_id for o in opts],
+                [o.title for o in opts],
+                [o.ttl_seconds for o in opts],
+                [firsts[k].incarnation for k in keys],
+                [firsts[k].messages[0].create_time_us if firsts[k].messages else 0 for k in keys],
+            )
+            # Lock the rows (a concurrent delete finishes first), then read tombstones as of now.
+            await conn.execute(
+                "SELECT 1 FROM threads t JOIN unnest($1::text[], $2::text[]) AS k(ws, th) "
+                "ON t.workspace_id = k.ws AND t.thread_id = k.th ORDER BY t.workspace_id, t.thread_id FOR UPDATE OF t",
+                ws,
+                th,
+            )
+            dead = {
+                ThreadKey(r["workspace_id"], r["thread_id"]): r["incarnation"]
+                for r in await conn.fetch(
+                    "SELECT d.workspace_id, d.thread_id, d.incarnation FROM thread_tombstones d "
+                    "JOIN unnest($1::text[], $2::text[]) AS k(ws, th) ON d.workspace_id = k.ws AND d.thread_id = k.th",
+                    ws,
+                    th,
+                )
+            }
+            live = [e for e in entries if e.incarnation > dead.get(e.key, -1)]
+            rows = [(e.key, m) for e in live for m in e.messages]
+            inserted = []
+            if rows:
+                inserted = await conn.fetch(
+                    "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time) "
+                    f"SELECT ws, th, seq, role, content, name, meta::jsonb, {_TS.format(arg='us')} "
+                    "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::smallint[], $5::text[], $6::text[], "
+                    "$7::text[], $8::bigint[]) AS r(ws, th, seq, role, content, name, meta, us) "
+                    "ON CONFLICT DO NOTHING RETURNING workspace_id, thread_id, seq",
+                    [k.workspace_id for k, _ in rows],
+                    [k.thread_id for k, _ in rows],
+                    [m.seq for _, m in rows],
+                    [int(m.role) for _, m in rows],
+                    [m.content for _, m in rows],
+                    [m.name for _, m in rows],
+                    [json.dumps(m.metadata) for _, m in rows],
+                    [m.create_time_us for _, m in rows],
+                )
+            requests = [e for e in live if e.request_id]
+            if requests:
+                await conn.execute(
+                    "INSERT INTO append_requests "
+                    "(workspace_id, thread_id, request_id, first_seq, count, message_count) "
+                    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::bigint[]) "
+                    "ON CONFLICT DO NOTHING",
+                    [e.key.workspace_id for e in requests],
+                    [e.key.thread_id for e in requests],
+                    [e.request_id for e in requests],
+                    [e.first_seq for e in requests],
+                    [len(e.messages) for e in requests],
+                    [e.message_count for e in requests],
+                )
+            added: dict[ThreadKey, list[int]] = {}
+            for r in inserted:
+                added.setdefault(ThreadKey(r["workspace_id"], r["thread_id"]), []).append(r["seq"])
+            if added:
+                touched = sorted(added, key=lambda k: (k.workspace_id, k.thread_id))
+                await conn.execute(
+                    "UPDATE threads t SET last_seq = GREATEST(t.last_seq, u.top), "
+                    "message_count = t.message_count + u.n, "
+                    "update_time = clock_timestamp() "
+                    "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS u(ws, th, top, n) "
+                    "WHERE t.workspace_id = u.ws AND t.thread_id = u.th",
+                    [k.workspace_id for k in touched],
+                    [k.thread_id for k in touched],
+                    [max(added[k]) for k in touched],
+                    [len(added[k]) for k in touched],
+                )
+            # A row this batch created for a thread that turned out deleted holds nothing: remove it.
+            if created:
+                await conn.execute(
+                    "DELETE FROM threads t USING unnest($1::text[], $2::text[]) AS k(ws, th) "
+                    "WHERE t.workspace_id = k.ws AND t.thread_id = k.th AND t.last_seq = 0",
+                    [r["workspace_id"] for r in created],
+                    [r["thread_id"] for r in created],
+                )
+        return len(inserted)
+
+    async def _marked(self, conn: Any, kind: str, keys: Sequence[ThreadKey]) -> set[ThreadKey]:
+        rows = await conn.fetch(
+            "SELECT r.workspace_id, r.object_id FROM cache_repairs r "
+            "JOIN unnest($2::text[], $3::text[]) AS k(ws, id) ON r.workspace_id = k.ws AND r.object_id = k.id "
+            "WHERE r.kind = $1",
+            kind,
+            [k.workspace_id for k in keys],
+            [k.thread_id for k in keys],
+        )
+        return {ThreadKey(r["workspace_id"], r["object_id"]) for r in rows}
+
+    async def _mark(self, conn: Any, repairs: Sequence[Repair]) -> None:
+        await conn.execute(
+            "INSERT INTO cache_repairs (kind, workspace_id, object_id) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) "
+            "ON CONFLICT (kind, workspace_id, object_id) DO UPDATE SET create_time = clock_timestamp()",
+            [r.kind for r in repairs],
+            [r.workspace_id for r in repairs],
+            [r.object_id for r in repairs],
+        )
+
+    async def mark_repairs(self, repairs: Sequence[Repair]) -> None:
+        """Mark cache entries as possibly stale."""
+
+        async def run() -> None:
+            async with self._pool.acquire() as conn:
+                await self._mark(conn, repairs)
+
+        await self._guard(run())
+
+    async def list_repairs(self, limit: int) -> list[Repair]:
+        """Return cache entries marked as possibly stale, oldest first."""
+        rows = await self._guard(
+            self._pool.fetch(
+                f"SELECT kind, workspace_id, object_id, {_US.format(col='create_time')} AS us "
+                "FROM cache_repairs ORDER BY create_time LIMIT $1",
+                limit,
+            )
+        )
+        return [Repair(r["kind"], r["workspace_id"], r["object_id"], r["us"]) for r in rows]
+
+    async def clear_repairs(self, repairs: Sequence[Repair]) -> None:
+        """Forget repairs applied to the cache, unless marked again since they were listed."""
+        await self._guard(
+            self._pool.execute(
+                "DELETE FROM cache_repairs r "
+                "USING unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS k(kind, ws, id, us) "
+                "WHERE r.kind = k.kind AND r.workspace_id = k.ws AND r.object_id = k.id "
+                f"AND r.create_time <= {_TS.format(arg='k.us')}",
+                [r.kind for r in repairs],
+                [r.workspace_id for r in repairs],
+                [r.object_id for r in repairs],
+                [r.marked_us for r in repairs],
+            )
+        )
 
     async def get_preferences(self, workspace_id: str, user_id: str) -> PreferenceSet:
         """Return a user's preferences and their version, in one snapshot."""
@@ -399,7 +657,9 @@ class PostgresStore:
         )
         return version
 
-    async def set_preferences(self, workspace_id: str, user_id: str, values: dict[str, str]) -> PreferenceChange:
+    async def set_preferences(
+        self, workspace_id: str, user_id: str, values: dict[str, str], *, repair: bool = False
+    ) -> PreferenceChange:
         """Upsert keys and bump the version."""
         now_us = time.time_ns() // 1000
 
@@ -418,12 +678,16 @@ class PostgresStore:
                     list(values.values()),
                     now_us,
                 )
+                if repair:
+                    await self._mark(conn, [Repair("u", workspace_id, user_id)])
             set_values = {k: PreferenceValue(v, now_us) for k, v in values.items()}
             return PreferenceChange(version, set_values, (), False, len(values))
 
         return await self._guard(run())  # type: ignore[no-any-return]
 
-    async def delete_preferences(self, workspace_id: str, user_id: str, keys: Sequence[str] | None) -> PreferenceChange:
+    async def delete_preferences(
+        self, workspace_id: str, user_id: str, keys: Sequence[str] | None, *, repair: bool = False
+    ) -> PreferenceChange:
         """Delete some keys (None: all) and bump the version."""
 
         async def run() -> PreferenceChange:
@@ -440,6 +704,8 @@ class PostgresStore:
                         user_id,
                         list(keys),
                     )
+                if repair:
+                    await self._mark(conn, [Repair("u", workspace_id, user_id)])
             return PreferenceChange(version, {}, tuple(keys or ()), keys is None, int(status.split()[-1]))
 
         return await self._guard(run())  # type: ignore[no-any-return]

@@ -8,8 +8,14 @@ from typing import Protocol
 from server.storage.models import (
     AppendCommand,
     AppendResult,
+    NewThreadOptions,
     PreferenceChange,
     PreferenceSet,
+    QueuedAppend,
+    QueuedReply,
+    QueuedRequest,
+    Repair,
+    Seed,
     StoredMessage,
     ThreadCursor,
     ThreadInfo,
@@ -38,8 +44,34 @@ class Store(Protocol):
         """Release connections."""
         ...
 
-    async def append_batch(self, commands: Sequence[AppendCommand]) -> list[AppendResult | Exception]:
-        """Commit several appends in one transaction; a per-command domain error fails only that command."""
+    async def append_batch(
+        self, commands: Sequence[AppendCommand], *, repair: bool = False, fallback_gap: int = 0
+    ) -> list[AppendResult | Exception]:
+        """Commit several appends in one transaction; a per-command domain error fails only that command.
+
+        With ``repair`` (the cache was bypassed) the threads are marked for repair in the same transaction,
+        and a thread not yet marked first skips ``fallback_gap`` seqs.
+        """
+        ...
+
+    async def apply_queued(self, entries: Sequence[QueuedAppend]) -> int:
+        """Write outbox entries idempotently, skipping deleted incarnations; return messages inserted."""
+        ...
+
+    async def seed(self, key: ThreadKey, create: NewThreadOptions | None = None) -> Seed:
+        """Return a thread's counters, or a fresh incarnation for an unknown thread (created if ``create``)."""
+        ...
+
+    async def mark_repairs(self, repairs: Sequence[Repair]) -> None:
+        """Mark cache entries as possibly stale (a write went around Redis, or Redis failed mid-write)."""
+        ...
+
+    async def list_repairs(self, limit: int) -> list[Repair]:
+        """Return cache entries marked as possibly stale, oldest first."""
+        ...
+
+    async def clear_repairs(self, repairs: Sequence[Repair]) -> None:
+        """Forget applied repairs (unless marked again since listed)."""
         ...
 
     async def tail(self, key: ThreadKey, limit: int) -> ThreadTail | None:
@@ -60,23 +92,29 @@ class Store(Protocol):
         """Return a user's threads, newest first, after the cursor."""
         ...
 
-    async def update_thread(self, key: ThreadKey, patch: ThreadPatch) -> ThreadInfo | None:
+    async def update_thread(self, key: ThreadKey, patch: ThreadPatch, *, repair: bool = False) -> ThreadInfo | None:
         """Apply the patch; return the updated thread, or None if unknown."""
         ...
 
-    async def delete_thread(self, key: ThreadKey) -> tuple[ThreadInfo, int] | None:
-        """Delete a thread and its messages; return (the thread, messages deleted), or None if unknown."""
+    async def delete_thread(
+        self, key: ThreadKey, *, tombstone_incarnation: int = 0, repair: bool = False
+    ) -> tuple[ThreadInfo | None, int]:
+        """Delete a thread and its messages, leaving a tombstone; return (the row or None, messages deleted)."""
         ...
 
     async def get_preferences(self, workspace_id: str, user_id: str) -> PreferenceSet:
         """Return all of a user's preferences (version 0 and none for an unknown user)."""
         ...
 
-    async def set_preferences(self, workspace_id: str, user_id: str, values: dict[str, str]) -> PreferenceChange:
+    async def set_preferences(
+        self, workspace_id: str, user_id: str, values: dict[str, str], *, repair: bool = False
+    ) -> PreferenceChange:
         """Upsert keys and bump the version."""
         ...
 
-    async def delete_preferences(self, workspace_id: str, user_id: str, keys: Sequence[str] | None) -> PreferenceChange:
+    async def delete_preferences(
+        self, workspace_id: str, user_id: str, keys: Sequence[str] | None, *, repair: bool = False
+    ) -> PreferenceChange:
         """Delete the keys (None: all of them) and bump the version."""
         ...
 
@@ -104,8 +142,32 @@ class Cache(Protocol):
         """Extend the window after a commit if it is contiguous, else invalidate it; True if extended."""
         ...
 
-    async def drop_window(self, thread: ThreadInfo) -> None:
-        """Invalidate the window of a deleted thread and fence out in-flight fills of it."""
+    async def drop_thread(self, key: ThreadKey, incarnation: int) -> None:
+        """Forget a deleted thread and fence out late fills and appends of that incarnation."""
+        ...
+
+    async def reset_thread(self, key: ThreadKey) -> None:
+        """Forget a thread's possibly stale window and counters; queued messages stay."""
+        ...
+
+    async def reset_preferences(self, workspace_id: str, user_id: str) -> None:
+        """Forget a user's possibly stale cached preferences."""
+        ...
+
+    async def thread_incarnation(self, key: ThreadKey) -> int | None:
+        """Return the incarnation Redis holds for a live thread, or None."""
+        ...
+
+    async def pending_seq(self, key: ThreadKey) -> int | None:
+        """Return the newest seq of the thread still in the outbox, or None when all is flushed."""
+        ...
+
+    async def append_queued(self, request: QueuedRequest) -> QueuedReply:
+        """Append in write_behind mode: assign seqs, extend the window and enqueue, atomically."""
+        ...
+
+    async def aof_enabled(self) -> bool | None:
+        """Tell whether Redis has AOF persistence on (None: cannot tell)."""
         ...
 
     async def retune_window(self, thread: ThreadInfo) -> None:

@@ -1,33 +1,62 @@
-"""The consistency policy: the only place that knows the order of cache and store.
+"""The consistency policy: the only place that knows the order of cache, outbox and store.
 
-write_through (this module's write path): the store commits first and assigns seqs (PERSISTED);
-the cache window is then extended in commit order, or invalidated when it is not contiguous.
-Reads try the cache; a miss hydrates from the store with one single-flight read per thread and
-refills the window through a fenced script, so a stale read can never overwrite a newer write and
-an expired key is never appended to. A cache that cannot answer is skipped (the response says
-degraded); a store that cannot answer fails the request with UNAVAILABLE unless the cache can serve
-it on its own. write_behind, which acknowledges once the outbox holds the write, is another write
-path behind the same public methods.
+Write paths (MEMORY__WRITE_MODE):
+- write_through: the store commits first and assigns seqs (PERSISTED); the cache window is then
+  extended in commit order, or invalidated when it is not contiguous. Concurrent appends are
+  group-committed.
+- write_behind: one script on the thread's slot checks the request id, assigns seqs from the Redis
+  counter, extends the window and adds the messages to the bucket's outbox stream (QUEUED). The
+  flusher (outbox.py) moves them to the store.
+
+Seq authority. In write_behind the counter in the thread's Redis metadata is the authority while it
+exists. When it does not (a new thread, an expired or evicted key, Redis restarted empty, or a repair
+after an outage) the script asks for a seed: the store's last seq, raised to the newest seq still
+queued in the outbox (the bucket's pending hash, which has no TTL). When Redis cannot be used, writes
+go to the store, which numbers them: the first such write to a thread skips OUTBOX__MAX_UNFLUSHED_PER_THREAD
+seqs, the most that the script lets a thread have queued and unflushed, so it can never reuse a seq
+that Redis still holds; the thread is recorded in the store's cache_repairs table in the same
+transaction. Before Redis is used again, every recorded thread's cached window and counter are
+dropped, so the next append seeds above the store's seqs. Seqs therefore strictly increase and are
+never reused; they are dense except for that one gap per thread per outage. If Redis restarts
+empty without AOF, appends acknowledged as QUEUED but not yet flushed are lost (QUEUED promises what
+Redis persistence promises), and their seqs may be given again to new messages; a stored message never
+shares a seq with another.
+
+Reads. A window read tries the cache. A miss (in write_behind, after waiting until the thread has
+nothing left in the outbox) reads the store once per thread at a time and refills Redis through a
+fenced script, so a stale read can never overwrite a newer write. Full-history reads (ListMessages,
+StreamHistory, GetThread) in write_behind first wait until the thread's queued messages are flushed,
+bounded by the RPC deadline: they return every message acknowledged before the read began.
+
+Degradation: a cache that cannot answer trips a breaker (health.py) and requests bypass Redis, with
+``degraded`` set; a store that cannot answer fails the request with UNAVAILABLE unless the cache can
+serve it alone (cached windows, write_behind appends to threads Redis already counts).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
+import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from server.errors import NotFoundError, UnavailableError
-from server.storage.codec import encode_messages
+from server.errors import AbortedError, NotFoundError, UnavailableError
+from server.storage.codec import encode_messages, encode_unsequenced
 from server.storage.groupcommit import GroupCommitter
+from server.storage.health import CacheBreaker, TierHealth
 from server.storage.models import (
     AppendCommand,
     AppendResult,
     Durability,
     PreferenceChange,
-    PreferenceSet,
     PreferenceValue,
+    QueuedRequest,
+    Repair,
     StoredMessage,
     ThreadCursor,
     ThreadInfo,
@@ -40,10 +69,13 @@ from server.storage.protocols import Cache, CacheUnavailableError, Store, StoreU
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+_FLUSH_POLL_S = 0.01
+
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """How a request was served: the tier that answered and whether a tier was skipped."""
+    """How a request was served: the tier that answered and whether a tier was unavailable."""
 
     tier: Tier
     degraded: bool = False
@@ -53,9 +85,17 @@ class Served:
 class AppendOutcome:
     """An acknowledged append."""
 
-    result: AppendResult
+    first_seq: int
+    count: int
+    message_count: int
+    replayed: bool
     durability: Durability
     served: Served
+
+    @property
+    def seqs(self) -> list[int]:
+        """The seq of every appended message, in order."""
+        return list(range(self.first_seq, self.first_seq + self.count))
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +114,27 @@ class Preferences:
     served: Served
 
 
-def _store_down(exc: StoreUnavailableError) -> UnavailableError:
-    return UnavailableError(f"the durable store is unavailable: {exc}")
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The repository's settings.
+
+    Args:
+        window: the cached window size (MEMORY__MAX_THREAD_MESSAGES).
+        write_behind: acknowledge appends once Redis has queued them.
+        default_ttl_s: the default sliding TTL of a window.
+        request_ttl_s: how long Redis remembers request ids (write_behind).
+        max_unflushed: the most queued, unflushed messages per thread; also the fallback seq gap.
+        probe_interval_s: how often a bypassed Redis is probed.
+        max_group: the most appends in one group commit.
+    """
+
+    window: int
+    write_behind: bool = False
+    default_ttl_s: int = 24 * 3600
+    request_ttl_s: int = 24 * 3600
+    max_unflushed: int = 100_000
+    probe_interval_s: float = 1.0
+    max_group: int = 256
 
 
 class Repository:
@@ -84,44 +143,200 @@ class Repository:
     Args:
         store: the durable tier.
         cache: the Redis tier, or None to run without L1.
-        window: the cached window size (MEMORY__MAX_THREAD_MESSAGES).
-        max_group: the most appends in one group commit.
+        policy: the consistency settings.
     """
 
-    def __init__(self, store: Store, cache: Cache | None, *, window: int, max_group: int = 256) -> None:
+    def __init__(self, store: Store, cache: Cache | None, policy: Policy) -> None:
         self._store = store
         self._cache = cache
-        self._window = window
+        self._policy = policy
+        self.store_health = TierHealth("store")
+        self.breaker = (
+            CacheBreaker(cache.ping, self._repair_cache, policy.probe_interval_s, TierHealth("redis"))
+            if cache is not None
+            else None
+        )
         self._committer: GroupCommitter[AppendCommand, tuple[AppendResult, bool]] = GroupCommitter(
-            self._commit_group, max_group
+            self._commit_group, policy.max_group
         )
         self._hydrations: dict[ThreadKey, asyncio.Future[ThreadTail | None]] = {}
+        self._bypassing = 0
+        self._bypass_idle = asyncio.Event()
+        self._bypass_idle.set()
 
     @property
     def window(self) -> int:
         """The cached window size."""
-        return self._window
+        return self._policy.window
+
+    @property
+    def write_behind(self) -> bool:
+        """True when appends are acknowledged from the outbox."""
+        return self._policy.write_behind and self._cache is not None
 
     async def close(self) -> None:
-        """Finish the group commit in flight."""
+        """Finish the group commit in flight and stop probing Redis."""
         await self._committer.close()
+        if self.breaker is not None:
+            await self.breaker.close()
+
+    # --- tier plumbing ---------------------------------------------------------------------------
+
+    async def _usable_cache(self) -> Cache | None:
+        if self._cache is None or self.breaker is None or not await self.breaker.usable():
+            return None
+        return self._cache
+
+    async def _on_cache(self, call: Callable[[Cache], Awaitable[T]]) -> tuple[bool, T | None]:
+        """Run a cache call if Redis is usable; (False, None) if it is bypassed or just failed."""
+        cache = await self._usable_cache()
+        if cache is None:
+            return False, None
+        try:
+            return True, await call(cache)
+        except CacheUnavailableError as exc:
+            assert self.breaker is not None
+            self.breaker.trip(str(exc))
+            return False, None
+
+    async def _on_store(self, call: Awaitable[T]) -> T:
+        try:
+            out = await call
+        except StoreUnavailableError as exc:
+            self.store_health.mark_down(str(exc))
+            raise UnavailableError(f"the durable store is unavailable: {exc}") from exc
+        self.store_health.mark_up()
+        return out
+
+    def _degraded(self, cache_skipped: bool = False) -> bool:
+        redis_down = self.breaker is not None and self.breaker.health.down
+        return cache_skipped or redis_down or self.store_health.down
+
+    def _bypass_started(self) -> None:
+        self._bypassing += 1
+        self._bypass_idle.clear()
+
+    def _bypass_ended(self) -> None:
+        self._bypassing -= 1
+        if self._bypassing == 0:
+            self._bypass_idle.set()
+
+    async def _repair_cache(self) -> None:
+        """Drop every cache entry that a write around Redis may have left stale (runs before Redis is used again)."""
+        assert self._cache is not None
+        await self._bypass_idle.wait()  # writes that chose the store path must land before the sweep
+        for _ in range(10_000):
+            repairs = await self._on_store(self._store.list_repairs(500))
+            if not repairs:
+                return
+            for r in repairs:
+                await self._repair_one(self._cache, r)
+            await self._on_store(self._store.clear_repairs(repairs))
+        raise UnavailableError("too many cache repairs to finish in one recovery")
+
+    async def _repair_one(self, cache: Cache, repair: Repair) -> None:
+        if repair.kind == "u":
+            await cache.reset_preferences(repair.workspace_id, repair.object_id)
+            return
+        key = ThreadKey(repair.workspace_id, repair.object_id)
+        seed = await self._on_store(self._store.seed(key))
+        if not seed.exists and seed.dead_incarnation:
+            await cache.drop_thread(key, seed.dead_incarnation)
+        else:
+            await cache.reset_thread(key)
+
+    async def _await_flushed(self, key: ThreadKey) -> None:
+        """In write_behind, wait (within the RPC's deadline) until the thread has nothing in the outbox."""
+        if not self.write_behind:
+            return
+        while True:
+            used, pending = await self._on_cache(lambda c: c.pending_seq(key))
+            if not used or pending is None:
+                return
+            if self.store_health.down:
+                raise UnavailableError("the durable store is unavailable; queued messages cannot be read in full")
+            await asyncio.sleep(_FLUSH_POLL_S)
 
     # --- threads: writes -------------------------------------------------------------------------
 
     async def append(self, command: AppendCommand) -> AppendOutcome:
-        """Append messages (write_through): commit to the store, then extend the cache window."""
+        """Append messages, by the configured write path (falling back to the store without Redis)."""
+        if self.write_behind:
+            used, outcome = await self._on_cache(lambda c: self._append_queued(c, command))
+            if used and outcome is not None:
+                return outcome
+        self._bypass_started()
         try:
-            result, degraded = await self._committer.submit(command)
-        except StoreUnavailableError as exc:
-            raise _store_down(exc) from exc
-        return AppendOutcome(result, Durability.PERSISTED, Served(Tier.STORE, degraded))
+            result, degraded = await self._on_store(self._committer.submit(command))
+        finally:
+            self._bypass_ended()
+        return AppendOutcome(
+            result.first_seq,
+            result.count,
+            result.message_count,
+            result.replayed,
+            Durability.PERSISTED,
+            Served(Tier.STORE, self._degraded(degraded)),
+        )
+
+    async def _append_queued(self, cache: Cache, command: AppendCommand) -> AppendOutcome:
+        key = command.key
+        now_us = time.time_ns() // 1000
+        options = command.new_thread
+        request = QueuedRequest(
+            key=key,
+            encoded=tuple(encode_unsequenced(key.workspace_id, key.thread_id, m, now_us) for m in command.messages),
+            request_id=command.request_id,
+            expected_last_seq=command.expected_last_seq,
+            new_ttl_s=options.ttl_seconds or self._policy.default_ttl_s,
+            options_json=json.dumps(
+                {"user_id": options.user_id, "title": options.title, "ttl_seconds": options.ttl_seconds}
+            ),
+            request_ttl_s=self._policy.request_ttl_s,
+            max_unflushed=self._policy.max_unflushed,
+        )
+        reply = await cache.append_queued(request)
+        if reply.kind == "seed":
+            if command.expected_last_seq not in (None, 0) and not await self._thread_known(key):
+                raise AbortedError(f"thread {key.thread_id!r} is new, expected last seq {command.expected_last_seq}")
+            seed = await self._on_store(self._store.seed(key, create=options))
+            ttl = 0 if seed.pinned else (seed.ttl_seconds or self._policy.default_ttl_s)
+            if not seed.exists:
+                ttl = request.new_ttl_s
+            reply = await cache.append_queued(dataclasses.replace(request, seed=seed, new_ttl_s=ttl))
+        if reply.kind == "aborted":
+            raise AbortedError(
+                f"thread {key.thread_id!r} has last seq {reply.value}, expected {command.expected_last_seq}"
+            )
+        if reply.kind == "backlog":
+            raise UnavailableError(
+                f"thread {key.thread_id!r} has {reply.value} messages waiting for the store; retry later"
+            )
+        if reply.kind not in ("ok", "dup"):
+            raise UnavailableError(f"unexpected reply from the append script: {reply.kind}")
+        return AppendOutcome(
+            reply.first,
+            reply.count,
+            reply.message_count,
+            reply.kind == "dup",
+            Durability.QUEUED,
+            Served(Tier.CACHE, self._degraded()),
+        )
+
+    async def _thread_known(self, key: ThreadKey) -> bool:
+        seed = await self._on_store(self._store.seed(key))
+        return seed.exists
 
     async def _commit_group(self, commands: Sequence[AppendCommand]) -> list[tuple[AppendResult, bool] | Exception]:
-        results = await self._store.append_batch(commands)
-        cache_failed: set[ThreadKey] = set()
-        if self._cache is not None:
-            cache_failed = await self._push_windows(self._cache, results)
-        return [r if isinstance(r, Exception) else (r, r.thread_key in cache_failed) for r in results]
+        cache = None if self.write_behind else await self._usable_cache()
+        bypassed = self._cache is not None and cache is None
+        # In write_behind mode this path runs only around Redis, so it always leaves the fallback gap.
+        gap = self._policy.max_unflushed if self.write_behind else 0
+        results = await self._store.append_batch(commands, repair=bypassed, fallback_gap=gap)
+        failed: set[ThreadKey] = set()
+        if cache is not None:
+            failed = await self._push_windows(cache, results)
+        return [r if isinstance(r, Exception) else (r, bypassed or r.thread_key in failed) for r in results]
 
     async def _push_windows(self, cache: Cache, results: Sequence[AppendResult | Exception]) -> set[ThreadKey]:
         # One push per thread with all of the group's new messages of that thread, in seq order,
@@ -139,66 +354,69 @@ class Repository:
                     group[-1].thread, group[0].first_seq, encode_messages(key.workspace_id, key.thread_id, messages)
                 )
             except CacheUnavailableError as exc:
-                log.warning("cache push failed for %s: %s", key, exc)
+                assert self.breaker is not None
+                self.breaker.trip(str(exc))
                 failed.add(key)
 
         await asyncio.gather(*(push(k, g) for k, g in per_thread.items()))
+        if failed:
+            # The push may have landed or not: mark the windows for repair before Redis is used again.
+            await self._store.mark_repairs([Repair("t", k.workspace_id, k.thread_id) for k in failed])
         return failed
 
     async def update_thread(self, key: ThreadKey, patch: ThreadPatch) -> tuple[ThreadInfo, Served]:
         """Change a thread's title, TTL or pin, then retune its cached window."""
-        try:
-            thread = await self._store.update_thread(key, patch)
-        except StoreUnavailableError as exc:
-            raise _store_down(exc) from exc
+        await self._await_flushed(key)
+        cache = await self._usable_cache()
+        thread = await self._on_store(
+            self._store.update_thread(key, patch, repair=self._cache is not None and cache is None)
+        )
         if thread is None:
             raise NotFoundError(f"thread {key.thread_id!r} not found")
-        degraded = False
-        if self._cache is not None and (patch.ttl_seconds is not None or patch.pinned is not None):
-            try:
-                await self._cache.retune_window(thread)
-            except CacheUnavailableError:
-                degraded = True
-        return thread, Served(Tier.STORE, degraded)
+        skipped = cache is None and self._cache is not None
+        if cache is not None and (patch.ttl_seconds is not None or patch.pinned is not None):
+            used, _ = await self._on_cache(lambda c: c.retune_window(thread))
+            skipped = not used
+        return thread, Served(Tier.STORE, self._degraded(skipped))
 
     async def delete_thread(self, key: ThreadKey) -> tuple[int, Served] | None:
-        """Delete a thread from the store, then invalidate and tombstone its cached window."""
-        try:
-            deleted = await self._store.delete_thread(key)
-        except StoreUnavailableError as exc:
-            raise _store_down(exc) from exc
-        if deleted is None:
+        """Delete a thread from the store (with a tombstone), then from Redis, outbox marker included."""
+        used, incarnation = await self._on_cache(lambda c: c.thread_incarnation(key))
+        bypassed = self._cache is not None and not used
+        thread, count = await self._on_store(
+            self._store.delete_thread(key, tombstone_incarnation=incarnation or 0, repair=bypassed)
+        )
+        if thread is None and not incarnation:
             return None
-        thread, count = deleted
-        degraded = False
-        if self._cache is not None:
-            try:
-                await self._cache.drop_window(thread)
-            except CacheUnavailableError:
-                degraded = True
-        return count, Served(Tier.STORE, degraded)
+        dead = max(incarnation or 0, thread.incarnation if thread else 0)
+        if not bypassed:
+            dropped, _ = await self._on_cache(lambda c: c.drop_thread(key, dead))
+            if not dropped:
+                await self._on_store(self._store.mark_repairs([Repair("t", key.workspace_id, key.thread_id)]))
+                bypassed = True
+        return count, Served(Tier.STORE, self._degraded(bypassed))
 
     # --- threads: reads --------------------------------------------------------------------------
 
     async def history(self, key: ThreadKey, limit: int) -> Window:
         """Return the newest ``limit`` messages, from the cache when its window is valid."""
-        degraded = False
-        if self._cache is not None and limit <= self._window:
-            try:
-                encoded = await self._cache.read_window(key, limit)
-            except CacheUnavailableError:
-                encoded, degraded = None, True
+        used = False
+        if limit <= self._policy.window:
+            used, encoded = await self._on_cache(lambda c: c.read_window(key, limit))
             if encoded is not None:
-                return Window(encoded, Served(Tier.CACHE))
-        tail = await self._hydrate(key, max(limit, self._window), fill=not degraded)
+                return Window(encoded, Served(Tier.CACHE, self._degraded()))
+        await self._await_flushed(key)
+        skipped = self._cache is not None and not used
+        tail = await self._hydrate(key, max(limit, self._policy.window), fill=not skipped)
+        served = Served(Tier.STORE, self._degraded(skipped))
         if tail is None:
-            return Window([], Served(Tier.STORE, degraded))
+            return Window([], served)
         messages = tail.messages[-limit:] if limit else []
-        return Window(encode_messages(key.workspace_id, key.thread_id, messages), Served(Tier.STORE, degraded))
+        return Window(encode_messages(key.workspace_id, key.thread_id, messages), served)
 
     async def _hydrate(self, key: ThreadKey, limit: int, *, fill: bool) -> ThreadTail | None:
         # Single flight: concurrent misses of one thread share one store read and one fill.
-        shared = limit == self._window
+        shared = limit == self._policy.window
         pending = self._hydrations.get(key) if shared else None
         if pending is not None:
             try:
@@ -215,30 +433,23 @@ class Repository:
         return await load
 
     async def _load(self, key: ThreadKey, limit: int, fill: bool) -> ThreadTail | None:
-        try:
-            tail = await self._store.tail(key, limit)
-        except StoreUnavailableError as exc:
-            raise _store_down(exc) from exc
-        if tail is not None and fill and self._cache is not None and tail.messages:
-            window = tail.messages[-self._window :]
-            try:
-                await self._cache.fill_window(tail.thread, encode_messages(key.workspace_id, key.thread_id, window))
-            except CacheUnavailableError as exc:
-                log.warning("cache fill failed for %s: %s", key, exc)
+        tail = await self._on_store(self._store.tail(key, limit))
+        if tail is not None and fill and tail.messages:
+            window = encode_messages(key.workspace_id, key.thread_id, tail.messages[-self._policy.window :])
+            await self._on_cache(lambda c: c.fill_window(tail.thread, window))
         return tail
 
     async def list_messages(self, key: ThreadKey, start_seq: int, reverse: bool, limit: int) -> list[StoredMessage]:
-        """Return a keyset page of the full history (from the store)."""
-        try:
-            return await self._store.list_messages(key, start_seq, reverse, limit)
-        except StoreUnavailableError as exc:
-            raise _store_down(exc) from exc
+        """Return a keyset page of the full history (from the store, after queued messages are flushed)."""
+        await self._await_flushed(key)
+        return await self._on_store(self._store.list_messages(key, start_seq, reverse, limit))
 
     async def stream(self, key: ThreadKey, after_seq: int, chunk: int) -> AsyncIterator[list[StoredMessage]]:
         """Yield the history after ``after_seq`` in keyset chunks; memory stays one chunk."""
+        await self._await_flushed(key)
         next_seq = after_seq + 1
         while True:
-            page = await self.list_messages(key, next_seq, False, chunk)
+            page = await self._on_store(self._store.list_messages(key, next_seq, False, chunk))
             if not page:
                 return
             yield page
@@ -248,10 +459,8 @@ class Repository:
 
     async def get_thread(self, key: ThreadKey) -> ThreadInfo:
         """Return a thread's metadata or raise NotFoundError."""
-        try:
-            thread = await self._store.get_thread(key)
-        except StoreUnavailableError as exc:
-            raise _store_down(exc) from exc
+        await self._await_flushed(key)
+        thread = await self._on_store(self._store.get_thread(key))
         if thread is None:
             raise NotFoundError(f"thread {key.thread_id!r} not found")
         return thread
@@ -259,61 +468,63 @@ class Repository:
     async def list_threads(
         self, workspace_id: str, user_id: str, after: ThreadCursor | None, limit: int
     ) -> list[ThreadInfo]:
-        """Return a page of a user's threads, newest first."""
-        try:
-            return await self._store.list_threads(workspace_id, user_id, after, limit)
-        except StoreUnavailableError as exc:
-            raise _store_down(exc) from exc
+        """Return a page of a user's threads, newest first (threads still only queued appear once flushed)."""
+        return await self._on_store(self._store.list_threads(workspace_id, user_id, after, limit))
 
-    # --- preferences -----------------------------------------------------------------------------
+    def served_by_store(self) -> Served:
+        """How a store-only read is reported (degraded while a tier is down)."""
+        return Served(Tier.STORE, self._degraded())
+
+    # --- preferences (always written through: they are small and rarely written) -------------------
 
     async def get_preferences(self, workspace_id: str, user_id: str) -> Preferences:
         """Return a user's preferences, from the cache when it holds them."""
-        degraded = False
-        if self._cache is not None:
-            try:
-                cached = await self._cache.read_preferences(workspace_id, user_id)
-            except CacheUnavailableError:
-                cached, degraded = None, True
-            if cached is not None:
-                values = {k: PreferenceValue(v, us) for k, (v, us) in cached.items()}
-                return Preferences(values, Served(Tier.CACHE))
-        try:
-            prefs: PreferenceSet = await self._store.get_preferences(workspace_id, user_id)
-        except StoreUnavailableError as exc:
-            raise _store_down(exc) from exc
-        if self._cache is not None and not degraded:
-            try:
-                await self._cache.fill_preferences(workspace_id, user_id, prefs)
-            except CacheUnavailableError:
-                degraded = True
-        return Preferences(prefs.values, Served(Tier.STORE, degraded))
+        used, cached = await self._on_cache(lambda c: c.read_preferences(workspace_id, user_id))
+        if cached is not None:
+            values = {k: PreferenceValue(v, us) for k, (v, us) in cached.items()}
+            return Preferences(values, Served(Tier.CACHE, self._degraded()))
+        prefs = await self._on_store(self._store.get_preferences(workspace_id, user_id))
+        skipped = self._cache is not None and not used
+        if not skipped:
+            filled, _ = await self._on_cache(lambda c: c.fill_preferences(workspace_id, user_id, prefs))
+            skipped = self._cache is not None and not filled
+        return Preferences(prefs.values, Served(Tier.STORE, self._degraded(skipped)))
 
     async def set_preferences(
         self, workspace_id: str, user_id: str, values: dict[str, str]
     ) -> tuple[PreferenceChange, Served]:
         """Upsert preferences in the store, then in the cache."""
-        try:
-            change = await self._store.set_preferences(workspace_id, user_id, values)
-        except StoreUnavailableError as exc:
-            raise _store_down(exc) from exc
-        return change, await self._apply_preferences(workspace_id, user_id, change)
+        return await self._write_preferences(
+            workspace_id,
+            user_id,
+            lambda repair: self._store.set_preferences(workspace_id, user_id, values, repair=repair),
+        )
 
     async def delete_preferences(
         self, workspace_id: str, user_id: str, keys: Sequence[str] | None
     ) -> tuple[PreferenceChange, Served]:
         """Delete some or all preferences in the store, then in the cache."""
-        try:
-            change = await self._store.delete_preferences(workspace_id, user_id, keys)
-        except StoreUnavailableError as exc:
-            raise _store_down(exc) from exc
-        return change, await self._apply_preferences(workspace_id, user_id, change)
+        return await self._write_preferences(
+            workspace_id,
+            user_id,
+            lambda repair: self._store.delete_preferences(workspace_id, user_id, keys, repair=repair),
+        )
 
-    async def _apply_preferences(self, workspace_id: str, user_id: str, change: PreferenceChange) -> Served:
-        if self._cache is None:
-            return Served(Tier.STORE)
+    async def _write_preferences(
+        self, workspace_id: str, user_id: str, write: Callable[[bool], Awaitable[PreferenceChange]]
+    ) -> tuple[PreferenceChange, Served]:
+        cache = await self._usable_cache()
+        bypassed = self._cache is not None and cache is None
+        if bypassed:
+            self._bypass_started()
         try:
-            await self._cache.apply_preferences(workspace_id, user_id, change)
-        except CacheUnavailableError:
-            return Served(Tier.STORE, True)
-        return Served(Tier.STORE)
+            change = await self._on_store(write(bypassed))
+        finally:
+            if bypassed:
+                self._bypass_ended()
+        if not bypassed and self._cache is not None:
+            applied, _ = await self._on_cache(lambda c: c.apply_preferences(workspace_id, user_id, change))
+            if not applied:
+                await self._on_store(self._store.mark_repairs([Repair("u", workspace_id, user_id)]))
+                bypassed = True
+        return change, Served(Tier.STORE, self._degraded(bypassed))

@@ -15,6 +15,28 @@ exactly the seq before the new messages, so an expired or evicted key never gets
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+
+class Script:
+    """A Lua script called by EVALSHA, loaded again by EVAL after a NOSCRIPT (Redis restarted)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+    async def __call__(self, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run the script on ``client`` with the given keys and arguments."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)
+
+
 _KEEP = """
 local function keep(ttl, ...)
   for _, k in ipairs({...}) do
@@ -93,14 +115,35 @@ return 0
 """
 )
 
-# KEYS: msgs, meta. ARGV: inc, tombstone_ttl.
-DROP_WINDOW = """
+# KEYS: msgs, meta, reqs, pending. ARGV: inc, tombstone_ttl, pending field.
+DROP_THREAD = """
 local cinc = tonumber(redis.call('HGET', KEYS[2], 'inc'))
-if cinc and cinc > tonumber(ARGV[1]) then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
+local inc = tonumber(ARGV[1])
+if cinc and cinc > inc then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('HSET', KEYS[2], 'inc', ARGV[1], 'del', '1')
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+local p = redis.call('HGET', KEYS[4], ARGV[3])
+if p then
+  local _, pinc = string.match(p, '^(%d+):(%d+):')
+  if tonumber(pinc) <= inc then redis.call('HDEL', KEYS[4], ARGV[3]) end
+end
 return 1
+"""
+
+# KEYS: msgs, meta. Forget a thread's cached state (after a write went around Redis); the outbox and
+# its pending marker stay, so unflushed messages still seed the counter.
+RESET_THREAD = """
+return redis.call('DEL', KEYS[1], KEYS[2])
+"""
+
+# KEYS: meta, pending. ARGV: pending field. Returns the incarnation Redis holds for a thread, or false.
+THREAD_INCARNATION = """
+local m = redis.call('HMGET', KEYS[1], 'inc', 'del')
+if m[1] and not m[2] then return m[1] end
+local p = redis.call('HGET', KEYS[2], ARGV[1])
+if p then return string.match(p, '^%d+:(%d+):') end
+return false
 """
 
 # KEYS: msgs, meta. ARGV: inc, ttl.
@@ -160,4 +203,141 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], '#f', fence)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 0
+"""
+
+# --- write_behind ------------------------------------------------------------------------------------
+# The thread's meta hash also holds, in write_behind mode:
+#   seq      the counter: the last seq assigned (the authority for new seqs while present);
+#   cnt      the thread's message count;
+#   flushed  the highest seq known to be in the store (the flusher raises it after each commit).
+# The bucket's ``pending`` hash maps "<ws>/<thread>" to "<seq>:<inc>:<cnt>" while the outbox holds
+# unflushed messages of the thread; it has no TTL, so it survives the meta hash expiring.
+
+_VARINT = """
+local function varint(n)
+  local out = {}
+  while n >= 128 do
+    out[#out + 1] = string.char(n % 128 + 128)
+    n = math.floor(n / 128)
+  end
+  out[#out + 1] = string.char(n)
+  return table.concat(out)
+end
+"""
+
+# KEYS: msgs, meta, reqs, outbox, pending.
+# ARGV: 1 pending field, 2 request_id, 3 expected_last_seq (-1: none), 4 ttl for a new thread,
+#       5 maxlen, 6 reqs ttl, 7 max unflushed, 8 seeded ('1' or '0'), 9 seed last_seq, 10 seed count,
+#       11 seed incarnation, 12 options JSON of a new thread, 13 ws, 14 thread, 15.. encoded messages
+#       (chatmem.v1.Message without seq; the script appends field 3 = seq to each).
+# Returns {'ok', first_seq, count, inc, extended} | {'dup', 'first:n:count'} | {'seed'}
+#       | {'aborted', last_seq} | {'backlog', unflushed}.
+APPEND_QUEUED = (
+    _KEEP
+    + _VARINT
+    + """
+local m = redis.call('HMGET', KEYS[2], 'inc', 'last', 'ttl', 'del', 'seq', 'cnt', 'flushed')
+local dead = m[4]
+if ARGV[2] ~= '' and not dead then
+  local prev = redis.call('HGET', KEYS[3], ARGV[2])
+  if prev then return {'dup', prev} end
+end
+local inc, seq, cnt, flushed = tonumber(m[1]), tonumber(m[5]), tonumber(m[6]), tonumber(m[7])
+local ttl = tonumber(m[3])
+local reset = dead or not seq
+local opts = ''
+if reset then
+  if ARGV[8] ~= '1' then return {'seed'} end
+  seq, cnt, inc, flushed = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[9])
+  local p = (not dead) and redis.call('HGET', KEYS[5], ARGV[1])
+  if p then
+    -- Unflushed messages of this thread are still queued: continue their incarnation and counter.
+    local ps, pinc, pcnt = string.match(p, '^(%d+):(%d+):(%d+)$')
+    inc = tonumber(pinc)
+    seq = math.max(seq, tonumber(ps))
+    cnt = math.max(cnt, tonumber(pcnt))
+  end
+  if seq == 0 then opts = ARGV[12] end
+  ttl = tonumber(ARGV[4])
+end
+local expected = tonumber(ARGV[3])
+if expected >= 0 and expected ~= seq then return {'aborted', seq} end
+local n = #ARGV - 14
+if seq + n - flushed > tonumber(ARGV[7]) then return {'backlog', seq - flushed} end
+local first = seq + 1
+local last = seq + n
+cnt = cnt + n
+-- Protobuf tags: field 3 varint (Message.seq) and field 1 length-delimited (a repeated message).
+local SEQ_TAG, ITEM_TAG = string.char(24), string.char(10)
+local items, framed = {}, {}
+for i = 1, n do
+  local b = ARGV[14 + i] .. SEQ_TAG .. varint(first + i - 1)
+  items[i] = b
+  framed[i] = ITEM_TAG .. varint(#b) .. b
+end
+local extend
+if reset then
+  -- A window hydrated from the store (same incarnation, ending at the seeded seq) stays valid.
+  local whole = not dead and tonumber(m[1]) == inc and m[2] ~= false and tonumber(m[2]) == seq
+    and redis.call('EXISTS', KEYS[1]) == 1
+  if not whole then redis.call('DEL', KEYS[1]) end
+  redis.call('DEL', KEYS[2])
+  extend = seq == 0 or whole
+else
+  extend = m[2] ~= false and tonumber(m[2]) == seq and redis.call('EXISTS', KEYS[1]) == 1
+end
+if extend then
+  redis.call('RPUSH', KEYS[1], unpack(items))
+  redis.call('LTRIM', KEYS[1], -tonumber(ARGV[5]), -1)
+  redis.call('HSET', KEYS[2], 'last', last)
+else
+  redis.call('DEL', KEYS[1])
+  redis.call('HDEL', KEYS[2], 'last')
+end
+redis.call('HSET', KEYS[2], 'inc', inc, 'seq', last, 'hw', last, 'cnt', cnt, 'flushed', flushed, 'ttl', ttl)
+keep(ttl, KEYS[1], KEYS[2])
+redis.call('XADD', KEYS[4], '*', 'w', ARGV[13], 't', ARGV[14], 'i', inc, 'f', first, 'c', cnt,
+           'r', ARGV[2], 'o', opts, 'm', table.concat(framed))
+-- string.format, not '..': Lua's tostring would print a microsecond incarnation as 1.79e+15.
+redis.call('HSET', KEYS[5], ARGV[1], string.format('%d:%d:%d', last, inc, cnt))
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[2], string.format('%d:%d:%d', first, n, cnt))
+  redis.call('EXPIRE', KEYS[3], ARGV[6])
+end
+return {'ok', first, cnt, inc, extend and 1 or 0}
+"""
+)
+
+# KEYS: outbox, pending, then one meta key per thread. ARGV: group, number of ids, ids...,
+# then per thread (in KEYS order): pending field, incarnation, highest flushed seq.
+# Acknowledges and deletes the flushed entries (so the stream holds only unacknowledged ones), raises
+# each thread's flushed mark, and clears its pending marker once nothing newer is queued.
+ACK_FLUSHED = """
+local nids = tonumber(ARGV[2])
+local ids = {}
+for i = 1, nids do ids[i] = ARGV[2 + i] end
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+redis.call('XDEL', KEYS[1], unpack(ids))
+local base = 2 + nids
+for j = 3, #KEYS do
+  local field, inc, top = ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3])
+  base = base + 3
+  local m = redis.call('HMGET', KEYS[j], 'inc', 'flushed')
+  if m[1] == inc then
+    redis.call('HSET', KEYS[j], 'flushed', math.max(tonumber(m[2]) or 0, top))
+  end
+  local p = redis.call('HGET', KEYS[2], field)
+  if p then
+    local ps, pinc = string.match(p, '^(%d+):(%d+):')
+    if pinc == inc and tonumber(ps) <= top then redis.call('HDEL', KEYS[2], field) end
+  end
+end
+return nids
+"""
+
+# KEYS: pending. ARGV: field. The newest queued seq of a thread, or false when nothing is unflushed.
+PENDING_SEQ = """
+local p = redis.call('HGET', KEYS[1], ARGV[1])
+if not p then return false end
+return tonumber(string.match(p, '^(%d+):'))
 """

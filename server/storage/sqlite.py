@@ -20,10 +20,14 @@ from server.storage import migrations
 from server.storage.models import (
     AppendCommand,
     AppendResult,
+    NewThreadOptions,
     PreferenceChange,
     PreferenceSet,
     PreferenceValue,
+    QueuedAppend,
+    Repair,
     Role,
+    Seed,
     StoredMessage,
     ThreadCursor,
     ThreadInfo,
@@ -142,17 +146,151 @@ class SqliteStore:
         db.execute("COMMIT")
         return out
 
-    def _incarnation(self, now_us: int) -> int:
-        # Strictly increasing within the process: the one process owns the file.
-        self._last_incarnation = max(now_us, self._last_incarnation + 1)
+    def _fresh_incarnation(self, db: sqlite3.Connection, key: ThreadKey, now_us: int) -> int:
+        # Strictly increasing within the process (the one process owns the file), and above any
+        # deleted incarnation of the same thread.
+        dead = db.execute(
+            "SELECT incarnation FROM thread_tombstones WHERE workspace_id = ? AND thread_id = ?",
+            (key.workspace_id, key.thread_id),
+        ).fetchone()
+        self._last_incarnation = max(now_us, self._last_incarnation + 1, (dead[0] + 1) if dead else 0)
         return self._last_incarnation
 
-    async def append_batch(self, commands: Sequence[AppendCommand]) -> list[AppendResult | Exception]:
-        """Commit a group of appends in one transaction (see planner for the rules)."""
-        return await self._call(self._tx, functools.partial(self._append_batch, commands))
+    @staticmethod
+    def _is_marked(db: sqlite3.Connection, kind: str, workspace_id: str, object_id: str) -> bool:
+        row = db.execute(
+            "SELECT 1 FROM cache_repairs WHERE kind = ? AND workspace_id = ? AND object_id = ?",
+            (kind, workspace_id, object_id),
+        ).fetchone()
+        return row is not None
+
+    @staticmethod
+    def _mark(db: sqlite3.Connection, repairs: Sequence[Repair]) -> None:
+        now = _now_us()
+        db.executemany(
+            "INSERT INTO cache_repairs VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (kind, workspace_id, object_id) DO UPDATE SET create_time = excluded.create_time",
+            [(r.kind, r.workspace_id, r.object_id, now) for r in repairs],
+        )
+
+    async def mark_repairs(self, repairs: Sequence[Repair]) -> None:
+        """Mark cache entries as possibly stale."""
+        await self._call(self._tx, functools.partial(self._mark_tx, repairs))
+
+    def _mark_tx(self, repairs: Sequence[Repair], db: sqlite3.Connection) -> None:
+        self._mark(db, repairs)
+
+    async def list_repairs(self, limit: int) -> list[Repair]:
+        """Return cache entries marked as possibly stale, oldest first."""
+
+        def run() -> list[Repair]:
+            rows = self._db().execute(
+                "SELECT kind, workspace_id, object_id, create_time FROM cache_repairs ORDER BY create_time LIMIT ?",
+                (limit,),
+            )
+            return [Repair(*r) for r in rows]
+
+        return await self._call(run)
+
+    async def clear_repairs(self, repairs: Sequence[Repair]) -> None:
+        """Forget repairs applied to the cache, unless marked again since they were listed."""
+
+        def run(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "DELETE FROM cache_repairs WHERE kind = ? AND workspace_id = ? AND object_id = ? AND create_time <= ?",
+                [(r.kind, r.workspace_id, r.object_id, r.marked_us) for r in repairs],
+            )
+
+        await self._call(self._tx, run)
+
+    async def seed(self, key: ThreadKey, create: NewThreadOptions | None = None) -> Seed:
+        """Return the thread's counters; for an unknown thread a fresh incarnation above any deleted one.
+
+        With ``create``, an unknown thread's row is created (empty, with that incarnation) so that it is
+        listed before its first messages are flushed.
+        """
+
+        def run(db: sqlite3.Connection) -> Seed:
+            where = (key.workspace_id, key.thread_id)
+            row = db.execute(
+                "SELECT last_seq, message_count, incarnation, ttl_seconds, pinned FROM threads "
+                "WHERE workspace_id = ? AND thread_id = ?",
+                where,
+            ).fetchone()
+            dead_row = db.execute(
+                "SELECT incarnation FROM thread_tombstones WHERE workspace_id = ? AND thread_id = ?", where
+            ).fetchone()
+            dead = dead_row[0] if dead_row else 0
+            if row is not None:
+                return Seed(True, row[0], row[1], row[2], row[3], bool(row[4]), dead)
+            now = _now_us()
+            incarnation = self._fresh_incarnation(db, key, now)
+            if create is not None:
+                db.execute(
+                    "INSERT INTO threads (workspace_id, thread_id, user_id, title, ttl_seconds, pinned, message_count, "
+                    "last_seq, incarnation, create_time, update_time) VALUES (?, ?, ?, ?, ?, 0, 0, 0, ?, ?, ?)",
+                    (*where, create.user_id, create.title, create.ttl_seconds, incarnation, now, now),
+                )
+            return Seed(False, 0, 0, incarnation, dead_incarnation=dead)
+
+        return await self._call(self._tx, run)
+
+    async def apply_queued(self, entries: Sequence[QueuedAppend]) -> int:
+        """Write outbox entries idempotently; skip deleted incarnations. Returns the messages inserted."""
+        return await self._call(self._tx, functools.partial(self._apply_queued, entries))
+
+    def _apply_queued(self, entries: Sequence[QueuedAppend], db: sqlite3.Connection) -> int:
+        inserted = 0
+        for e in entries:
+            where = (e.key.workspace_id, e.key.thread_id)
+            dead = db.execute(
+                "SELECT incarnation FROM thread_tombstones WHERE workspace_id = ? AND thread_id = ?", where
+            ).fetchone()
+            if dead is not None and e.incarnation <= dead[0]:
+                continue
+            opts = e.new_thread or NewThreadOptions()
+            created = e.messages[0].create_time_us if e.messages else _now_us()
+            db.execute(
+                "INSERT INTO threads (workspace_id, thread_id, user_id, title, ttl_seconds, pinned, message_count, "
+                "last_seq, incarnation, create_time, update_time) VALUES (?, ?, ?, ?, ?, 0, 0, 0, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (*where, opts.user_id, opts.title, opts.ttl_seconds, e.incarnation, created, created),
+            )
+            added = [
+                m.seq
+                for m in e.messages
+                if db.execute(
+                    "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (*where, m.seq, int(m.role), m.content, m.name, json.dumps(m.metadata), m.create_time_us),
+                ).rowcount
+            ]
+            if e.request_id:
+                db.execute(
+                    "INSERT INTO append_requests VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (*where, e.request_id, e.first_seq, len(e.messages), e.message_count),
+                )
+            if added:
+                db.execute(
+                    "UPDATE threads SET last_seq = MAX(last_seq, ?), message_count = message_count + ?, "
+                    "update_time = ? WHERE workspace_id = ? AND thread_id = ?",
+                    (max(added), len(added), _now_us(), *where),
+                )
+                inserted += len(added)
+        return inserted
+
+    async def append_batch(
+        self, commands: Sequence[AppendCommand], *, repair: bool = False, fallback_gap: int = 0
+    ) -> list[AppendResult | Exception]:
+        """Commit a group of appends in one transaction (see planner for the rules).
+
+        With ``repair``, the threads are marked for cache repair in the same transaction, and a thread
+        not yet marked skips ``fallback_gap`` seqs first.
+        """
+        return await self._call(self._tx, functools.partial(self._append_batch, commands, repair, fallback_gap))
 
     def _append_batch(
-        self, commands: Sequence[AppendCommand], db: sqlite3.Connection
+        self, commands: Sequence[AppendCommand], repair: bool, fallback_gap: int, db: sqlite3.Connection
     ) -> list[AppendResult | Exception]:
         now_us = _now_us()
         threads: dict[ThreadKey, ThreadInfo] = {}
@@ -167,7 +305,7 @@ class SqliteStore:
                 opts = cmd.new_thread
                 threads[cmd.key] = ThreadInfo(
                     cmd.key.workspace_id, cmd.key.thread_id, opts.user_id, opts.title, opts.ttl_seconds,
-                    False, 0, 0, self._incarnation(now_us), now_us, now_us,
+                    False, 0, 0, self._fresh_incarnation(db, cmd.key, now_us), now_us, now_us,
                 )  # fmt: skip
             else:
                 threads[cmd.key] = _thread(row)
@@ -181,7 +319,12 @@ class SqliteStore:
                 ).fetchone()
                 if r is not None:
                     replays[(cmd.key, cmd.request_id)] = Replay(r[0], r[1], r[2])
-        plan = plan_appends(commands, threads, replays, now_us)
+        gaps: dict[ThreadKey, int] = {}
+        if repair:
+            gaps = {k: fallback_gap for k in threads if not self._is_marked(db, "a", k.workspace_id, k.thread_id)}
+        plan = plan_appends(commands, threads, replays, now_us, gaps)
+        if repair:
+            self._mark(db, [Repair("a", k.workspace_id, k.thread_id) for k in plan.touched])
         db.executemany(
             "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -291,7 +434,7 @@ class SqliteStore:
 
         return await self._call(run)
 
-    async def update_thread(self, key: ThreadKey, patch: ThreadPatch) -> ThreadInfo | None:
+    async def update_thread(self, key: ThreadKey, patch: ThreadPatch, *, repair: bool = False) -> ThreadInfo | None:
         """Apply a patch; ttl_seconds 0 restores the default TTL."""
 
         def run(db: sqlite3.Connection) -> ThreadInfo | None:
@@ -316,24 +459,43 @@ class SqliteStore:
                 f"SELECT {_THREAD_COLS} FROM threads WHERE workspace_id = ? AND thread_id = ?",
                 (key.workspace_id, key.thread_id),
             ).fetchone()
+            if row is not None and repair:
+                self._mark(db, [Repair("t", key.workspace_id, key.thread_id)])
             return _thread(row) if row else None
 
         return await self._call(self._tx, run)
 
-    async def delete_thread(self, key: ThreadKey) -> tuple[ThreadInfo, int] | None:
-        """Delete a thread, its messages and its request records in one transaction."""
+    async def delete_thread(
+        self, key: ThreadKey, *, tombstone_incarnation: int = 0, repair: bool = False
+    ) -> tuple[ThreadInfo | None, int]:
+        """Delete a thread, its messages and request records, and leave a tombstone.
 
-        def run(db: sqlite3.Connection) -> tuple[ThreadInfo, int] | None:
+        Returns:
+            (the deleted row or None, messages deleted).
+        """
+
+        def run(db: sqlite3.Connection) -> tuple[ThreadInfo | None, int]:
             where = (key.workspace_id, key.thread_id)
             row = db.execute(
                 f"SELECT {_THREAD_COLS} FROM threads WHERE workspace_id = ? AND thread_id = ?", where
             ).fetchone()
-            if row is None:
-                return None
-            db.execute("DELETE FROM threads WHERE workspace_id = ? AND thread_id = ?", where)
-            count = db.execute("DELETE FROM messages WHERE workspace_id = ? AND thread_id = ?", where).rowcount
-            db.execute("DELETE FROM append_requests WHERE workspace_id = ? AND thread_id = ?", where)
-            return _thread(row), count
+            thread = _thread(row) if row else None
+            count = 0
+            if thread is not None:
+                db.execute("DELETE FROM threads WHERE workspace_id = ? AND thread_id = ?", where)
+                count = db.execute("DELETE FROM messages WHERE workspace_id = ? AND thread_id = ?", where).rowcount
+                db.execute("DELETE FROM append_requests WHERE workspace_id = ? AND thread_id = ?", where)
+            incarnation = max(tombstone_incarnation, thread.incarnation if thread else 0)
+            if incarnation:
+                db.execute(
+                    "INSERT INTO thread_tombstones VALUES (?, ?, ?, ?) ON CONFLICT (workspace_id, thread_id) "
+                    "DO UPDATE SET incarnation = MAX(incarnation, excluded.incarnation), "
+                    "delete_time = excluded.delete_time",
+                    (*where, incarnation, _now_us()),
+                )
+            if repair:
+                self._mark(db, [Repair("t", key.workspace_id, key.thread_id)])
+            return thread, count
 
         return await self._call(self._tx, run)
 
@@ -363,7 +525,9 @@ class SqliteStore:
         ).fetchone()
         return int(row[0])
 
-    async def set_preferences(self, workspace_id: str, user_id: str, values: dict[str, str]) -> PreferenceChange:
+    async def set_preferences(
+        self, workspace_id: str, user_id: str, values: dict[str, str], *, repair: bool = False
+    ) -> PreferenceChange:
         """Upsert keys and bump the version."""
         now_us = _now_us()
 
@@ -374,12 +538,16 @@ class SqliteStore:
                 "DO UPDATE SET value = excluded.value, update_time = excluded.update_time",
                 [(workspace_id, user_id, k, v, now_us) for k, v in values.items()],
             )
+            if repair:
+                self._mark(db, [Repair("u", workspace_id, user_id)])
             set_values = {k: PreferenceValue(v, now_us) for k, v in values.items()}
             return PreferenceChange(version, set_values, (), False, len(values))
 
         return await self._call(self._tx, run)
 
-    async def delete_preferences(self, workspace_id: str, user_id: str, keys: Sequence[str] | None) -> PreferenceChange:
+    async def delete_preferences(
+        self, workspace_id: str, user_id: str, keys: Sequence[str] | None, *, repair: bool = False
+    ) -> PreferenceChange:
         """Delete some keys (None: all) and bump the version."""
 
         def run(db: sqlite3.Connection) -> PreferenceChange:
@@ -396,6 +564,8 @@ class SqliteStore:
                     ).rowcount
                     for k in keys
                 )
+            if repair:
+                self._mark(db, [Repair("u", workspace_id, user_id)])
             return PreferenceChange(version, {}, tuple(keys or ()), keys is None, count)
 
         return await self._call(self._tx, run)

@@ -13,7 +13,9 @@ from server.storage.keys import KeySpace
 from tests.conftest import Harness, make_settings, start_harness
 from tests.procs import PostgresProcess, RedisProcess
 
-BACKENDS = ["sqlite", "postgres", "sqlite+redis", "postgres+redis"]
+# "+redis" runs the default write mode with Redis (write_behind); ":wt" forces write_through.
+BACKENDS = ["sqlite", "postgres", "sqlite+redis", "postgres+redis", "postgres+redis:wt"]
+CACHED = ["postgres+redis", "sqlite+redis", "postgres+redis:wt"]
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +37,10 @@ def pg_proc() -> Iterator[PostgresProcess]:
 
 
 def backend_settings(request: pytest.FixtureRequest, backend: str, tmp_path: pathlib.Path, **memory: Any) -> Any:
-    """Settings for a backend name such as ``postgres+redis``."""
+    """Settings for a backend name such as ``postgres+redis`` or ``postgres+redis:wt``."""
+    backend, _, mode = backend.partition(":")
+    if mode == "wt":
+        memory.setdefault("write_mode", "write_through")
     db_url = request.getfixturevalue("pg_proc").url if backend.startswith("postgres") else None
     redis_url = request.getfixturevalue("redis_proc").url if backend.endswith("+redis") else None
     return make_settings(database_url=db_url, sqlite_path=str(tmp_path / "chatmem.db"), redis_url=redis_url, **memory)
@@ -49,7 +54,7 @@ async def api(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIt
     await h.close()
 
 
-@pytest.fixture(params=["postgres+redis", "sqlite+redis"])
+@pytest.fixture(params=CACHED)
 async def cached(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Harness]:
     """A started server with the Redis cache, on each store."""
     h = await start_harness(backend_settings(request, request.param, tmp_path))
@@ -66,6 +71,10 @@ async def redis_client(redis_proc: RedisProcess) -> AsyncIterator[aioredis.Redis
 
 
 @pytest.fixture
-def keys() -> KeySpace:
-    """The default key space."""
+def keys(request: pytest.FixtureRequest) -> KeySpace:
+    """The key space of the test's server (the ``cached`` or ``api`` harness)."""
+    for name in ("cached", "api"):
+        if name in request.fixturenames:
+            harness = request.getfixturevalue(name)
+            return KeySpace(harness.app.settings.redis.key_prefix)
     return KeySpace()

@@ -36,7 +36,7 @@ async def test_append_then_history_round_trips_every_field(api: Harness) -> None
     )
     assert list(first.seqs) == [1, 2]
     assert first.message_count == 2
-    assert first.durability == r.DURABILITY_PERSISTED
+    assert first.durability == api.durability
     second = await append(api, "t1", [msg("tool out", r.ROLE_TOOL), msg("", r.ROLE_SYSTEM)])
     assert list(second.seqs) == [3, 4]
     got = await history(api, "t1")

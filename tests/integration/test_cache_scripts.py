@@ -60,7 +60,7 @@ async def test_a_deleted_or_replaced_incarnation_never_lands(cache: RedisCache) 
     old = thread(2, incarnation=1000)
     key = ThreadKey(old.workspace_id, old.thread_id)
     await cache.push_window(old, 1, enc(1, 2))
-    await cache.drop_window(old)
+    await cache.drop_thread(key, old.incarnation)
     assert await cache.fill_window(old, enc(1, 2)) is False
     assert await cache.push_window(old, 3, enc(3)) is False
     new = dataclasses.replace(old, incarnation=2000, last_seq=1)

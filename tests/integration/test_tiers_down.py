@@ -18,9 +18,18 @@ from tests.procs import PostgresProcess, RedisProcess
 pytestmark = pytest.mark.integration
 
 
+MODES = ["write_through", "write_behind"]
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    proc = RedisProcess()
+def own_redis(mode: str) -> Iterator[RedisProcess]:
+    # write_behind is only as durable as Redis: run it with AOF, as the README requires.
+    proc = RedisProcess(appendonly=mode == "write_behind")
     proc.start()
     yield proc
     proc.close()
@@ -35,10 +44,20 @@ def own_pg() -> Iterator[PostgresProcess]:
 
 
 @pytest.fixture
-async def h(own_redis: RedisProcess, own_pg: PostgresProcess) -> AsyncIterator[Harness]:
-    harness = await start_harness(make_settings(database_url=own_pg.url, redis_url=own_redis.url))
+async def h(own_redis: RedisProcess, own_pg: PostgresProcess, mode: str) -> AsyncIterator[Harness]:
+    harness = await start_harness(make_settings(database_url=own_pg.url, redis_url=own_redis.url, write_mode=mode))
     yield harness
     await harness.close()
+
+
+async def until_recovered(h: Harness) -> None:
+    breaker = h.app.repository.breaker
+    assert breaker is not None
+    for _ in range(250):
+        if not breaker.health.down:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the server never started using Redis again")
 
 
 async def append(h: Harness, i: int) -> pb.AppendMessagesResponse:
@@ -52,78 +71,128 @@ async def history(h: Harness) -> pb.GetHistoryResponse:
 
 
 async def test_redis_down_reads_and_writes_go_to_the_store_then_recover_exactly(
-    h: Harness, own_redis: RedisProcess
+    h: Harness, own_redis: RedisProcess, mode: str
 ) -> None:
     for i in range(30):
         await append(h, i)
     assert (await history(h)).serving.tier == r.TIER_CACHE
+    await h.drained()
     own_redis.stop()
     started = time.monotonic()
     written = await append(h, 30)
+    # Around Redis the store numbers the write; in write_behind it first skips the seqs that Redis
+    # could still hold unflushed, so no seq is ever given twice.
+    gap = h.app.settings.outbox.max_unflushed_per_thread if mode == "write_behind" else 0
+    assert list(written.seqs) == [61 + gap, 62 + gap]
     assert written.durability == r.DURABILITY_PERSISTED and written.serving.degraded
+    expected = [*range(13, 61), 61 + gap, 62 + gap]
     got = await history(h)
     assert got.serving.tier == r.TIER_STORE and got.serving.degraded
-    assert [m.seq for m in got.messages] == list(range(13, 63))
+    assert [m.seq for m in got.messages] == expected
     prefs = await h.prefs.GetPreferences(pp.GetPreferencesRequest(workspace_id=h.ws, user_id="u"), timeout=5)
     assert prefs.serving.degraded
     assert time.monotonic() - started < 5, "a refused Redis connection must fail fast"
-    own_redis.start()  # comes back empty (no persistence): the window is rebuilt from the store
+    # write_through: Redis returns empty. write_behind: it returns from its AOF holding the old window
+    # (13..60) and the old counter (60), which the recovery must not let the server use.
+    own_redis.start()
+    await until_recovered(h)
     cold = await history(h)
     assert cold.serving.tier == r.TIER_STORE and not cold.serving.degraded
-    assert [m.seq for m in cold.messages] == list(range(13, 63))
+    assert [m.seq for m in cold.messages] == expected
     warm = await history(h)
-    assert warm.serving.tier == r.TIER_CACHE and [m.seq for m in warm.messages] == list(range(13, 63))
+    assert warm.serving.tier == r.TIER_CACHE and [m.seq for m in warm.messages] == expected
+    after = await append(h, 31)
+    assert list(after.seqs) == [63 + gap, 64 + gap]
+    assert [m.seq for m in (await history(h)).messages][-3:] == [62 + gap, 63 + gap, 64 + gap]
 
 
-async def test_store_down_write_through_is_unavailable_but_cached_reads_still_serve(
-    h: Harness, own_pg: PostgresProcess
+async def test_store_down_cached_reads_serve_and_writes_follow_the_mode(
+    h: Harness, own_pg: PostgresProcess, mode: str
 ) -> None:
     for i in range(30):
         await append(h, i)
     assert (await history(h)).serving.tier == r.TIER_CACHE
+    await h.drained()
     own_pg.kill()
     got = await history(h)
     assert got.serving.tier == r.TIER_CACHE and [m.seq for m in got.messages] == list(range(11, 61))
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await append(h, 99)
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    if mode == "write_through":
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await append(h, 99)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    else:
+        # write_behind keeps accepting appends into the outbox while the store is down.
+        for i in range(30, 35):
+            queued = await append(h, i)
+            assert queued.durability == r.DURABILITY_QUEUED and list(queued.seqs) == [2 * i + 1, 2 * i + 2]
+        await asyncio.sleep(0.3)  # the flusher has failed by now, so responses say degraded
+        degraded = await history(h)
+        assert degraded.serving.tier == r.TIER_CACHE and degraded.serving.degraded
+        assert [m.seq for m in degraded.messages] == list(range(21, 71))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for _ in h.threads.StreamHistory(pb.StreamHistoryRequest(workspace_id=h.ws, thread_id="t"), timeout=5):
             pass
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     own_pg.start()
     written = None
     for _ in range(50):  # the pool replaces its dead connections on the next acquire
         try:
-            written = await append(h, 30)
+            written = await append(h, 40)
             break
         except grpc.aio.AioRpcError as exc:
             assert exc.code() == grpc.StatusCode.UNAVAILABLE
             await asyncio.sleep(0.1)
-    assert written is not None and list(written.seqs) == [61, 62]
-    assert [m.seq for m in (await history(h)).messages] == list(range(13, 63))
+    assert written is not None
+    last = 62 if mode == "write_through" else 72
+    assert list(written.seqs) == [last - 1, last]
+    await h.drained()
+    stored = [
+        m.seq
+        async for c in h.threads.StreamHistory(pb.StreamHistoryRequest(workspace_id=h.ws, thread_id="t"))
+        for m in c.messages
+    ]
+    assert stored == list(range(1, last + 1))
 
 
-async def test_a_frozen_store_costs_the_caller_its_deadline_not_a_hang(h: Harness, own_pg: PostgresProcess) -> None:
+@pytest.fixture
+async def short_budget(own_redis: RedisProcess, own_pg: PostgresProcess, mode: str) -> AsyncIterator[Harness]:
+    settings = make_settings(
+        database_url=own_pg.url, redis_url=own_redis.url, write_mode=mode, grpc={"default_timeout_s": 1.0}
+    )
+    harness = await start_harness(settings)
+    yield harness
+    await harness.close()
+
+
+async def test_a_frozen_store_costs_a_call_the_server_budget_not_a_hang(
+    short_budget: Harness, own_pg: PostgresProcess, mode: str
+) -> None:
+    h = short_budget
     for i in range(3):
         await append(h, i)
+    await h.drained()
     own_pg.pause()
     try:
-        calls = (  # grpc.aio starts an RPC when the call object is made, so make each one when it is due
-            lambda: h.threads.GetThread(pb.GetThreadRequest(workspace_id=h.ws, thread_id="t"), timeout=1),
-            lambda: h.threads.AppendMessages(
-                pb.AppendMessagesRequest(workspace_id=h.ws, thread_id="t", messages=exchange(9)), timeout=1
-            ),
+        # No client deadline: only the server's own time budget (GRPC__DEFAULT_TIMEOUT_S=1) can end these.
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(h.threads.GetThread(pb.GetThreadRequest(workspace_id=h.ws, thread_id="t")), 10)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 2.5
+        started = time.monotonic()
+        call = h.threads.AppendMessages(
+            pb.AppendMessagesRequest(workspace_id=h.ws, thread_id="t", messages=exchange(9))
         )
-        for call in calls:
-            started = time.monotonic()
+        if mode == "write_through":
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await call()
+                await asyncio.wait_for(call, 10)
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert time.monotonic() - started < 2.5
-        # The cached window does not need the store at all.
-        got = await history(h)
-        assert got.serving.tier == r.TIER_CACHE and len(got.messages) == 6
+        else:
+            queued = await asyncio.wait_for(call, 10)  # the outbox does not need the store
+            assert queued.durability == r.DURABILITY_QUEUED
+        got = await history(h)  # the cached window does not need the store at all
+        assert got.serving.tier == r.TIER_CACHE and len(got.messages) in (6, 8)
     finally:
         own_pg.resume()
     recovered = None
@@ -135,5 +204,6 @@ async def test_a_frozen_store_costs_the_caller_its_deadline_not_a_hang(h: Harnes
             assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
             await asyncio.sleep(0.1)
     assert recovered is not None
-    # The append that timed out may have committed after the resume; its seqs are contiguous either way.
+    # A write_through append that timed out may still have committed once the store woke up; a
+    # write_behind one was queued and is flushed now. Either way the seqs stay contiguous.
     assert recovered.thread.last_seq in (6, 8)

@@ -1,0 +1,256 @@
+"""The write_behind flusher: outbox streams (one per bucket) into the durable store, at least once.
+
+Each server process runs one Flusher; many may run at once against one Redis. A batch is read with
+XREADGROUP (so replicas share the work), written to the store in one idempotent transaction, and only
+then acknowledged and deleted from the stream by one script per bucket, which also marks the threads
+flushed. If the store fails, the batch is retried with backoff and nothing is acknowledged. Entries
+that a crashed process left pending are taken over with XAUTOCLAIM once they have been idle for
+``claim_idle_ms``. Redelivery never duplicates a row: the store ignores a (workspace, thread, seq)
+it already holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from server.storage import scripts
+from server.storage.codec import decode_framed
+from server.storage.health import TierHealth
+from server.storage.keys import BUCKETS, KeySpace
+from server.storage.models import NewThreadOptions, QueuedAppend, ThreadKey
+from server.storage.protocols import Store, StoreUnavailableError
+from server.storage.scripts import Script
+
+log = logging.getLogger(__name__)
+
+GROUP = "chatmem-flusher"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One stream entry: where it sits and what it holds."""
+
+    stream: str
+    entry_id: bytes
+    append: QueuedAppend
+
+
+def parse_entry(stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> OutboxEntry:
+    """Turn a stream entry written by scripts.APPEND_QUEUED into an OutboxEntry."""
+    key = ThreadKey(fields[b"w"].decode(), fields[b"t"].decode())
+    messages = tuple(decode_framed(fields[b"m"]))
+    options = None
+    if fields.get(b"o"):
+        raw = json.loads(fields[b"o"])
+        options = NewThreadOptions(raw.get("user_id", ""), raw.get("title", ""), raw.get("ttl_seconds"))
+    append = QueuedAppend(
+        key=key,
+        incarnation=int(fields[b"i"]),
+        request_id=fields.get(b"r", b"").decode(),
+        first_seq=int(fields[b"f"]),
+        message_count=int(fields[b"c"]),
+        new_thread=options,
+        messages=messages,
+    )
+    return OutboxEntry(stream, entry_id, append)
+
+
+class Flusher:
+    """Moves acknowledged write_behind appends from Redis into the store.
+
+    Args:
+        client: the redis.asyncio client (decode_responses=False).
+        keys: the key space.
+        store: the durable store.
+        consumer: this process's consumer name in the group.
+        batch_size: the most entries in one store transaction.
+        block_ms: how long one read waits for new entries (the flush latency bound when idle).
+        claim_idle_ms: how long an entry stays pending before another consumer takes it over.
+        claim_interval_s: how often to look for such entries.
+        cluster: read bucket by bucket (Redis Cluster rejects multi-slot reads).
+        store_health: the store tier's health record.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        keys: KeySpace,
+        store: Store,
+        *,
+        consumer: str,
+        batch_size: int,
+        block_ms: int,
+        claim_idle_ms: int,
+        claim_interval_s: float,
+        cluster: bool,
+        store_health: TierHealth,
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._store = store
+        self._consumer = consumer
+        self._batch_size = batch_size
+        self._block_ms = block_ms
+        self._claim_idle_ms = claim_idle_ms
+        self._claim_interval_s = claim_interval_s
+        self._cluster = cluster
+        self._store_health = store_health
+        self._streams = [keys.outbox(b) for b in range(BUCKETS)]
+        self._bucket = {stream: b for b, stream in enumerate(self._streams)}
+        self._ack = Script(scripts.ACK_FLUSHED)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.flushed_messages = 0
+        self.flushed_entries = 0
+
+    async def start(self) -> None:
+        """Create the consumer groups (idempotent) and start flushing."""
+        with contextlib.suppress(RedisError, OSError, TimeoutError):  # Redis may be down: _run retries
+            await self._ensure_groups()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _ensure_groups(self) -> None:
+        # Id 0: a group made after Redis restarted empty (or its streams were wiped) still reads
+        # the entries added before it existed.
+        pipe = self._client.pipeline(transaction=False)
+        for stream in self._streams:
+            pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        for result in await pipe.execute(raise_on_error=False):
+            if isinstance(result, ResponseError) and "BUSYGROUP" not in str(result):
+                raise result
+
+    async def stop(self, drain_s: float) -> None:
+        """Stop after the batch in flight; wait at most ``drain_s``. Unacknowledged entries stay queued."""
+        self._stopping = True
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), drain_s)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def depth(self) -> int:
+        """Return the number of entries in all outbox streams (unflushed or in flight)."""
+        pipe = self._client.pipeline(transaction=False)
+        for stream in self._streams:
+            pipe.xlen(stream)
+        return sum(int(n) for n in await pipe.execute())
+
+    async def _run(self) -> None:
+        next_claim = 0.0
+        backoff = 0.05
+        while not self._stopping:
+            try:
+                entries: list[OutboxEntry] = []
+                if time.monotonic() >= next_claim:
+                    entries = await self._claim()
+                    next_claim = time.monotonic() + self._claim_interval_s
+                if not entries:
+                    entries = await self._read()
+                for start in range(0, len(entries), self._batch_size):
+                    if not await self._flush(entries[start : start + self._batch_size]):
+                        break
+                backoff = 0.05
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    log.warning("outbox consumer groups are missing (Redis restarted empty?); creating them again")
+                    with contextlib.suppress(RedisError, OSError, TimeoutError):
+                        await self._ensure_groups()
+                else:
+                    log.warning("redis refused a flusher command: %s", exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.debug("flusher cannot reach redis: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("flusher failed a round; retrying")
+                await asyncio.sleep(1.0)
+
+    async def _read(self) -> list[OutboxEntry]:
+        if self._cluster:
+            found: list[OutboxEntry] = []
+            for stream in self._streams:
+                reply = await self._client.xreadgroup(GROUP, self._consumer, {stream: ">"}, count=self._batch_size)
+                found += self._parse_reply(reply)
+            if not found:
+                await asyncio.sleep(self._block_ms / 1000)
+            return found
+        reply = await self._client.xreadgroup(
+            GROUP, self._consumer, dict.fromkeys(self._streams, ">"), count=self._batch_size, block=self._block_ms
+        )
+        return self._parse_reply(reply)
+
+    def _parse_reply(self, reply: Any) -> list[OutboxEntry]:
+        found = []
+        for stream, items in reply or []:
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            for entry_id, fields in items:
+                if fields:
+                    found.append(parse_entry(name, entry_id, fields))
+        return found
+
+    async def _claim(self) -> list[OutboxEntry]:
+        pipe = self._client.pipeline(transaction=False)
+        for stream in self._streams:
+            pipe.xautoclaim(stream, GROUP, self._consumer, self._claim_idle_ms, start_id="0-0", count=self._batch_size)
+        found = []
+        for stream, result in zip(self._streams, await pipe.execute(), strict=True):
+            for entry_id, fields in result[1]:
+                if fields:
+                    found.append(parse_entry(stream, entry_id, fields))
+        if found:
+            log.info("claimed %d outbox entries left pending by another consumer", len(found))
+        return found
+
+    async def _flush(self, entries: Sequence[OutboxEntry]) -> bool:
+        """Write a batch to the store (retrying while it is down), then acknowledge it; False if stopped."""
+        backoff = 0.05
+        while True:
+            try:
+                inserted = await self._store.apply_queued([e.append for e in entries])
+                break
+            except StoreUnavailableError as exc:
+                self._store_health.mark_down(str(exc))
+                if self._stopping:
+                    return False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        self._store_health.mark_up()
+        await self._acknowledge(entries)
+        self.flushed_messages += inserted
+        self.flushed_entries += len(entries)
+        return True
+
+    async def _acknowledge(self, entries: Sequence[OutboxEntry]) -> None:
+        by_stream: dict[str, list[OutboxEntry]] = defaultdict(list)
+        for e in entries:
+            by_stream[e.stream].append(e)
+        for stream, group in by_stream.items():
+            tops: dict[ThreadKey, tuple[int, int]] = {}
+            for e in group:
+                top = e.append.first_seq + len(e.append.messages) - 1
+                inc, seen = tops.get(e.append.key, (e.append.incarnation, 0))
+                tops[e.append.key] = (max(inc, e.append.incarnation), max(seen, top))
+            ordered = list(tops.items())
+            keys = [stream, self._keys.pending(self._bucket[stream])]
+            keys += [self._keys.thread(k.workspace_id, k.thread_id).meta for k, _ in ordered]
+            args: list[Any] = [GROUP, len(group), *[e.entry_id for e in group]]
+            for k, (inc, top) in ordered:
+                args += [f"{k.workspace_id}/{k.thread_id}", inc, top]
+            await self._ack(self._client, keys, args)
