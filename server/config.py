@@ -65,8 +65,8 @@ class DatabaseSettings(BaseModel):
 class MemorySettings(BaseModel):
     """Memory policy."""
 
-    thread_ttl_hours: float = Field(default=24, gt=0)
-    user_ttl_days: float = Field(default=30, gt=0)
+    thread_ttl_hours: float = Field(default=24, ge=1 / 3600, description="at least one second")
+    user_ttl_days: float = Field(default=30, ge=1 / 86400, description="at least one second")
     max_thread_messages: int = Field(default=50, ge=1, le=1000)
     write_mode: Literal["write_through", "write_behind"] | None = Field(
         default=None, description="unset: write_behind when Redis is configured, else write_through"

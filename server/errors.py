@@ -34,6 +34,9 @@ class FieldViolation:
     description: str
 
 
+MAX_REPORTED_VIOLATIONS = 20  # the status travels in a trailer, which clients cap at 8-16 KiB
+
+
 class InvalidArgumentError(ChatmemError):
     """The request is malformed; carries a google.rpc.BadRequest with the offending fields."""
 
@@ -43,7 +46,7 @@ class InvalidArgumentError(ChatmemError):
         first = violations[0]
         more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
         super().__init__(f"invalid {first.field}: {first.description}{more}")
-        self.violations = violations
+        self.violations = violations[:MAX_REPORTED_VIOLATIONS]
 
     @classmethod
     def single(cls, field_path: str, description: str) -> InvalidArgumentError:

@@ -15,7 +15,15 @@ from server.errors import FieldViolation, InvalidArgumentError
 from server.storage.models import Role
 
 DEFAULT_WORKSPACE = "default"
+MAX_SEQ = 2**62  # far beyond any thread, and far from int64 overflow in seq arithmetic
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
+
+
+def is_valid_id(value: str, max_length: int = 128) -> bool:
+    """Tell whether ``value`` is a well-formed id."""
+    return 0 < len(value) <= max_length and _ID.fullmatch(value) is not None
+
+
 _ROLES = {int(r) for r in Role}
 
 
@@ -61,9 +69,11 @@ class Checker:
             self.fail(field, "must be one of ROLE_USER, ROLE_ASSISTANT, ROLE_SYSTEM, ROLE_TOOL")
 
     def text(self, field: str, value: str, max_bytes: int) -> None:
-        """Check a string's UTF-8 size."""
+        """Check a string's UTF-8 size, and that it holds no NUL (PostgreSQL text cannot store one)."""
         if len(value) > max_bytes or len(value.encode()) > max_bytes:
             self.fail(field, f"is larger than {max_bytes} bytes")
+        elif "\x00" in value:
+            self.fail(field, "must not contain NUL characters")
 
     def metadata(self, field: str, value: Mapping[str, str]) -> None:
         """Check a metadata map's entry count and total size."""
@@ -75,6 +85,13 @@ class Checker:
             self.fail(field, f"is larger than {self.limits.max_metadata_bytes} bytes")
         if any(not k for k in value):
             self.fail(field, "has an empty key")
+        if any("\x00" in k or "\x00" in v for k, v in value.items()):
+            self.fail(field, "must not contain NUL characters")
+
+    def seq(self, field: str, value: int) -> None:
+        """Check a seq given by a client (0 allowed)."""
+        if value < 0 or value > MAX_SEQ:
+            self.fail(field, f"must be between 0 and {MAX_SEQ}")
 
     def count(self, field: str, value: int, *, low: int, high: int) -> None:
         """Check an integer range (inclusive)."""

@@ -13,7 +13,15 @@ import pytest
 
 from chatmem.v1 import preferences_service_pb2_grpc, resources_pb2, thread_memory_service_pb2_grpc
 from server.app import App, create_server
-from server.config import DatabaseSettings, GrpcSettings, MemorySettings, OutboxSettings, RedisSettings, Settings
+from server.config import (
+    DatabaseSettings,
+    GrpcSettings,
+    LimitSettings,
+    MemorySettings,
+    OutboxSettings,
+    RedisSettings,
+    Settings,
+)
 
 
 def make_settings(
@@ -34,6 +42,8 @@ def make_settings(
         redis=RedisSettings(url=redis_url, probe_interval_s=0.2, key_prefix=f"cm{uuid.uuid4().hex[:8]}"),
         memory=MemorySettings(**memory),
         outbox=OutboxSettings(**{"block_ms": 20, "claim_idle_ms": 1000, "claim_interval_s": 0.5, **(outbox or {})}),
+        limits=LimitSettings(),
+        log_level="INFO",
     )
 
 

@@ -9,6 +9,10 @@ import zlib
 from typing import Any
 
 from server.errors import InvalidArgumentError
+from server.validation import MAX_SEQ, is_valid_id
+
+# Microseconds of 9999-12-31T23:59:59.999999Z: the largest create time a thread token may name.
+MAX_TIME_US = 253_402_300_799_999_999
 
 
 def _scope_hash(scope: str) -> int:
@@ -42,17 +46,17 @@ def decode(token: str, kind: str, scope: str) -> dict[str, Any]:
     return position
 
 
-def require_int(position: dict[str, Any], name: str, *, low: int = 0) -> int:
-    """Read an integer field of a decoded position, or raise INVALID_ARGUMENT."""
+def require_int(position: dict[str, Any], name: str, *, low: int = 0, high: int = MAX_SEQ) -> int:
+    """Read an integer field of a decoded position (low..high), or raise INVALID_ARGUMENT."""
     value = position.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or value >= 2**63:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or value > high:
         raise InvalidArgumentError.single("page_token", "is damaged")
     return value
 
 
-def require_str(position: dict[str, Any], name: str) -> str:
-    """Read a string field of a decoded position, or raise INVALID_ARGUMENT."""
+def require_id(position: dict[str, Any], name: str) -> str:
+    """Read an id field of a decoded position, or raise INVALID_ARGUMENT."""
     value = position.get(name)
-    if not isinstance(value, str) or len(value) > 1024:
+    if not isinstance(value, str) or not is_valid_id(value, 1024):
         raise InvalidArgumentError.single("page_token", "is damaged")
     return value

@@ -68,10 +68,11 @@ class PreferencesService(pb_grpc.PreferencesServiceServicer):
             check.ident(f'preferences["{key[:64]}"]', key)
             check.text(f'preferences["{key[:64]}"]', value, self._limits.max_preference_value_bytes)
         check.done()
-        change, _ = await self._repo.set_preferences(workspace, user, dict(request.preferences))
+        change, served = await self._repo.set_preferences(workspace, user, dict(request.preferences))
         return pb.SetPreferencesResponse(
             updated_count=change.affected,
             durability=int(Durability.PERSISTED),  # type: ignore[arg-type]
+            serving=convert.serving(served),
         )
 
     @unary
@@ -89,5 +90,7 @@ class PreferencesService(pb_grpc.PreferencesServiceServicer):
         self._key_count(check, "keys", len(request.keys))
         check.keys("keys", request.keys)
         check.done()
-        change, _ = await self._repo.delete_preferences(workspace, user, None if request.all else list(request.keys))
-        return pb.DeletePreferencesResponse(deleted_count=change.affected)
+        change, served = await self._repo.delete_preferences(
+            workspace, user, None if request.all else list(request.keys)
+        )
+        return pb.DeletePreferencesResponse(deleted_count=change.affected, serving=convert.serving(served))

@@ -63,8 +63,8 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         check.ident("user_id", request.user_id, required=False)
         check.text("title", request.title, 1024)
         ttl_s = self._ttl(check, "ttl", request.ttl.seconds, allow_zero=False) if request.HasField("ttl") else None
-        if request.HasField("expected_last_seq") and request.expected_last_seq < 0:
-            check.fail("expected_last_seq", "must not be negative")
+        if request.HasField("expected_last_seq"):
+            check.seq("expected_last_seq", request.expected_last_seq)
         n = len(request.messages)
         if n == 0:
             check.fail("messages", "must hold at least one message")
@@ -116,8 +116,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         check = Checker(self._limits)
         key = self._thread_key(check, request.workspace_id, request.thread_id)
         size = check.page_size(request.page_size, self._limits.default_page_size, self._limits.max_page_size)
-        if request.start_seq < 0:
-            check.fail("start_seq", "must not be negative")
+        check.seq("start_seq", request.start_seq)
         check.done()
         scope = f"{key.workspace_id}/{key.thread_id}/{int(request.reverse)}"
         start = request.start_seq
@@ -148,8 +147,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         chunk = check.page_size(
             request.chunk_size, self._limits.default_stream_chunk, self._limits.max_stream_chunk, "chunk_size"
         )
-        if request.after_seq < 0:
-            check.fail("after_seq", "must not be negative")
+        check.seq("after_seq", request.after_seq)
         check.done()
         frame = pb.StreamHistoryResponse()
         size = 0
@@ -158,11 +156,13 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
                 pm = convert.message(key.workspace_id, key.thread_id, m)
                 item = pm.ByteSize()
                 if frame.messages and (len(frame.messages) >= chunk or size + item > self._limits.stream_frame_bytes):
+                    frame.serving.CopyFrom(convert.serving(self._repo.served_by_store()))
                     yield frame
                     frame, size = pb.StreamHistoryResponse(), 0
                 frame.messages.append(pm)
                 size += item
         if frame.messages:
+            frame.serving.CopyFrom(convert.serving(self._repo.served_by_store()))
             yield frame
 
     @unary
@@ -208,7 +208,9 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         key = self._thread_key(check, request.workspace_id, request.thread_id)
         check.done()
         thread = await self._repo.get_thread(key)
-        return pb.GetThreadResponse(thread=convert.thread(thread, self._default_ttl_s))
+        return pb.GetThreadResponse(
+            thread=convert.thread(thread, self._default_ttl_s), serving=convert.serving(self._repo.served_by_store())
+        )
 
     @unary
     async def ListThreads(  # noqa: N802
@@ -224,7 +226,9 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         after = None
         if request.page_token:
             pos = pagination.decode(request.page_token, "threads", scope)
-            after = ThreadCursor(pagination.require_int(pos, "t"), pagination.require_str(pos, "id"))
+            after = ThreadCursor(
+                pagination.require_int(pos, "t", high=pagination.MAX_TIME_US), pagination.require_id(pos, "id")
+            )
         threads = await self._repo.list_threads(workspace, request.user_id, after, size + 1)
         token = ""
         if len(threads) > size:
@@ -232,7 +236,9 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
             last = threads[-1]
             token = pagination.encode("threads", scope, {"t": last.create_time_us, "id": last.thread_id})
         return pb.ListThreadsResponse(
-            threads=[convert.thread(t, self._default_ttl_s) for t in threads], next_page_token=token
+            threads=[convert.thread(t, self._default_ttl_s) for t in threads],
+            next_page_token=token,
+            serving=convert.serving(self._repo.served_by_store()),
         )
 
     @unary
@@ -252,8 +258,10 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
             ttl_seconds=ttl,
             pinned=request.pinned if request.HasField("pinned") else None,
         )
-        thread, _ = await self._repo.update_thread(key, patch)
-        return pb.UpdateThreadResponse(thread=convert.thread(thread, self._default_ttl_s))
+        thread, served = await self._repo.update_thread(key, patch)
+        return pb.UpdateThreadResponse(
+            thread=convert.thread(thread, self._default_ttl_s), serving=convert.serving(served)
+        )
 
     @unary
     async def DeleteThread(  # noqa: N802
@@ -267,6 +275,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         deleted = await self._repo.delete_thread(key)
         if deleted is None:
             if request.allow_missing:
-                return pb.DeleteThreadResponse(deleted_messages=0)
+                return pb.DeleteThreadResponse(serving=convert.serving(self._repo.served_by_store()))
             raise NotFoundError(f"thread {key.thread_id!r} not found")
-        return pb.DeleteThreadResponse(deleted_messages=deleted[0])
+        count, served = deleted
+        return pb.DeleteThreadResponse(deleted_messages=count, serving=convert.serving(served))

@@ -9,7 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from server.storage import scripts
 from server.storage.keys import KeySpace
@@ -18,6 +18,7 @@ from server.storage.models import (
     PreferenceSet,
     QueuedReply,
     QueuedRequest,
+    Seed,
     ThreadInfo,
     ThreadKey,
 )
@@ -25,6 +26,8 @@ from server.storage.protocols import CacheUnavailableError
 from server.storage.scripts import Script
 
 log = logging.getLogger(__name__)
+
+MAX_CACHED_PREFERENCES = 2000
 
 
 class RedisCache:
@@ -59,7 +62,7 @@ class RedisCache:
         self._fill_window = Script(scripts.FILL_WINDOW)
         self._push_window = Script(scripts.PUSH_WINDOW)
         self._drop_thread = Script(scripts.DROP_THREAD)
-        self._reset_thread = Script(scripts.RESET_THREAD)
+        self._reconcile_thread = Script(scripts.RECONCILE_THREAD)
         self._thread_incarnation = Script(scripts.THREAD_INCARNATION)
         self._append_queued = Script(scripts.APPEND_QUEUED)
         self._pending_seq = Script(scripts.PENDING_SEQ)
@@ -84,7 +87,7 @@ class RedisCache:
         except ResponseError as exc:
             log.error("redis rejected a cache script: %s", exc)
             raise CacheUnavailableError(str(exc)) from exc
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise CacheUnavailableError(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
@@ -95,7 +98,7 @@ class RedisCache:
         """Round-trip to Redis."""
         try:
             await self._client.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise CacheUnavailableError(str(exc)) from exc
 
     async def read_window(self, key: ThreadKey, limit: int) -> list[bytes] | None:
@@ -114,7 +117,9 @@ class RedisCache:
         """Extend a contiguous window after a commit, else invalidate it; True if extended."""
         k = self._keys.thread(thread.workspace_id, thread.thread_id)
         last = first_seq + len(encoded) - 1
-        args = (thread.incarnation, first_seq, last, self._ttl(thread), self._window, *encoded)
+        # Only the newest `window` can survive the trim, and Lua's unpack() refuses ~8000 arguments.
+        tail = encoded[-self._window :]
+        args = (thread.incarnation, first_seq, last, self._ttl(thread), self._window, *tail)
         return bool(await self._run(self._push_window, (k.msgs, k.meta), args))
 
     async def drop_thread(self, key: ThreadKey, incarnation: int) -> None:
@@ -124,16 +129,16 @@ class RedisCache:
             self._drop_thread, (k.msgs, k.meta, k.reqs, k.pending), (incarnation, self._tombstone_ttl_s, k.field)
         )
 
-    async def reset_thread(self, key: ThreadKey) -> None:
-        """Forget a thread's window and counters (they may be stale); its queued messages stay."""
+    async def reconcile_thread(self, key: ThreadKey, seed: Seed) -> None:
+        """After writes went around Redis: drop the window and raise the counter to the store's."""
         k = self._keys.thread(key.workspace_id, key.thread_id)
-        await self._run(self._reset_thread, (k.msgs, k.meta), ())
+        await self._run(self._reconcile_thread, (k.msgs, k.meta), (seed.incarnation, seed.last_seq, seed.message_count))
 
     async def reset_preferences(self, workspace_id: str, user_id: str) -> None:
         """Forget a user's cached preferences (they may be stale)."""
         try:
             await self._client.delete(self._keys.preferences(workspace_id, user_id))
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise CacheUnavailableError(str(exc)) from exc
 
     async def thread_incarnation(self, key: ThreadKey) -> int | None:
@@ -211,7 +216,9 @@ class RedisCache:
         return out
 
     async def fill_preferences(self, workspace_id: str, user_id: str, prefs: PreferenceSet) -> bool:
-        """Cache a store read of a user's preferences unless a newer write fenced it."""
+        """Cache a store read of a user's preferences unless a newer write fenced it (or it is too big)."""
+        if len(prefs.values) > MAX_CACHED_PREFERENCES:
+            return False  # one script call could not carry it; such users read from the store
         key = self._keys.preferences(workspace_id, user_id)
         args: list[Any] = [prefs.version, self._prefs_ttl_s]
         for name, pv in prefs.values.items():

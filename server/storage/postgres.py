@@ -50,9 +50,10 @@ _CONNECTION_ERRORS = (
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.InternalClientError,  # raised on a connection that died mid-operation
 )
-# SQLSTATE classes that mean "the database is not there right now", not "this request is wrong":
-# 08 connection exception, 53 insufficient resources, 57P admin/crash shutdown, cannot connect now.
-_UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
+# SQLSTATEs that mean "the database cannot serve right now", not "this request is wrong": 08 connection
+# exception, 53 insufficient resources, 57P admin/crash shutdown, 57014 statement cancelled (timeout),
+# 25006 read-only (a replica after failover), 55P03 lock not available.
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "57014", "25006", "55P03")
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -62,6 +63,10 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.exceptions.PostgresError):
         return str(getattr(exc, "sqlstate", "") or "").startswith(_UNAVAILABLE_SQLSTATES)
     return False
+
+
+class _ThreadVanishedError(Exception):
+    """A thread row was deleted concurrently while a group commit was locking it."""
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
@@ -187,10 +192,10 @@ class PostgresStore:
         for attempt in range(3):
             try:
                 return await self._guard(self._append_batch(commands, repair, fallback_gap))  # type: ignore[no-any-return]
-            except asyncpg.exceptions.DeadlockDetectedError:
+            except (asyncpg.exceptions.DeadlockDetectedError, _ThreadVanishedError):
                 if attempt == 2:
                     raise
-                log.warning("deadlock in a group commit; retrying")
+                log.warning("a group commit met a concurrent delete or a deadlock; retrying")
         raise AssertionError("unreachable")
 
     async def _append_batch(
@@ -224,6 +229,9 @@ class PostgresStore:
                 th,
             )
             threads = {ThreadKey(r["workspace_id"], r["thread_id"]): _thread(r) for r in rows}
+            if len(threads) < len(keys):
+                # A delete removed a row between our insert (which saw it) and our lock: start over.
+                raise _ThreadVanishedError
             replays: dict[tuple[ThreadKey, str], Replay] = {}
             if rids:
                 found = await conn.fetch(

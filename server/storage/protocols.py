@@ -146,8 +146,8 @@ class Cache(Protocol):
         """Forget a deleted thread and fence out late fills and appends of that incarnation."""
         ...
 
-    async def reset_thread(self, key: ThreadKey) -> None:
-        """Forget a thread's possibly stale window and counters; queued messages stay."""
+    async def reconcile_thread(self, key: ThreadKey, seed: Seed) -> None:
+        """Drop a possibly stale window and raise the thread's counter to the store's (``seed``)."""
         ...
 
     async def reset_preferences(self, workspace_id: str, user_id: str) -> None:

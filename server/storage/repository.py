@@ -243,7 +243,7 @@ class Repository:
         if not seed.exists and seed.dead_incarnation:
             await cache.drop_thread(key, seed.dead_incarnation)
         else:
-            await cache.reset_thread(key)
+            await cache.reconcile_thread(key, seed)
 
     async def _await_flushed(self, key: ThreadKey) -> None:
         """In write_behind, wait (within the RPC's deadline) until the thread has nothing in the outbox."""
@@ -261,6 +261,12 @@ class Repository:
 
     async def append(self, command: AppendCommand) -> AppendOutcome:
         """Append messages, by the configured write path (falling back to the store without Redis)."""
+        outcome = await self._append(command)
+        # A load that started before this write must not answer a read that starts after it.
+        self._hydrations.pop(command.key, None)
+        return outcome
+
+    async def _append(self, command: AppendCommand) -> AppendOutcome:
         if self.write_behind:
             used, outcome = await self._on_cache(lambda c: self._append_queued(c, command))
             if used and outcome is not None:
@@ -332,7 +338,23 @@ class Repository:
         bypassed = self._cache is not None and cache is None
         # In write_behind mode this path runs only around Redis, so it always leaves the fallback gap.
         gap = self._policy.max_unflushed if self.write_behind else 0
-        results = await self._store.append_batch(commands, repair=bypassed, fallback_gap=gap)
+        try:
+            results = await self._store.append_batch(commands, repair=bypassed, fallback_gap=gap)
+        except StoreUnavailableError:
+            raise
+        except Exception:
+            if len(commands) == 1:
+                raise
+            # One request the store rejects must not fail the others that shared its transaction.
+            log.exception("a group commit failed; committing its %d appends one by one", len(commands))
+            results = []
+            for command in commands:
+                try:
+                    results += await self._store.append_batch([command], repair=bypassed, fallback_gap=gap)
+                except StoreUnavailableError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - reported to that request's caller as INTERNAL
+                    results.append(exc)
         failed: set[ThreadKey] = set()
         if cache is not None:
             failed = await self._push_windows(cache, results)
@@ -429,7 +451,12 @@ class Repository:
         load = asyncio.ensure_future(self._load(key, limit, fill))
         if shared:
             self._hydrations[key] = load
-            load.add_done_callback(lambda _: self._hydrations.pop(key, None))
+
+            def forget(_: object) -> None:
+                if self._hydrations.get(key) is load:
+                    del self._hydrations[key]
+
+            load.add_done_callback(forget)
         return await load
 
     async def _load(self, key: ThreadKey, limit: int, fill: bool) -> ThreadTail | None:

@@ -52,7 +52,9 @@ READ_WINDOW = (
 local m = redis.call('HMGET', KEYS[2], 'last', 'ttl', 'del')
 if not m[1] or m[3] then return false end
 local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
-if #items == 0 then return false end
+-- Fewer items than asked for, in a thread that has more: the window was trimmed shorter (another
+-- MEMORY__MAX_THREAD_MESSAGES wrote it), so it cannot answer this read.
+if #items == 0 or (#items < tonumber(ARGV[1]) and tonumber(m[1]) > #items) then return false end
 keep(tonumber(m[2]) or 0, KEYS[1], KEYS[2])
 return items
 """
@@ -131,12 +133,6 @@ end
 return 1
 """
 
-# KEYS: msgs, meta. Forget a thread's cached state (after a write went around Redis); the outbox and
-# its pending marker stay, so unflushed messages still seed the counter.
-RESET_THREAD = """
-return redis.call('DEL', KEYS[1], KEYS[2])
-"""
-
 # KEYS: meta, pending. ARGV: pending field. Returns the incarnation Redis holds for a thread, or false.
 THREAD_INCARNATION = """
 local m = redis.call('HMGET', KEYS[1], 'inc', 'del')
@@ -211,7 +207,8 @@ return 0
 #   cnt      the thread's message count;
 #   flushed  the highest seq known to be in the store (the flusher raises it after each commit).
 # The bucket's ``pending`` hash maps "<ws>/<thread>" to "<seq>:<inc>:<cnt>" while the outbox holds
-# unflushed messages of the thread; it has no TTL, so it survives the meta hash expiring.
+# unflushed messages of the thread; it has no TTL, so it survives the meta hash expiring. When a flush
+# finds no counter to mark, the entry stays as "<seq>:<inc>:<cnt>:f", a floor for the next seed.
 
 _VARINT = """
 local function varint(n)
@@ -252,7 +249,7 @@ if reset then
   local p = (not dead) and redis.call('HGET', KEYS[5], ARGV[1])
   if p then
     -- Unflushed messages of this thread are still queued: continue their incarnation and counter.
-    local ps, pinc, pcnt = string.match(p, '^(%d+):(%d+):(%d+)$')
+    local ps, pinc, pcnt = string.match(p, '^(%d+):(%d+):(%d+)')
     inc = tonumber(pinc)
     seq = math.max(seq, tonumber(ps))
     cnt = math.max(cnt, tonumber(pcnt))
@@ -322,14 +319,23 @@ local base = 2 + nids
 for j = 3, #KEYS do
   local field, inc, top = ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3])
   base = base + 3
-  local m = redis.call('HMGET', KEYS[j], 'inc', 'flushed')
-  if m[1] == inc then
+  local m = redis.call('HMGET', KEYS[j], 'inc', 'flushed', 'seq')
+  local counted = m[1] == inc and m[3]
+  if counted then
     redis.call('HSET', KEYS[j], 'flushed', math.max(tonumber(m[2]) or 0, top))
   end
   local p = redis.call('HGET', KEYS[2], field)
   if p then
-    local ps, pinc = string.match(p, '^(%d+):(%d+):')
-    if pinc == inc and tonumber(ps) <= top then redis.call('HDEL', KEYS[2], field) end
+    local ps, pinc, pcnt = string.match(p, '^(%d+):(%d+):(%d+)')
+    if pinc == inc and tonumber(ps) <= top then
+      if counted then
+        redis.call('HDEL', KEYS[2], field)
+      else
+        -- No counter to carry the mark: keep the entry as a floor ('f' = flushed) that a seed from
+        -- the store, possibly read before this flush committed, can never undercut.
+        redis.call('HSET', KEYS[2], field, ps .. ':' .. pinc .. ':' .. pcnt .. ':f')
+      end
+    end
   end
 end
 return nids
@@ -338,6 +344,23 @@ return nids
 # KEYS: pending. ARGV: field. The newest queued seq of a thread, or false when nothing is unflushed.
 PENDING_SEQ = """
 local p = redis.call('HGET', KEYS[1], ARGV[1])
-if not p then return false end
+if not p or string.sub(p, -2) == ':f' then return false end
 return tonumber(string.match(p, '^(%d+):'))
+"""
+
+# KEYS: msgs, meta. ARGV: inc, store last_seq, store message_count. After writes went around Redis:
+# drop the window and raise the counter to the store's, keeping the counter itself (so no seed, which
+# could race the flusher, is ever needed for this thread).
+RECONCILE_THREAD = """
+redis.call('DEL', KEYS[1])
+local m = redis.call('HMGET', KEYS[2], 'inc', 'seq', 'cnt', 'hw', 'del')
+if m[5] or tonumber(m[1]) ~= tonumber(ARGV[1]) or not m[2] then
+  redis.call('DEL', KEYS[2])
+  return 0
+end
+local last = tonumber(ARGV[2])
+redis.call('HDEL', KEYS[2], 'last')
+redis.call('HSET', KEYS[2], 'seq', math.max(tonumber(m[2]), last),
+           'cnt', math.max(tonumber(m[3]) or 0, tonumber(ARGV[3])), 'hw', math.max(tonumber(m[4]) or 0, last))
+return 1
 """

@@ -83,3 +83,27 @@ async def test_preferences_apply_in_version_order_or_fence(cache: RedisCache) ->
     assert await cache.fill_preferences(ws, user, PreferenceSet(4, {"c": PreferenceValue("3", 30)})) is True
     await cache.apply_preferences(ws, user, PreferenceChange(5, {}, (), True, 1))
     assert await cache.read_preferences(ws, user) == {}
+
+
+async def test_a_window_trimmed_by_a_smaller_setting_is_a_miss_for_a_larger_one(redis_proc: RedisProcess) -> None:
+    client = aioredis.Redis.from_url(redis_proc.url)
+    try:
+        small = RedisCache(client, KeySpace(), window=5, thread_ttl_s=3600, prefs_ttl_s=3600)
+        large = RedisCache(client, KeySpace(), window=10, thread_ttl_s=3600, prefs_ttl_s=3600)
+        t = thread(12)
+        key = ThreadKey(t.workspace_id, t.thread_id)
+        assert await small.fill_window(t, enc(*range(1, 13))) is True
+        assert await small.read_window(key, 5) == enc(8, 9, 10, 11, 12)
+        assert await large.read_window(key, 10) is None
+        short = dataclasses.replace(t, last_seq=3)
+        assert await small.fill_window(dataclasses.replace(short, incarnation=5000), enc(1, 2, 3)) is True
+        assert await large.read_window(key, 10) == enc(1, 2, 3)  # a thread of 3 messages is whole
+    finally:
+        await client.aclose()
+
+
+async def test_a_push_larger_than_lua_can_unpack_still_extends_the_window(cache: RedisCache) -> None:
+    # A group commit can hand one thread 256 appends x 100 messages; Lua's unpack() stops near 8000.
+    t = thread(9000)
+    assert await cache.push_window(t, 1, enc(*range(1, 9001))) is True
+    assert await cache.read_window(ThreadKey(t.workspace_id, t.thread_id), 5) == enc(8996, 8997, 8998, 8999, 9000)

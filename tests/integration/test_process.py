@@ -54,15 +54,10 @@ def embedded(tmp_path: pathlib.Path) -> Iterator[tuple[subprocess.Popen[str], in
 async def wait_serving(port: int) -> grpc.aio.Channel:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     health = health_pb2_grpc.HealthStub(channel)
-    for _ in range(200):
-        try:
-            resp = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                return channel
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.05)
-    raise TimeoutError("server never became SERVING")
+    # wait_for_ready rides the channel's own reconnects, so a slow start is not mistaken for a failure.
+    resp = await health.Check(health_pb2.HealthCheckRequest(), timeout=30, wait_for_ready=True)
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    return channel
 
 
 async def test_embedded_default_serves_health_reflection_and_history(

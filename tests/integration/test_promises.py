@@ -115,7 +115,7 @@ async def test_promise3_read_your_writes_under_interleaving(cached: Harness, red
 
 
 async def test_promise2_concurrent_clients_with_cache_flushes_keep_order(
-    cached: Harness, redis_client: aioredis.Redis
+    cached: Harness, redis_client: aioredis.Redis, keys: KeySpace
 ) -> None:
     acked: dict[int, str] = {}
 
@@ -216,3 +216,26 @@ async def test_keys_of_a_thread_share_one_hash_slot(
     assert sorted(names) == sorted([keys.thread(cached.ws, "t").msgs, keys.thread(cached.ws, "t").meta])
     tags = {n[n.index("{") : n.index("}") + 1] for n in names}
     assert len(tags) == 1
+
+
+async def test_appends_racing_deletes_never_fail_internally(api: Harness) -> None:
+    import grpc
+
+    async def append_one(i: int) -> None:
+        try:
+            await api.threads.AppendMessages(
+                pb.AppendMessagesRequest(workspace_id=api.ws, thread_id="race", messages=[msg(f"m{i}")])
+            )
+        except grpc.aio.AioRpcError as exc:  # pragma: no cover - the assertion below is the test
+            raise AssertionError(f"append failed with {exc.code()}: {exc.details()}") from exc
+
+    async def delete_one() -> None:
+        await api.threads.DeleteThread(
+            pb.DeleteThreadRequest(workspace_id=api.ws, thread_id="race", allow_missing=True)
+        )
+
+    for round_ in range(15):
+        await asyncio.gather(*(append_one(round_ * 10 + i) for i in range(8)), delete_one(), delete_one())
+    await api.drained()
+    history = await full_history(api, "race")
+    assert [m.seq for m in history] == list(range(1, len(history) + 1))

@@ -13,11 +13,19 @@ from grpc_status import rpc_status
 from chatmem.v1 import preferences_service_pb2 as pp
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
+from server.services import pagination
 from tests.conftest import Harness, msg
 
 pytestmark = pytest.mark.integration
 
 LONG_ID = "x" * 129
+
+
+def forged_threads_token(create_us: int, thread_id: str) -> str:
+    """A page token with the right shape for ListThreads(user "u") but forged positions."""
+    return pagination.encode("threads", "default/u", {"t": create_us, "id": thread_id})
+
+
 MiB = 1024 * 1024
 
 CASES: list[tuple[str, str, Any, str]] = [
@@ -54,6 +62,16 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("threads", "ListThreads", pb.ListThreadsRequest(user_id="u", page_token="bm9wZQ"), "page_token"),
     ("threads", "UpdateThread", pb.UpdateThreadRequest(thread_id="t", ttl=duration_pb2.Duration(seconds=10**9)), "ttl"),
     ("threads", "DeleteThread", pb.DeleteThreadRequest(thread_id="../t"), "thread_id"),
+    ("threads", "AppendMessages", pb.AppendMessagesRequest(thread_id="t", messages=[msg("a\x00b")]), "messages[0].content"),
+    ("threads", "AppendMessages", pb.AppendMessagesRequest(thread_id="t", messages=[msg("x", name="n\x00")]), "messages[0].name"),
+    ("threads", "AppendMessages", pb.AppendMessagesRequest(thread_id="t", messages=[msg("x", metadata={"k": "\x00"})]), "messages[0].metadata"),
+    ("threads", "AppendMessages", pb.AppendMessagesRequest(thread_id="t", messages=[msg("x")], title="\x00"), "title"),
+    ("threads", "AppendMessages", pb.AppendMessagesRequest(thread_id="t", messages=[msg("x")], expected_last_seq=2**63 - 1), "expected_last_seq"),
+    ("threads", "StreamHistory-unary-check", pb.StreamHistoryRequest(thread_id="t", after_seq=2**63 - 1), "after_seq"),
+    ("threads", "ListMessages", pb.ListMessagesRequest(thread_id="t", start_seq=2**63 - 1), "start_seq"),
+    ("threads", "ListThreads", pb.ListThreadsRequest(user_id="u", page_token=forged_threads_token(2**63 - 1, "t")), "page_token"),
+    ("threads", "ListThreads", pb.ListThreadsRequest(user_id="u", page_token=forged_threads_token(1, "\x00")), "page_token"),
+    ("prefs", "SetPreferences", pp.SetPreferencesRequest(user_id="u", preferences={"k": "v\x00"}), 'preferences["k"]'),
     ("prefs", "GetPreferences", pp.GetPreferencesRequest(user_id=""), "user_id"),
     ("prefs", "GetPreferences", pp.GetPreferencesRequest(user_id="u", keys=["#v"]), "keys[0]"),
     ("prefs", "SetPreferences", pp.SetPreferencesRequest(user_id="u"), "preferences"),
@@ -82,8 +100,16 @@ async def test_bad_input_is_invalid_argument_with_the_field(
     sqlite_api: Harness, service: str, method: str, request_: Any, field: str
 ) -> None:
     stub = sqlite_api.threads if service == "threads" else sqlite_api.prefs
+
+    async def call() -> None:
+        if method == "StreamHistory-unary-check":
+            async for _ in stub.StreamHistory(request_):
+                pass
+        else:
+            await getattr(stub, method)(request_)
+
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await getattr(stub, method)(request_)
+        await call()
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in violations(err.value)
     assert field in (err.value.details() or "")
@@ -113,3 +139,12 @@ async def test_several_violations_are_reported_together(sqlite_api: Harness) -> 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await sqlite_api.threads.AppendMessages(bad)
     assert set(violations(err.value)) == {"thread_id", "request_id", "messages[0].role"}
+
+
+async def test_too_many_violations_are_capped_so_the_status_fits_its_trailer(sqlite_api: Harness) -> None:
+    bad = [r.MessageInput(role=0, content="\x00", name="\x00", metadata={"": "\x00"}) for _ in range(100)]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await sqlite_api.threads.AppendMessages(pb.AppendMessagesRequest(thread_id="t", messages=bad))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(violations(err.value)) == 20
+    assert "more" in (err.value.details() or "")

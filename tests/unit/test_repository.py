@@ -15,6 +15,7 @@ from server.storage.models import (
     QueuedReply,
     QueuedRequest,
     Role,
+    Seed,
     ThreadInfo,
     ThreadKey,
     Tier,
@@ -56,7 +57,7 @@ class DownCache:
     async def drop_thread(self, key: ThreadKey, incarnation: int) -> None:
         await self._down()
 
-    async def reset_thread(self, key: ThreadKey) -> None:
+    async def reconcile_thread(self, key: ThreadKey, seed: Seed) -> None:
         await self._down()
 
     async def reset_preferences(self, workspace_id: str, user_id: str) -> None:

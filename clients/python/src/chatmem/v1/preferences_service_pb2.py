@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from chatmem.v1 import resources_pb2 as chatmem_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$chatmem/v1/preferences_service.proto\x12\nchatmem.v1\x1a\x1a\x63hatmem/v1/resources.proto\"L\n\x15GetPreferencesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\"o\n\x16GetPreferencesResponse\x12+\n\x0bpreferences\x18\x01 \x03(\x0b\x32\x16.chatmem.v1.Preference\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"\xcf\x01\n\x15SetPreferencesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12G\n\x0bpreferences\x18\x03 \x03(\x0b\x32\x32.chatmem.v1.SetPreferencesRequest.PreferencesEntry\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x1a\x32\n\x10PreferencesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\x16SetPreferencesResponse\x12\x15\n\rupdated_count\x18\x01 \x01(\x05\x12*\n\ndurability\x18\x02 \x01(\x0e\x32\x16.chatmem.v1.Durability\"p\n\x18\x44\x65letePreferencesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"2\n\x19\x44\x65letePreferencesResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x05\x32\xa8\x02\n\x12PreferencesService\x12W\n\x0eGetPreferences\x12!.chatmem.v1.GetPreferencesRequest\x1a\".chatmem.v1.GetPreferencesResponse\x12W\n\x0eSetPreferences\x12!.chatmem.v1.SetPreferencesRequest\x1a\".chatmem.v1.SetPreferencesResponse\x12`\n\x11\x44\x65letePreferences\x12$.chatmem.v1.DeletePreferencesRequest\x1a%.chatmem.v1.DeletePreferencesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$chatmem/v1/preferences_service.proto\x12\nchatmem.v1\x1a\x1a\x63hatmem/v1/resources.proto\"L\n\x15GetPreferencesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\"o\n\x16GetPreferencesResponse\x12+\n\x0bpreferences\x18\x01 \x03(\x0b\x32\x16.chatmem.v1.Preference\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"\xcf\x01\n\x15SetPreferencesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12G\n\x0bpreferences\x18\x03 \x03(\x0b\x32\x32.chatmem.v1.SetPreferencesRequest.PreferencesEntry\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x1a\x32\n\x10PreferencesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\x16SetPreferencesResponse\x12\x15\n\rupdated_count\x18\x01 \x01(\x05\x12*\n\ndurability\x18\x02 \x01(\x0e\x32\x16.chatmem.v1.Durability\x12(\n\x07serving\x18\x03 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"p\n\x18\x44\x65letePreferencesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\\\n\x19\x44\x65letePreferencesResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x05\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo2\xa8\x02\n\x12PreferencesService\x12W\n\x0eGetPreferences\x12!.chatmem.v1.GetPreferencesRequest\x1a\".chatmem.v1.GetPreferencesResponse\x12W\n\x0eSetPreferences\x12!.chatmem.v1.SetPreferencesRequest\x1a\".chatmem.v1.SetPreferencesResponse\x12`\n\x11\x44\x65letePreferences\x12$.chatmem.v1.DeletePreferencesRequest\x1a%.chatmem.v1.DeletePreferencesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,12 +42,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETPREFERENCESREQUEST']._serialized_end=479
   _globals['_SETPREFERENCESREQUEST_PREFERENCESENTRY']._serialized_start=429
   _globals['_SETPREFERENCESREQUEST_PREFERENCESENTRY']._serialized_end=479
-  _globals['_SETPREFERENCESRESPONSE']._serialized_start=481
-  _globals['_SETPREFERENCESRESPONSE']._serialized_end=572
-  _globals['_DELETEPREFERENCESREQUEST']._serialized_start=574
-  _globals['_DELETEPREFERENCESREQUEST']._serialized_end=686
-  _globals['_DELETEPREFERENCESRESPONSE']._serialized_start=688
-  _globals['_DELETEPREFERENCESRESPONSE']._serialized_end=738
-  _globals['_PREFERENCESSERVICE']._serialized_start=741
-  _globals['_PREFERENCESSERVICE']._serialized_end=1037
+  _globals['_SETPREFERENCESRESPONSE']._serialized_start=482
+  _globals['_SETPREFERENCESRESPONSE']._serialized_end=615
+  _globals['_DELETEPREFERENCESREQUEST']._serialized_start=617
+  _globals['_DELETEPREFERENCESREQUEST']._serialized_end=729
+  _globals['_DELETEPREFERENCESRESPONSE']._serialized_start=731
+  _globals['_DELETEPREFERENCESRESPONSE']._serialized_end=823
+  _globals['_PREFERENCESSERVICE']._serialized_start=826
+  _globals['_PREFERENCESSERVICE']._serialized_end=1122
 # @@protoc_insertion_point(module_scope)

@@ -145,19 +145,25 @@ class SetPreferencesResponse(_message.Message):
 
     UPDATED_COUNT_FIELD_NUMBER: _builtins.int
     DURABILITY_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
     updated_count: _builtins.int
     """How many keys were written."""
     durability: _resources_pb2.Durability.ValueType
     """How durable the acknowledged write is."""
+    @_builtins.property
+    def serving(self) -> _resources_pb2.ServingInfo:
+        """How the request was served."""
+
     def __init__(
         self,
         *,
         updated_count: _builtins.int = ...,
         durability: _resources_pb2.Durability.ValueType = ...,
+        serving: _resources_pb2.ServingInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serving", b"serving"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["durability", b"durability", "updated_count", b"updated_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["durability", b"durability", "serving", b"serving", "updated_count", b"updated_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -210,16 +216,22 @@ class DeletePreferencesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DELETED_COUNT_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
     deleted_count: _builtins.int
     """How many keys were deleted."""
+    @_builtins.property
+    def serving(self) -> _resources_pb2.ServingInfo:
+        """How the request was served."""
+
     def __init__(
         self,
         *,
         deleted_count: _builtins.int = ...,
+        serving: _resources_pb2.ServingInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serving", b"serving"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_count", b"deleted_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_count", b"deleted_count", "serving", b"serving"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

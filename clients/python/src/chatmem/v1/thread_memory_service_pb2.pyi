@@ -295,18 +295,24 @@ class StreamHistoryResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGES_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Message]:
         """The messages of this chunk, in seq order."""
+
+    @_builtins.property
+    def serving(self) -> _resources_pb2.ServingInfo:
+        """How the request was served."""
 
     def __init__(
         self,
         *,
         messages: _abc.Iterable[_resources_pb2.Message] | None = ...,
+        serving: _resources_pb2.ServingInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serving", b"serving"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "serving", b"serving"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -419,18 +425,24 @@ class GetThreadResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     THREAD_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def thread(self) -> _resources_pb2.Thread:
         """The thread."""
+
+    @_builtins.property
+    def serving(self) -> _resources_pb2.ServingInfo:
+        """How the request was served."""
 
     def __init__(
         self,
         *,
         thread: _resources_pb2.Thread | None = ...,
+        serving: _resources_pb2.ServingInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["thread", b"thread"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serving", b"serving", "thread", b"thread"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["thread", b"thread"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["serving", b"serving", "thread", b"thread"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -478,21 +490,27 @@ class ListThreadsResponse(_message.Message):
 
     THREADS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Pass this to get the next page; empty on the last page."""
     @_builtins.property
     def threads(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Thread]:
         """The threads of this page."""
 
+    @_builtins.property
+    def serving(self) -> _resources_pb2.ServingInfo:
+        """How the request was served."""
+
     def __init__(
         self,
         *,
         threads: _abc.Iterable[_resources_pb2.Thread] | None = ...,
         next_page_token: _builtins.str = ...,
+        serving: _resources_pb2.ServingInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serving", b"serving"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "threads", b"threads"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "serving", b"serving", "threads", b"threads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -556,18 +574,24 @@ class UpdateThreadResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     THREAD_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def thread(self) -> _resources_pb2.Thread:
         """The thread after the update."""
+
+    @_builtins.property
+    def serving(self) -> _resources_pb2.ServingInfo:
+        """How the request was served."""
 
     def __init__(
         self,
         *,
         thread: _resources_pb2.Thread | None = ...,
+        serving: _resources_pb2.ServingInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["thread", b"thread"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serving", b"serving", "thread", b"thread"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["thread", b"thread"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["serving", b"serving", "thread", b"thread"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -614,16 +638,22 @@ class DeleteThreadResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DELETED_MESSAGES_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
     deleted_messages: _builtins.int
-    """How many messages were deleted."""
+    """How many messages were deleted from the durable store."""
+    @_builtins.property
+    def serving(self) -> _resources_pb2.ServingInfo:
+        """How the request was served."""
+
     def __init__(
         self,
         *,
         deleted_messages: _builtins.int = ...,
+        serving: _resources_pb2.ServingInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serving", b"serving"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_messages", b"deleted_messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_messages", b"deleted_messages", "serving", b"serving"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
