@@ -146,28 +146,46 @@ class PostgresProcess:
         """The postgresql:// URL of this server's postgres database."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _user_kwargs(self) -> dict[str, Any]:
-        return {"user": "postgres", "group": "postgres", "extra_groups": []} if self._as_postgres else {}
+    def _as_user(self, args: list[str]) -> list[str]:
+        # setpriv switches user and then execs, so the pid stays PostgreSQL's own. Popen(user=...) would
+        # do the same, but it forces a plain fork() of this process, and a fork of a process that runs
+        # gRPC's threads can crash in the child before exec.
+        if not self._as_postgres:
+            return args
+        return ["setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups", "--", *args]
 
     def _run(self, args: list[str]) -> None:
-        subprocess.run(args, check=True, capture_output=True, **self._user_kwargs())
+        subprocess.run(self._as_user(args), check=True, capture_output=True)
 
     def start(self) -> None:
-        """Start (or start again) and wait until it accepts connections."""
+        """Start (or start again) and wait until it accepts connections.
+
+        A start right after a SIGKILL can meet the old backends still exiting; one more try covers it.
+        """
+        try:
+            self._start_once()
+        except RuntimeError:
+            time.sleep(1.0)
+            self._start_once()
+
+    def _start_once(self) -> None:
         args = [
             str(self.bindir / "postgres"), "-D", self.data, "-p", str(self.port), "-k", self.dir,
             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off",
             "-c", "max_connections=200", "-c", "shared_buffers=128MB",
         ]  # fmt: skip
         log = open(os.path.join(self.dir, "postgres.log"), "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, **self._user_kwargs())
+        self.proc = subprocess.Popen(self._as_user(args), stdout=log, stderr=log)
         log.close()
         _wait(self.ready, f"PostgreSQL on port {self.port}")
 
     def ready(self) -> bool:
         """True if pg_isready says the server accepts connections."""
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"postgres exited with {self.proc.returncode}; see {self.dir}/postgres.log")
+            code = self.proc.returncode
+            self.proc = None
+            tail = pathlib.Path(self.dir, "postgres.log").read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"postgres exited with {code}:\n{tail}")
         done = subprocess.run(
             [str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"],
             capture_output=True,
@@ -224,3 +242,63 @@ class PostgresProcess:
         """Stop and remove the data directory."""
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ServerProcess:
+    """The chatmem server as a child process (``python -m server``) on a fixed free port.
+
+    Args:
+        env: settings as environment variables (GRPC__ADDRESS is set here).
+        cwd: the working folder (so no stray .env is read).
+    """
+
+    def __init__(self, env: dict[str, str], cwd: str) -> None:
+        self.port = free_port()
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("REDIS__", "DATABASE__", "GRPC__", "MEMORY__", "OUTBOX__", "LIMITS__"))
+        }
+        self.env = {**base, **env, "GRPC__ADDRESS": f"127.0.0.1:{self.port}"}
+        self.cwd = cwd
+        self.log_path = os.path.join(cwd, f"server-{self.port}.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        """The address clients dial."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start the process (readiness is the caller's health check)."""
+        import sys
+
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server"], cwd=self.cwd, env=self.env, stdout=log, stderr=log
+        )
+        log.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no drain."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None:
+            return 0
+        self.proc.terminate()
+        try:
+            code = self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def log(self) -> str:
+        """The server's output so far."""
+        return pathlib.Path(self.log_path).read_text(errors="replace") if os.path.exists(self.log_path) else ""

@@ -523,6 +523,23 @@ class PostgresStore:
                 )
             }
             live = [e for e in entries if e.incarnation > dead.get(e.key, -1)]
+            requested = [e for e in live if e.request_id]
+            if requested:
+                # The first copy of a request id to reach the store wins: a queued append whose id the
+                # store already holds under other seqs is a retry's twin (its caller timed out and the
+                # retry went around Redis), never acknowledged itself.
+                known = {
+                    (ThreadKey(r["workspace_id"], r["thread_id"]), r["request_id"]): r["first_seq"]
+                    for r in await conn.fetch(
+                        "SELECT a.workspace_id, a.thread_id, a.request_id, a.first_seq FROM append_requests a "
+                        "JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(ws, th, rid) "
+                        "ON a.workspace_id = k.ws AND a.thread_id = k.th AND a.request_id = k.rid",
+                        [e.key.workspace_id for e in requested],
+                        [e.key.thread_id for e in requested],
+                        [e.request_id for e in requested],
+                    )
+                }
+                live = [e for e in live if known.get((e.key, e.request_id), e.first_seq) == e.first_seq]
             rows = [(e.key, m) for e in live for m in e.messages]
             inserted = []
             if rows:

@@ -248,6 +248,14 @@ class SqliteStore:
             ).fetchone()
             if dead is not None and e.incarnation <= dead[0]:
                 continue
+            if e.request_id:
+                # The first copy of a request id to reach the store wins (see PostgresStore.apply_queued).
+                known = db.execute(
+                    "SELECT first_seq FROM append_requests WHERE workspace_id = ? AND thread_id = ? AND request_id = ?",
+                    (*where, e.request_id),
+                ).fetchone()
+                if known is not None and known[0] != e.first_seq:
+                    continue
             opts = e.new_thread or NewThreadOptions()
             created = e.messages[0].create_time_us if e.messages else _now_us()
             db.execute(

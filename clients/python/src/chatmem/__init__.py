@@ -1,1 +1,91 @@
-"""chatmem: the Python client of the chatmem gRPC memory server; ``chatmem.v1`` holds the generated stubs."""
+"""chatmem: the Python client of the chatmem gRPC memory server (async, sync, context provider); v1 is generated."""
+
+from chatmem._channel import CHANNEL_OPTIONS, DEFAULT_TARGET
+from chatmem._client import (
+    DEFAULT_STREAM_IDLE_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    ConnectOptions,
+    MemoryClient,
+    RawStubs,
+    new_request_id,
+)
+from chatmem._pager import AsyncPager, Page
+from chatmem._retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy
+from chatmem._sync import SyncMemoryClient, SyncPager, SyncRawStubs
+from chatmem.context import ThreadContextProvider
+from chatmem.errors import (
+    ChatmemError,
+    ConflictError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    FieldViolation,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    RequestCancelledError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+)
+from chatmem.types import (
+    AppendResult,
+    Context,
+    Durability,
+    Message,
+    MessageInput,
+    Preference,
+    Role,
+    ServedDict,
+    ServedList,
+    Serving,
+    Thread,
+    Tier,
+)
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "DEFAULT_RETRY",
+    "DEFAULT_STREAM_IDLE_TIMEOUT_S",
+    "DEFAULT_TARGET",
+    "DEFAULT_TIMEOUT_S",
+    "NO_RETRY",
+    "AppendResult",
+    "AsyncPager",
+    "ChatmemError",
+    "ConflictError",
+    "ConnectOptions",
+    "Context",
+    "DeadlineExceededError",
+    "Durability",
+    "FailedPreconditionError",
+    "FieldViolation",
+    "InternalError",
+    "InvalidArgumentError",
+    "MemoryClient",
+    "Message",
+    "MessageInput",
+    "NotFoundError",
+    "Page",
+    "PermissionDeniedError",
+    "Preference",
+    "RawStubs",
+    "RequestCancelledError",
+    "ResourceExhaustedError",
+    "RetryPolicy",
+    "Role",
+    "ServedDict",
+    "ServedList",
+    "Serving",
+    "SyncMemoryClient",
+    "SyncPager",
+    "SyncRawStubs",
+    "Thread",
+    "ThreadContextProvider",
+    "Tier",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "new_request_id",
+]
