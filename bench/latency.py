@@ -72,6 +72,7 @@ class BenchConfig:
     seed: int = 1
     results_dir: str = str(pathlib.Path(__file__).resolve().parent / "results")
     quick: bool = False
+    write_mode: str = "write_through"
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,10 @@ def sample_cpu(server_pid: int, redis_pid: int, postgres_pid: int) -> CpuSample:
     )
 
 
-def start_server(port: int, postgres_url: str, redis_url: str, window: int, workdir: str) -> subprocess.Popen[bytes]:
-    """Start ``python -m server`` as a child process with PostgreSQL, Redis and write_through.
+def start_server(
+    port: int, postgres_url: str, redis_url: str, window: int, workdir: str, write_mode: str = "write_through"
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m server`` as a child process with PostgreSQL, Redis and the given write mode.
 
     Args:
         port: the loopback port to listen on.
@@ -200,7 +203,7 @@ def start_server(port: int, postgres_url: str, redis_url: str, window: int, work
             "DATABASE__URL": postgres_url,
             "REDIS__URL": redis_url,
             "MEMORY__MAX_THREAD_MESSAGES": str(window),
-            "MEMORY__WRITE_MODE": "write_through",
+            "MEMORY__WRITE_MODE": write_mode,
             "LOG_LEVEL": "WARNING",
         }
     )
@@ -409,7 +412,10 @@ def history_operation(stub: pb_grpc.ThreadMemoryServiceStub, thread_ids: Sequenc
 
 
 def append_operation(
-    stub: pb_grpc.ThreadMemoryServiceStub, thread_ids: Sequence[str], contents: Sequence[str]
+    stub: pb_grpc.ThreadMemoryServiceStub,
+    thread_ids: Sequence[str],
+    contents: Sequence[str],
+    durability: int = resources_pb2.DURABILITY_PERSISTED,
 ) -> Operation:
     """Build the AppendMessages call: one user + assistant exchange, round-robin over the threads.
 
@@ -417,6 +423,7 @@ def append_operation(
         stub: the ThreadMemoryService stub.
         thread_ids: the preloaded threads.
         contents: message texts to cycle through.
+        durability: the durability every reply must report.
 
     Returns:
         A function of the call index that makes one call and returns (nanoseconds, anomaly tags).
@@ -438,7 +445,7 @@ def append_operation(
         response = await stub.AppendMessages(request, timeout=CALL_TIMEOUT_S)
         elapsed = time.perf_counter_ns() - start
         tags = []
-        if response.durability != resources_pb2.DURABILITY_PERSISTED:
+        if response.durability != durability:
             tags.append(f"durability={resources_pb2.Durability.Name(response.durability)}")
         if response.serving.degraded:
             tags.append("degraded")
@@ -553,10 +560,15 @@ async def measure(
             _, tags = await history(i)
             _count(priming, tags or ("ok: cache hit, full window",))
         pids = (server.pid, redis_pid, postgres_pid)
-        append = append_operation(stub, thread_ids, contents)
+        expected = (
+            resources_pb2.DURABILITY_QUEUED
+            if config.write_mode == "write_behind"
+            else resources_pb2.DURABILITY_PERSISTED
+        )
+        append = append_operation(stub, thread_ids, contents, expected)
         phases = [
             await run_phase(f"GetHistory limit={config.history_limit} (cache hit)", history, config, pids),
-            await run_phase("AppendMessages 1 exchange (write_through)", append, config, pids),
+            await run_phase(f"AppendMessages 1 exchange ({config.write_mode})", append, config, pids),
         ]
     return {
         "client_event_loop": type(asyncio.get_running_loop()).__name__,
@@ -652,6 +664,7 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
     parser.add_argument("--warmup-calls", type=int, help="warm-up calls per phase (default 200; quick 20)")
     parser.add_argument("--threads", type=int, help="threads to preload (default 20; quick 3)")
     parser.add_argument("--results-dir", help="where the JSON goes (default bench/results)")
+    parser.add_argument("--write-mode", choices=["write_through", "write_behind"], help="default write_through")
     args = parser.parse_args(argv)
     quick = BenchConfig(threads=3, warmup_calls=20, warmup_seconds=2.0, max_calls=50, seconds=2.0, quick=True)
     base = quick if args.quick else BenchConfig()
@@ -661,6 +674,7 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
         "warmup_calls": args.warmup_calls,
         "threads": args.threads,
         "results_dir": args.results_dir,
+        "write_mode": args.write_mode,
     }
     config = BenchConfig(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
     if config.seconds <= 0 or config.max_calls < 1 or config.warmup_calls < 0 or config.threads < 1:
@@ -691,7 +705,7 @@ def run(config: BenchConfig, argv: Sequence[str] = ()) -> tuple[dict[str, Any], 
         server_log = pathlib.Path(workdir, "server.log")
         postgres_log = pathlib.Path(postgres.dir, "postgres.log")
         port = free_port()
-        server = start_server(port, postgres.url, redis.url, config.window, workdir)
+        server = start_server(port, postgres.url, redis.url, config.window, workdir, config.write_mode)
 
         def show_logs_on_error(
             exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -716,7 +730,7 @@ def run(config: BenchConfig, argv: Sequence[str] = ()) -> tuple[dict[str, Any], 
         "machine": machine_info(),
         "setup": {
             "topology": "one client, one grpc.aio channel, server/redis/postgres as separate processes on 127.0.0.1",
-            "write_mode": "write_through",
+            "write_mode": config.write_mode,
             "postgres_settings": "fsync=off, full_page_writes=off (tests/procs.py)",
             "redis_settings": "appendonly no, save ''",
             **{k: v for k, v in measured.items() if k != "phases"},

@@ -239,3 +239,17 @@ async def test_appends_racing_deletes_never_fail_internally(api: Harness) -> Non
     await api.drained()
     history = await full_history(api, "race")
     assert [m.seq for m in history] == list(range(1, len(history) + 1))
+
+
+async def test_write_behind_warns_loudly_at_start_when_redis_has_no_aof(
+    redis_proc: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.conftest import make_settings, start_harness
+
+    with caplog.at_level("WARNING", logger="server.app"):
+        h = await start_harness(make_settings(redis_url=redis_proc.url))  # type: ignore[attr-defined]
+    try:
+        assert h.app.repository.write_behind
+        assert any("WITHOUT AOF" in r.getMessage() for r in caplog.records)
+    finally:
+        await h.close()

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from server.errors import UnavailableError
+from server.storage.health import TierHealth
 from server.storage.models import (
     AppendCommand,
     NewMessage,
@@ -134,3 +135,19 @@ async def test_a_dead_store_is_unavailable(store: SqliteStore) -> None:
     await store.close()
     with pytest.raises(UnavailableError):
         await repo.append(append(1))
+
+
+def test_tier_health_logs_each_change_of_state_exactly_once(caplog: pytest.LogCaptureFixture) -> None:
+    health = TierHealth("redis")
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            health.mark_down("refused")
+        for _ in range(3):
+            health.mark_up()
+        health.mark_down("again")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "degraded: redis is unavailable (refused)",
+        "recovered: redis is available again",
+        "degraded: redis is unavailable (again)",
+    ]
