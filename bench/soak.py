@@ -24,6 +24,8 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from redis.exceptions import RedisError  # noqa: E402
+
 from tests import chaos  # noqa: E402
 from tests.procs import PostgresProcess, RedisProcess, ServerProcess  # noqa: E402
 
@@ -33,8 +35,11 @@ async def measure_backlog_drain(redis_url: str, prefix: str, clients: int, limit
     started = time.monotonic()
     backlog = await chaos.outbox_depth(redis_url, prefix)
     while time.monotonic() - started < limit_s:
-        if await chaos.outbox_depth(redis_url, prefix) <= clients:
-            return {"backlog_entries": backlog, "drain_s": round(time.monotonic() - started, 3)}
+        try:
+            if await chaos.outbox_depth(redis_url, prefix) <= clients:
+                return {"backlog_entries": backlog, "drain_s": round(time.monotonic() - started, 3)}
+        except (RedisError, OSError):
+            pass  # the schedule may be killing Redis meanwhile; keep measuring
         await asyncio.sleep(0.02)
     return {"backlog_entries": backlog, "drain_s": -1.0}
 
@@ -72,9 +77,14 @@ async def run(seconds: float, clients: int, threads: int) -> dict[str, Any]:
             for c in range(clients)
         ]
 
-        async def pg_back() -> None:
-            pg.start()
+        measuring: list[asyncio.Task[None]] = []
+
+        async def measure() -> None:
             drain.update(await measure_backlog_drain(redis.url, prefix, clients, 60))
+
+        async def pg_back() -> None:
+            await asyncio.to_thread(pg.start)
+            measuring.append(asyncio.ensure_future(measure()))  # in the background: the schedule goes on
 
         def restart_server() -> None:
             server.start()
@@ -99,8 +109,11 @@ async def run(seconds: float, clients: int, threads: int) -> dict[str, Any]:
                 await asyncio.to_thread(action)
             events.append({"t_s": round(time.monotonic() - started, 2), "event": name, "acked_so_far": acked_before})
         await asyncio.sleep(max(0.0, started + seconds - time.monotonic()))
+        events.append(
+            {"t_s": round(time.monotonic() - started, 2), "event": "stop load", "acked_so_far": len(recorder.acks)}
+        )
         stop.set()
-        await asyncio.wait_for(asyncio.gather(*load), 120)
+        await asyncio.wait_for(asyncio.gather(*load, *measuring), 120)
         elapsed = time.monotonic() - started
         final_drain_s = await chaos.wait_drained(redis.url, prefix, 120)
         report = chaos.check(recorder, await chaos.pg_histories(pg.url, workspace))

@@ -95,8 +95,15 @@ class RedisCache:
         await self._client.aclose()
 
     async def ping(self) -> None:
-        """Round-trip to Redis."""
+        """Round-trip to Redis on a fresh connection (the breaker's probe).
+
+        Idle pooled connections are dropped first: after Redis restarts they are all dead, and a probe
+        that succeeded on a new one would hand requests the old ones.
+        """
         try:
+            pool = getattr(self._client, "connection_pool", None)
+            if pool is not None:
+                await pool.disconnect(inuse_connections=False)
             await self._client.ping()
         except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise CacheUnavailableError(str(exc)) from exc

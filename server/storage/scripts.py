@@ -71,7 +71,10 @@ local cinc = tonumber(m[1])
 if cinc and cinc > inc then return 0 end
 if cinc == inc and (m[3] or (tonumber(m[2]) or 0) > last) then return 0 end
 if #ARGV < 5 then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
+-- Same incarnation: keep the write_behind counter fields (seq, cnt, flushed), which are state.
+if cinc ~= inc then redis.call('DEL', KEYS[2]) end
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[2], 'del')
 redis.call('RPUSH', KEYS[1], unpack(ARGV, 5))
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1)
 redis.call('HSET', KEYS[2], 'inc', ARGV[1], 'last', ARGV[2], 'hw', ARGV[2], 'ttl', ARGV[3])
@@ -360,7 +363,11 @@ if m[5] or tonumber(m[1]) ~= tonumber(ARGV[1]) or not m[2] then
 end
 local last = tonumber(ARGV[2])
 redis.call('HDEL', KEYS[2], 'last')
+-- The store holds every seq up to its last one, so 'flushed' rises with the counter; the unflushed
+-- cap (seq - flushed) would otherwise count the fallback gap and refuse every append.
+local flushed = redis.call('HGET', KEYS[2], 'flushed')
 redis.call('HSET', KEYS[2], 'seq', math.max(tonumber(m[2]), last),
-           'cnt', math.max(tonumber(m[3]) or 0, tonumber(ARGV[3])), 'hw', math.max(tonumber(m[4]) or 0, last))
+           'cnt', math.max(tonumber(m[3]) or 0, tonumber(ARGV[3])), 'hw', math.max(tonumber(m[4]) or 0, last),
+           'flushed', math.max(tonumber(flushed) or 0, last))
 return 1
 """

@@ -103,7 +103,10 @@ async def test_redis_down_reads_and_writes_go_to_the_store_then_recover_exactly(
     assert warm.serving.tier == r.TIER_CACHE and [m.seq for m in warm.messages] == expected
     after = await append(h, 31)
     assert list(after.seqs) == [63 + gap, 64 + gap]
+    assert after.durability == h.durability, "after recovery appends go through Redis again"
     assert [m.seq for m in (await history(h)).messages][-3:] == [62 + gap, 63 + gap, 64 + gap]
+    for i in range(32, 40):  # and keep doing so: the fallback gap must not count as unflushed backlog
+        assert (await append(h, i)).durability == h.durability
 
 
 async def test_store_down_cached_reads_serve_and_writes_follow_the_mode(
