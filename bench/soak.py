@@ -89,15 +89,16 @@ async def run(seconds: float, clients: int, threads: int) -> dict[str, Any]:
         def restart_server() -> None:
             server.start()
 
+        # Spaced so that each fault's recovery (and the outbox drain after PostgreSQL) stands alone.
         schedule: list[tuple[float, str, Callable[[], Any]]] = [
-            (4, "kill -9 postgres", pg.kill),
-            (8, "start postgres", pg_back),
-            (12, "kill -9 redis", redis.kill),
-            (14, "start redis", redis.start),
-            (18, "SIGSTOP redis", redis.pause),
-            (22, "SIGCONT redis", redis.resume),
-            (26, "kill -9 server", server.kill),
-            (27, "start server", restart_server),
+            (3, "kill -9 postgres", pg.kill),
+            (7, "start postgres", pg_back),
+            (18, "kill -9 redis", redis.kill),
+            (20, "start redis", redis.start),
+            (24, "SIGSTOP redis", redis.pause),
+            (28, "SIGCONT redis", redis.resume),
+            (32, "kill -9 server", server.kill),
+            (33, "start server", restart_server),
         ]
         started = time.monotonic()
         for at, name, action in schedule:
@@ -150,7 +151,7 @@ async def run(seconds: float, clients: int, threads: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run the soak and print the report; exit 1 if anything acknowledged was lost or misordered."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=32.0)
+    parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--threads", type=int, default=24)
     args = parser.parse_args(argv)
