@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "migrate":
         asyncio.run(_migrate(settings))
         return
+    if settings.grpc.workers > 1:
+        from server.workers import run_workers
+
+        asyncio.run(_migrate(settings))  # once, before the workers race to it
+        sys.exit(run_workers(settings))
     try:
         import uvloop
     except ImportError:  # uvloop is optional (it does not run on Windows)

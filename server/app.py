@@ -182,7 +182,9 @@ async def create_server(
     g = settings.grpc
     server = grpc.aio.server(
         options=[
-            ("grpc.so_reuseport", 0),
+            # Off unless workers share the port on purpose: otherwise a second server on the same
+            # port would start silently and steal traffic.
+            ("grpc.so_reuseport", 1 if g.workers > 1 else 0),
             ("grpc.max_receive_message_length", g.max_receive_message_bytes),
             ("grpc.max_send_message_length", g.max_send_message_bytes),
             ("grpc.keepalive_time_ms", g.keepalive_time_ms),

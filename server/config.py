@@ -13,6 +13,7 @@ class GrpcSettings(BaseModel):
     """The gRPC listener."""
 
     address: str = "127.0.0.1:50051"
+    workers: int = Field(default=1, ge=1, le=64, description="server processes sharing the port (SO_REUSEPORT)")
     reflection: bool = True
     max_receive_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_send_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
@@ -129,6 +130,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.memory.write_mode == "write_behind" and not self.redis.enabled:
             raise ValueError("MEMORY__WRITE_MODE=write_behind needs Redis (REDIS__HOST or REDIS__URL)")
+        if self.grpc.workers > 1 and not self.database.url:
+            raise ValueError("GRPC__WORKERS > 1 needs PostgreSQL (DATABASE__URL): one SQLite file has one writer")
         if self.outbox.block_ms >= self.redis.socket_timeout_s * 1000:
             raise ValueError("OUTBOX__BLOCK_MS must be below REDIS__SOCKET_TIMEOUT_S")
         return self

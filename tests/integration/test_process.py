@@ -164,3 +164,44 @@ def test_migrate_subcommand_applies_then_reports_up_to_date(tmp_path: pathlib.Pa
         assert "up to date" in second.stdout
     finally:
         pg.close()
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def spawn_server(env: dict[str, str], cwd: pathlib.Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "server"], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+async def test_two_workers_share_the_port_and_stop_together(tmp_path: pathlib.Path) -> None:
+    pg = PostgresProcess()
+    pg.start()
+    port = free_port()
+    env = {**server_env(tmp_path, port, DATABASE__URL=pg.url, GRPC__WORKERS="2"), "PYTHONPATH": str(ROOT)}
+    proc = spawn_server(env, tmp_path)
+    try:
+        channels = [await wait_serving(port) for _ in range(8)]
+        for i, channel in enumerate(channels):  # each channel is one connection, pinned to one worker
+            stub = pb_grpc.ThreadMemoryServiceStub(channel)
+            await stub.AppendMessages(pb.AppendMessagesRequest(thread_id=f"w{i}", messages=exchange(i)), timeout=10)
+            got = await stub.GetHistory(pb.GetHistoryRequest(thread_id=f"w{i}"), timeout=10)
+            assert [m.content for m in got.messages] == [f"question {i}", f"answer {i}"]
+        assert len(await asyncio.to_thread(children_of, proc.pid)) >= 2, "two worker processes"
+        for channel in channels:
+            await channel.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pg.close()
