@@ -20,11 +20,11 @@ from chatmem.v1 import (
     preferences_service_pb2,
     preferences_service_pb2_grpc,
     thread_memory_service_pb2,
-    thread_memory_service_pb2_grpc,
 )
 from server.config import Settings
 from server.services.preferences import PreferencesService
 from server.services.thread_memory import ThreadMemoryService
+from server.services.thread_memory import register as register_thread_memory
 from server.storage.cache import RedisCache, build_redis_client
 from server.storage.keys import KeySpace
 from server.storage.outbox import Flusher
@@ -193,9 +193,7 @@ async def create_server(
             ("grpc.keepalive_permit_without_calls", 1),
         ]
     )
-    thread_memory_service_pb2_grpc.add_ThreadMemoryServiceServicer_to_server(
-        ThreadMemoryService(repository, settings), server
-    )
+    register_thread_memory(ThreadMemoryService(repository, settings), server)
     preferences_service_pb2_grpc.add_PreferencesServiceServicer_to_server(
         PreferencesService(repository, settings), server
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.message import Message
 
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
@@ -12,7 +13,6 @@ from server.config import Settings
 from server.errors import NotFoundError
 from server.services import context_block, convert, pagination
 from server.services.handler import server_stream, unary
-from server.storage.codec import frame_repeated
 from server.storage.models import (
     AppendCommand,
     NewMessage,
@@ -21,11 +21,44 @@ from server.storage.models import (
     ThreadCursor,
     ThreadKey,
     ThreadPatch,
+    Tier,
 )
-from server.storage.repository import Repository
+from server.storage.repository import Repository, Served
 from server.validation import Checker
 
 _MAX_TTL_S = 366 * 24 * 3600
+# GetHistoryResponse.serving (field 2) for every (tier, degraded), serialised once.
+_SERVING_FIELD = {
+    (tier, degraded): pb.GetHistoryResponse(serving=convert.serving(Served(tier, degraded))).SerializeToString()
+    for tier in Tier
+    for degraded in (False, True)
+}
+
+
+def _bytes_or_message(response: bytes | Message) -> bytes:
+    # Handlers may return pre-serialised bytes; an error path may still produce a message.
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+def register(servicer: ThreadMemoryService, server: grpc.aio.Server) -> None:
+    """Add the service to a server, with GetHistory's response passed through as bytes.
+
+    The handlers come from the service descriptor (so they follow the protos), like the generated
+    ``add_ThreadMemoryServiceServicer_to_server``, which has no way to skip re-serialising.
+    """
+    service = pb.DESCRIPTOR.services_by_name["ThreadMemoryService"]
+    handlers = {}
+    for method in service.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        serialize = _bytes_or_message if method.name == "GetHistory" else response_type.SerializeToString
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=request_type.FromString,
+            response_serializer=serialize,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
@@ -94,19 +127,20 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         )
 
     @unary
-    async def GetHistory(  # noqa: N802
+    async def GetHistory(  # type: ignore[override]  # noqa: N802
         self, request: pb.GetHistoryRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetHistoryResponse:
-        """Return the last N messages, oldest first; an unknown thread has an empty window."""
+    ) -> bytes:
+        """Return the last N messages, oldest first; an unknown thread has an empty window.
+
+        The response leaves as bytes (see ``register``): the cached window is already a serialised
+        ``messages`` field, so only the small ``serving`` field is appended; nothing is parsed.
+        """
         check = Checker(self._limits)
         key = self._thread_key(check, request.workspace_id, request.thread_id)
         limit = check.page_size(request.limit, self._repo.window, self._limits.max_page_size, "limit")
         check.done()
         window = await self._repo.history(key, limit)
-        # The window is already encoded: framing it is one parse, not one object per message.
-        response = pb.GetHistoryResponse.FromString(frame_repeated(1, window.encoded))
-        response.serving.CopyFrom(convert.serving(window.served))
-        return response
+        return window.framed + _SERVING_FIELD[(window.served.tier, window.served.degraded)]
 
     @unary
     async def ListMessages(  # noqa: N802
@@ -183,7 +217,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         tiers = []
         if request.thread_id:
             window = await self._repo.history(ThreadKey(workspace, request.thread_id), limit)
-            parsed = pb.GetHistoryResponse.FromString(frame_repeated(1, window.encoded))
+            parsed = pb.GetHistoryResponse.FromString(window.framed)
             messages = [(Role(m.role), m.content) for m in parsed.messages]
             tiers.append(window.served)
         if request.user_id:

@@ -12,6 +12,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from server.storage import scripts
+from server.storage.codec import frame_item
 from server.storage.keys import KeySpace
 from server.storage.models import (
     PreferenceChange,
@@ -109,7 +110,7 @@ class RedisCache:
             raise CacheUnavailableError(str(exc)) from exc
 
     async def read_window(self, key: ThreadKey, limit: int) -> list[bytes] | None:
-        """Return the newest ``limit`` encoded messages of a valid window, refreshing its TTL."""
+        """Return the newest ``limit`` messages of a valid window (framed items), refreshing its TTL."""
         k = self._keys.thread(key.workspace_id, key.thread_id)
         items = await self._run(self._read_window, (k.msgs, k.meta), (limit,))
         return list(items) if items else None
@@ -117,7 +118,8 @@ class RedisCache:
     async def fill_window(self, thread: ThreadInfo, encoded: Sequence[bytes]) -> bool:
         """Replace the window with a store read unless fenced; True if it landed."""
         k = self._keys.thread(thread.workspace_id, thread.thread_id)
-        args = (thread.incarnation, thread.last_seq, self._ttl(thread), self._window, *encoded)
+        framed = [frame_item(e) for e in encoded[-self._window :]]
+        args = (thread.incarnation, thread.last_seq, self._ttl(thread), self._window, *framed)
         return bool(await self._run(self._fill_window, (k.msgs, k.meta), args))
 
     async def push_window(self, thread: ThreadInfo, first_seq: int, encoded: Sequence[bytes]) -> bool:
@@ -125,7 +127,7 @@ class RedisCache:
         k = self._keys.thread(thread.workspace_id, thread.thread_id)
         last = first_seq + len(encoded) - 1
         # Only the newest `window` can survive the trim, and Lua's unpack() refuses ~8000 arguments.
-        tail = encoded[-self._window :]
+        tail = [frame_item(e) for e in encoded[-self._window :]]
         args = (thread.incarnation, first_seq, last, self._ttl(thread), self._window, *tail)
         return bool(await self._run(self._push_window, (k.msgs, k.meta), args))
 

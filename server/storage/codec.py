@@ -42,12 +42,23 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def frame_repeated(field_number: int, encoded: Sequence[bytes]) -> bytes:
-    """Frame already-encoded messages as a repeated message field, ready to parse into a response.
+def frame_item(encoded: bytes) -> bytes:
+    """Frame one encoded message as an element of repeated field 1 (``messages`` of every response).
 
-    Because protobuf concatenation merges, the result parsed as (say) GetHistoryResponse yields a
-    ``messages`` list equal to decoding each element, without a Python-level loop over parsed objects.
+    The cache stores window items framed, so that a window read is a join of LRANGE's items: the
+    result is a valid serialised GetHistoryResponse (protobuf concatenation appends to repeated
+    fields) and needs no per-message work at all.
     """
+    return _ITEM_TAG + _varint(len(encoded)) + encoded
+
+
+_ITEM_TAG = bytes([(1 << 3) | 2])
+
+
+def frame_repeated(field_number: int, encoded: Sequence[bytes]) -> bytes:
+    """Frame already-encoded messages as a repeated message field, ready to parse into a response."""
+    if field_number == 1:
+        return b"".join(frame_item(item) for item in encoded)
     tag = bytes([(field_number << 3) | 2])
     return b"".join(tag + _varint(len(item)) + item for item in encoded)
 

@@ -46,7 +46,7 @@ class KeySpace:
         bucket = bucket_of(workspace_id, thread_id)
         base = f"{self.prefix}:{{b:{bucket}}}:t:{workspace_id}/{thread_id}"
         return ThreadKeys(
-            msgs=f"{base}:msgs",
+            msgs=f"{base}:win",  # window items framed as repeated field 1 (codec.frame_item)
             meta=f"{base}:meta",
             reqs=f"{base}:reqs",
             outbox=self.outbox(bucket),

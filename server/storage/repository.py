@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from server.errors import AbortedError, NotFoundError, UnavailableError
-from server.storage.codec import encode_messages, encode_unsequenced
+from server.storage.codec import encode_messages, encode_unsequenced, frame_repeated
 from server.storage.groupcommit import GroupCommitter
 from server.storage.health import CacheBreaker, TierHealth
 from server.storage.models import (
@@ -100,9 +100,13 @@ class AppendOutcome:
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """The recent window of a thread as encoded chatmem.v1.Message bytes, oldest first."""
+    """The recent window of a thread, oldest first.
 
-    encoded: list[bytes]
+    ``framed`` is the messages framed as repeated field 1: a serialised GetHistoryResponse holding
+    only its ``messages``.
+    """
+
+    framed: bytes
     served: Served
 
 
@@ -424,17 +428,17 @@ class Repository:
         """Return the newest ``limit`` messages, from the cache when its window is valid."""
         used = False
         if limit <= self._policy.window:
-            used, encoded = await self._on_cache(lambda c: c.read_window(key, limit))
-            if encoded is not None:
-                return Window(encoded, Served(Tier.CACHE, self._degraded()))
+            used, items = await self._on_cache(lambda c: c.read_window(key, limit))
+            if items is not None:
+                return Window(b"".join(items), Served(Tier.CACHE, self._degraded()))
         await self._await_flushed(key)
         skipped = self._cache is not None and not used
         tail = await self._hydrate(key, max(limit, self._policy.window), fill=not skipped)
         served = Served(Tier.STORE, self._degraded(skipped))
         if tail is None:
-            return Window([], served)
+            return Window(b"", served)
         messages = tail.messages[-limit:] if limit else []
-        return Window(encode_messages(key.workspace_id, key.thread_id, messages), served)
+        return Window(frame_repeated(1, encode_messages(key.workspace_id, key.thread_id, messages)), served)
 
     async def _hydrate(self, key: ThreadKey, limit: int, *, fill: bool) -> ThreadTail | None:
         # Single flight: concurrent misses of one thread share one store read and one fill.

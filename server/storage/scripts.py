@@ -1,7 +1,8 @@
 """The Lua scripts of the cache. Each touches only keys of one hash tag, so each runs on one slot.
 
-Window state per thread (two keys, same tag): ``msgs`` is the list of encoded messages, newest last,
-trimmed to the window; ``meta`` is a hash with
+Window state per thread (two keys, same tag): ``msgs`` is the list of messages, each a serialised
+chatmem.v1.Message framed as an element of repeated field 1, newest last, trimmed to the window;
+``meta`` is a hash with
   inc   the thread's incarnation (a store-assigned creation time in microseconds, so a re-created
         thread has a larger one);
   last  the seq of the newest element of ``msgs``; present only while ``msgs`` is a valid window;
@@ -269,10 +270,10 @@ local last = seq + n
 cnt = cnt + n
 -- Protobuf tags: field 3 varint (Message.seq) and field 1 length-delimited (a repeated message).
 local SEQ_TAG, ITEM_TAG = string.char(24), string.char(10)
-local items, framed = {}, {}
+-- Window items and outbox payload are both framed as repeated field 1 (see codec.frame_item).
+local framed = {}
 for i = 1, n do
   local b = ARGV[14 + i] .. SEQ_TAG .. varint(first + i - 1)
-  items[i] = b
   framed[i] = ITEM_TAG .. varint(#b) .. b
 end
 local extend
@@ -287,7 +288,7 @@ else
   extend = m[2] ~= false and tonumber(m[2]) == seq and redis.call('EXISTS', KEYS[1]) == 1
 end
 if extend then
-  redis.call('RPUSH', KEYS[1], unpack(items))
+  redis.call('RPUSH', KEYS[1], unpack(framed))
   redis.call('LTRIM', KEYS[1], -tonumber(ARGV[5]), -1)
   redis.call('HSET', KEYS[2], 'last', last)
 else

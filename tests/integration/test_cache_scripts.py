@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from server.storage.cache import RedisCache
+from server.storage.codec import frame_item
 from server.storage.keys import KeySpace
 from server.storage.models import PreferenceChange, PreferenceSet, PreferenceValue, ThreadInfo, ThreadKey
 from tests.procs import RedisProcess
@@ -32,14 +33,19 @@ def enc(*seqs: int) -> list[bytes]:
     return [f"m{s}".encode() for s in seqs]
 
 
+def framed(*seqs: int) -> list[bytes]:
+    """What a window read returns: the items framed as repeated field 1."""
+    return [frame_item(e) for e in enc(*seqs)]
+
+
 async def test_push_extends_only_a_contiguous_window_and_trims(cache: RedisCache) -> None:
     t = thread(3)
     assert await cache.push_window(t, 1, enc(1, 2, 3)) is True  # a new thread's window is complete
     t4 = dataclasses.replace(t, last_seq=7)
     assert await cache.push_window(t4, 4, enc(4, 5, 6, 7)) is True
     key = ThreadKey(t.workspace_id, t.thread_id)
-    assert await cache.read_window(key, 5) == enc(3, 4, 5, 6, 7)
-    assert await cache.read_window(key, 2) == enc(6, 7)
+    assert await cache.read_window(key, 5) == framed(3, 4, 5, 6, 7)
+    assert await cache.read_window(key, 2) == framed(6, 7)
     gap = dataclasses.replace(t, last_seq=10)
     assert await cache.push_window(gap, 9, enc(9, 10)) is False  # seq 8 went missing: invalidate
     assert await cache.read_window(key, 5) is None
@@ -53,7 +59,7 @@ async def test_a_fill_older_than_a_committed_write_is_refused(cache: RedisCache)
     assert await cache.fill_window(t, enc(1, 2, 3, 4, 5)) is False
     assert await cache.read_window(key, 5) is None
     assert await cache.fill_window(dataclasses.replace(t, last_seq=6), enc(2, 3, 4, 5, 6)) is True
-    assert await cache.read_window(key, 5) == enc(2, 3, 4, 5, 6)
+    assert await cache.read_window(key, 5) == framed(2, 3, 4, 5, 6)
 
 
 async def test_a_deleted_or_replaced_incarnation_never_lands(cache: RedisCache) -> None:
@@ -67,7 +73,7 @@ async def test_a_deleted_or_replaced_incarnation_never_lands(cache: RedisCache) 
     assert await cache.push_window(new, 1, [b"fresh"]) is True
     # A stale fill of the deleted thread arriving after the re-creation must not replace it.
     assert await cache.fill_window(dataclasses.replace(old, last_seq=9), enc(1, 2)) is False
-    assert await cache.read_window(key, 5) == [b"fresh"]
+    assert await cache.read_window(key, 5) == [frame_item(b"fresh")]
 
 
 async def test_preferences_apply_in_version_order_or_fence(cache: RedisCache) -> None:
@@ -93,11 +99,11 @@ async def test_a_window_trimmed_by_a_smaller_setting_is_a_miss_for_a_larger_one(
         t = thread(12)
         key = ThreadKey(t.workspace_id, t.thread_id)
         assert await small.fill_window(t, enc(*range(1, 13))) is True
-        assert await small.read_window(key, 5) == enc(8, 9, 10, 11, 12)
+        assert await small.read_window(key, 5) == framed(8, 9, 10, 11, 12)
         assert await large.read_window(key, 10) is None
         short = dataclasses.replace(t, last_seq=3)
         assert await small.fill_window(dataclasses.replace(short, incarnation=5000), enc(1, 2, 3)) is True
-        assert await large.read_window(key, 10) == enc(1, 2, 3)  # a thread of 3 messages is whole
+        assert await large.read_window(key, 10) == framed(1, 2, 3)  # a thread of 3 messages is whole
     finally:
         await client.aclose()
 
@@ -106,4 +112,4 @@ async def test_a_push_larger_than_lua_can_unpack_still_extends_the_window(cache:
     # A group commit can hand one thread 256 appends x 100 messages; Lua's unpack() stops near 8000.
     t = thread(9000)
     assert await cache.push_window(t, 1, enc(*range(1, 9001))) is True
-    assert await cache.read_window(ThreadKey(t.workspace_id, t.thread_id), 5) == enc(8996, 8997, 8998, 8999, 9000)
+    assert await cache.read_window(ThreadKey(t.workspace_id, t.thread_id), 5) == framed(8996, 8997, 8998, 8999, 9000)

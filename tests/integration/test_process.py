@@ -103,8 +103,13 @@ async def test_sigterm_drains_in_flight_rpcs_then_exits_cleanly(
                     pb.AppendMessagesRequest(thread_id=f"c{c}", messages=exchange(i)), timeout=5
                 )
             except grpc.aio.AioRpcError as exc:
-                # Calls that reach the server after the stop began are refused, never half-run.
-                assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), exc
+                # Calls that reach the server after the stop began are refused (or, on a loaded machine,
+                # outlast their deadline); the store check below allows that one exchange per client.
+                assert exc.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.CANCELLED,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ), exc
                 break
             acked += list(resp.seqs)
         return acked

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
+from chatmem.v1.thread_memory_service_pb2 import GetHistoryResponse
 from server.errors import UnavailableError
 from server.storage.health import TierHealth
 from server.storage.models import (
@@ -113,7 +114,7 @@ async def test_a_dead_cache_degrades_to_the_store_and_says_so(store: SqliteStore
     assert out.seqs == list(range(1, 8)) and out.served.degraded
     window = await repo.history(KEY, 5)
     assert window.served.tier == Tier.STORE and window.served.degraded
-    assert len(window.encoded) == 5
+    assert [m.seq for m in GetHistoryResponse.FromString(window.framed).messages] == [3, 4, 5, 6, 7]
     prefs = await repo.get_preferences("w", "u")
     assert prefs.served.degraded
     _, served = await repo.set_preferences("w", "u", {"a": "1"})
@@ -127,7 +128,8 @@ async def test_without_a_cache_everything_is_the_store_and_not_degraded(store: S
     repo = Repository(store, None, Policy(window=5))
     await repo.append(append(3))
     window = await repo.history(KEY, 50)
-    assert window.served.tier == Tier.STORE and not window.served.degraded and len(window.encoded) == 3
+    assert window.served.tier == Tier.STORE and not window.served.degraded
+    assert [m.seq for m in GetHistoryResponse.FromString(window.framed).messages] == [1, 2, 3]
 
 
 async def test_a_dead_store_is_unavailable(store: SqliteStore) -> None:
