@@ -156,11 +156,11 @@ class RedisCache:
         found = await self._run(self._thread_incarnation, (k.meta, k.pending), (k.field,))
         return int(found) if found else None
 
-    async def pending_seq(self, key: ThreadKey) -> int | None:
-        """Return the newest seq of the thread still waiting in the outbox, or None if all are flushed."""
+    async def pending_seq(self, key: ThreadKey) -> tuple[int, int] | None:
+        """Return (newest queued seq, flushed mark) of the thread, or None when nothing is unflushed."""
         k = self._keys.thread(key.workspace_id, key.thread_id)
-        found = await self._run(self._pending_seq, (k.pending,), (k.field,))
-        return None if found is None else int(found)
+        found = await self._run(self._pending_seq, (k.pending, k.meta), (k.field,))
+        return None if found is None else (int(found[0]), int(found[1]))
 
     async def append_queued(self, request: QueuedRequest) -> QueuedReply:
         """Run the write_behind append: one atomic script on the thread's slot (see scripts.APPEND_QUEUED)."""

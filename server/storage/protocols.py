@@ -158,8 +158,8 @@ class Cache(Protocol):
         """Return the incarnation Redis holds for a live thread, or None."""
         ...
 
-    async def pending_seq(self, key: ThreadKey) -> int | None:
-        """Return the newest seq of the thread still in the outbox, or None when all is flushed."""
+    async def pending_seq(self, key: ThreadKey) -> tuple[int, int] | None:
+        """Return (newest queued seq, flushed mark) of the thread, or None when nothing is unflushed."""
         ...
 
     async def append_queued(self, request: QueuedRequest) -> QueuedReply:

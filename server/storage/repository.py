@@ -250,12 +250,20 @@ class Repository:
             await cache.reconcile_thread(key, seed)
 
     async def _await_flushed(self, key: ThreadKey) -> None:
-        """In write_behind, wait (within the RPC's deadline) until the thread has nothing in the outbox."""
+        """In write_behind, wait (within the RPC's deadline) for what was queued when the read began.
+
+        Later appends do not extend the wait, so a thread that is written all the time can still be read.
+        """
         if not self.write_behind:
             return
+        target = None
         while True:
-            used, pending = await self._on_cache(lambda c: c.pending_seq(key))
-            if not used or pending is None:
+            used, state = await self._on_cache(lambda c: c.pending_seq(key))
+            if not used or state is None:
+                return
+            newest, flushed = state
+            target = newest if target is None else target
+            if flushed >= target:
                 return
             if self.store_health.down:
                 raise UnavailableError("the durable store is unavailable; queued messages cannot be read in full")

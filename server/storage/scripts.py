@@ -345,11 +345,12 @@ end
 return nids
 """
 
-# KEYS: pending. ARGV: field. The newest queued seq of a thread, or false when nothing is unflushed.
+# KEYS: pending, meta. ARGV: field. {newest queued seq, flushed mark}, or false when nothing is unflushed.
 PENDING_SEQ = """
 local p = redis.call('HGET', KEYS[1], ARGV[1])
 if not p or string.sub(p, -2) == ':f' then return false end
-return tonumber(string.match(p, '^(%d+):'))
+local flushed = tonumber(redis.call('HGET', KEYS[2], 'flushed')) or 0
+return {tonumber(string.match(p, '^(%d+):')), flushed}
 """
 
 # KEYS: msgs, meta. ARGV: inc, store last_seq, store message_count. After writes went around Redis:

@@ -253,3 +253,31 @@ async def test_write_behind_warns_loudly_at_start_when_redis_has_no_aof(
         assert any("WITHOUT AOF" in r.getMessage() for r in caplog.records)
     finally:
         await h.close()
+
+
+async def test_a_full_read_of_a_busy_thread_is_not_starved_by_later_appends(cached: Harness) -> None:
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        for i in range(2000):  # bounded; stops as soon as the reads are done
+            if stop.is_set():
+                return
+            await cached.threads.AppendMessages(
+                pb.AppendMessagesRequest(workspace_id=cached.ws, thread_id="busy", messages=[msg(f"w{i}")])
+            )
+
+    await fill_thread(cached, "busy", 5)
+    task = asyncio.ensure_future(writer())
+    try:
+        for _ in range(10):
+            before = await cached.threads.GetHistory(pb.GetHistoryRequest(workspace_id=cached.ws, thread_id="busy"))
+            page = await cached.threads.ListMessages(
+                pb.ListMessagesRequest(workspace_id=cached.ws, thread_id="busy", page_size=1000), timeout=5
+            )
+            # Everything acknowledged before the read began is there.
+            assert [m.seq for m in page.messages][: before.messages[-1].seq] == list(
+                range(1, before.messages[-1].seq + 1)
+            )
+    finally:
+        stop.set()
+        await task

@@ -69,7 +69,7 @@ class DownCache:
         await self._down()
         return None
 
-    async def pending_seq(self, key: ThreadKey) -> int | None:
+    async def pending_seq(self, key: ThreadKey) -> tuple[int, int] | None:
         await self._down()
         return None
 
