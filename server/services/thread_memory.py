@@ -13,6 +13,7 @@ from server.config import Settings
 from server.errors import NotFoundError
 from server.services import context_block, convert, pagination
 from server.services.handler import server_stream, unary
+from server.storage.codec import encode_messages, frame_item
 from server.storage.models import (
     AppendCommand,
     NewMessage,
@@ -27,7 +28,10 @@ from server.storage.repository import Repository, Served
 from server.validation import Checker
 
 _MAX_TTL_S = 366 * 24 * 3600
-# GetHistoryResponse.serving (field 2) for every (tier, degraded), serialised once.
+# Methods whose handlers return pre-serialised bytes.
+_BYTES_METHODS = {"GetHistory", "StreamHistory"}
+# The serving field (field 2 of GetHistoryResponse and of StreamHistoryResponse) for every
+# (tier, degraded), serialised once.
 _SERVING_FIELD = {
     (tier, degraded): pb.GetHistoryResponse(serving=convert.serving(Served(tier, degraded))).SerializeToString()
     for tier in Tier
@@ -41,7 +45,7 @@ def _bytes_or_message(response: bytes | Message) -> bytes:
 
 
 def register(servicer: ThreadMemoryService, server: grpc.aio.Server) -> None:
-    """Add the service to a server, with GetHistory's response passed through as bytes.
+    """Add the service to a server, with GetHistory's and StreamHistory's responses passed through as bytes.
 
     The handlers come from the service descriptor (so they follow the protos), like the generated
     ``add_ThreadMemoryServiceServicer_to_server``, which has no way to skip re-serialising.
@@ -51,7 +55,7 @@ def register(servicer: ThreadMemoryService, server: grpc.aio.Server) -> None:
     for method in service.methods:
         request_type = getattr(pb, method.input_type.name)
         response_type = getattr(pb, method.output_type.name)
-        serialize = _bytes_or_message if method.name == "GetHistory" else response_type.SerializeToString
+        serialize = _bytes_or_message if method.name in _BYTES_METHODS else response_type.SerializeToString
         make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(
             getattr(servicer, method.name),
@@ -172,10 +176,14 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         )
 
     @server_stream
-    async def StreamHistory(  # noqa: N802
+    async def StreamHistory(  # type: ignore[override]  # noqa: N802
         self, request: pb.StreamHistoryRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.StreamHistoryResponse]:
-        """Stream the thread after after_seq in chunks bounded by count and bytes."""
+    ) -> AsyncIterator[bytes]:
+        """Stream the thread after after_seq in chunks bounded by count and bytes.
+
+        Each chunk leaves as bytes (see ``register``): every message is encoded once and framed into
+        the chunk, with no message objects copied, sized or serialised a second time.
+        """
         check = Checker(self._limits)
         key = self._thread_key(check, request.workspace_id, request.thread_id)
         chunk = check.page_size(
@@ -183,21 +191,21 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         )
         check.seq("after_seq", request.after_seq)
         check.done()
-        frame = pb.StreamHistoryResponse()
+        items: list[bytes] = []
         size = 0
         async for page in self._repo.stream(key, request.after_seq, chunk):
-            for m in page:
-                pm = convert.message(key.workspace_id, key.thread_id, m)
-                item = pm.ByteSize()
-                if frame.messages and (len(frame.messages) >= chunk or size + item > self._limits.stream_frame_bytes):
-                    frame.serving.CopyFrom(convert.serving(self._repo.served_by_store()))
-                    yield frame
-                    frame, size = pb.StreamHistoryResponse(), 0
-                frame.messages.append(pm)
-                size += item
-        if frame.messages:
-            frame.serving.CopyFrom(convert.serving(self._repo.served_by_store()))
-            yield frame
+            for item in (frame_item(e) for e in encode_messages(key.workspace_id, key.thread_id, page)):
+                if items and (len(items) >= chunk or size + len(item) > self._limits.stream_frame_bytes):
+                    yield self._chunk(items)
+                    items, size = [], 0
+                items.append(item)
+                size += len(item)
+        if items:
+            yield self._chunk(items)
+
+    def _chunk(self, items: list[bytes]) -> bytes:
+        served = self._repo.served_by_store()
+        return b"".join(items) + _SERVING_FIELD[(served.tier, served.degraded)]
 
     @unary
     async def GetContext(  # noqa: N802

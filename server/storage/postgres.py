@@ -96,7 +96,7 @@ def _message(row: Any) -> StoredMessage:
         role=Role(row["role"]),
         content=row["content"],
         name=row["name"],
-        metadata=json.loads(row["metadata"]),
+        metadata=json.loads(row["metadata"]) if row["metadata"] != "{}" else {},
         create_time_us=row["msg_us"],
     )
 

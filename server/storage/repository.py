@@ -163,7 +163,7 @@ class Repository:
         self._committer: GroupCommitter[AppendCommand, tuple[AppendResult, bool]] = GroupCommitter(
             self._commit_group, policy.max_group
         )
-        self._hydrations: dict[ThreadKey, asyncio.Future[ThreadTail | None]] = {}
+        self._hydrations: dict[ThreadKey, asyncio.Future[tuple[ThreadTail, list[bytes]] | None]] = {}
         self._bypassing = 0
         self._bypass_idle = asyncio.Event()
         self._bypass_idle.set()
@@ -441,14 +441,14 @@ class Repository:
                 return Window(b"".join(items), Served(Tier.CACHE, self._degraded()))
         await self._await_flushed(key)
         skipped = self._cache is not None and not used
-        tail = await self._hydrate(key, max(limit, self._policy.window), fill=not skipped)
+        loaded = await self._hydrate(key, max(limit, self._policy.window), fill=not skipped)
         served = Served(Tier.STORE, self._degraded(skipped))
-        if tail is None:
+        if loaded is None:
             return Window(b"", served)
-        messages = tail.messages[-limit:] if limit else []
-        return Window(frame_repeated(1, encode_messages(key.workspace_id, key.thread_id, messages)), served)
+        encoded = loaded[1][-limit:] if limit else []
+        return Window(frame_repeated(1, encoded), served)
 
-    async def _hydrate(self, key: ThreadKey, limit: int, *, fill: bool) -> ThreadTail | None:
+    async def _hydrate(self, key: ThreadKey, limit: int, *, fill: bool) -> tuple[ThreadTail, list[bytes]] | None:
         # Single flight: concurrent misses of one thread share one store read and one fill.
         shared = limit == self._policy.window
         pending = self._hydrations.get(key) if shared else None
@@ -471,12 +471,16 @@ class Repository:
             load.add_done_callback(forget)
         return await load
 
-    async def _load(self, key: ThreadKey, limit: int, fill: bool) -> ThreadTail | None:
+    async def _load(self, key: ThreadKey, limit: int, fill: bool) -> tuple[ThreadTail, list[bytes]] | None:
         tail = await self._on_store(self._store.tail(key, limit))
-        if tail is not None and fill and tail.messages:
-            window = encode_messages(key.workspace_id, key.thread_id, tail.messages[-self._policy.window :])
+        if tail is None:
+            return None
+        # Encoded once: the same bytes fill the cache and answer the read.
+        encoded = encode_messages(key.workspace_id, key.thread_id, tail.messages)
+        if fill and encoded:
+            window = encoded[-self._policy.window :]
             await self._on_cache(lambda c: c.fill_window(tail.thread, window))
-        return tail
+        return tail, encoded
 
     async def list_messages(self, key: ThreadKey, start_seq: int, reverse: bool, limit: int) -> list[StoredMessage]:
         """Return a keyset page of the full history (from the store, after queued messages are flushed)."""

@@ -52,7 +52,7 @@ def _thread(row: Sequence[Any]) -> ThreadInfo:
 
 
 def _message(row: Sequence[Any]) -> StoredMessage:
-    return StoredMessage(row[0], Role(row[1]), row[2], row[3], json.loads(row[4]), row[5])
+    return StoredMessage(row[0], Role(row[1]), row[2], row[3], json.loads(row[4]) if row[4] != "{}" else {}, row[5])
 
 
 def _now_us() -> int:
