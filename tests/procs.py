@@ -193,9 +193,15 @@ class PostgresProcess:
         return done.returncode == 0
 
     def kill(self) -> None:
-        """SIGKILL the postmaster (its backends exit when they notice) and reap it."""
+        """SIGKILL the postmaster and every backend at once, as a crash of its machine would.
+
+        Killing only the postmaster would leave backends that can still commit on open connections
+        until they notice it is gone.
+        """
         if self.proc is not None:
-            self.proc.kill()
+            for pid in self._tree():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.proc.wait()
             self.proc = None
             _wait(lambda: not self._port_open(), "killed postgres to release its port", 30)
