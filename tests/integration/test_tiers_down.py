@@ -210,3 +210,25 @@ async def test_a_frozen_store_costs_a_call_the_server_budget_not_a_hang(
     # A write_through append that timed out may still have committed once the store woke up; a
     # write_behind one was queued and is flushed now. Either way the seqs stay contiguous.
     assert recovered.thread.last_seq in (6, 8)
+
+
+async def test_both_tiers_down_is_unavailable_fast(
+    h: Harness, own_redis: RedisProcess, own_pg: PostgresProcess
+) -> None:
+    for i in range(3):
+        await append(h, i)
+    await h.drained()
+    own_redis.stop()
+    own_pg.kill()
+    for call in (
+        lambda: h.threads.AppendMessages(
+            pb.AppendMessagesRequest(workspace_id=h.ws, thread_id="t", messages=exchange(7)), timeout=5
+        ),
+        lambda: h.threads.GetHistory(pb.GetHistoryRequest(workspace_id=h.ws, thread_id="t"), timeout=5),
+        lambda: h.threads.GetThread(pb.GetThreadRequest(workspace_id=h.ws, thread_id="t"), timeout=5),
+    ):
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+        assert time.monotonic() - started < 2.0, "nothing is pretended, and nothing waits out the deadline"
