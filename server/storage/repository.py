@@ -307,9 +307,7 @@ class Repository:
             request_id=command.request_id,
             expected_last_seq=command.expected_last_seq,
             new_ttl_s=options.ttl_seconds or self._policy.default_ttl_s,
-            options_json=json.dumps(
-                {"user_id": options.user_id, "title": options.title, "ttl_seconds": options.ttl_seconds}
-            ),
+            options_json="",  # read by the script only on a seeded call (a new counter): sent then
             request_ttl_s=self._policy.request_ttl_s,
             max_unflushed=self._policy.max_unflushed,
         )
@@ -321,7 +319,12 @@ class Repository:
             ttl = 0 if seed.pinned else (seed.ttl_seconds or self._policy.default_ttl_s)
             if not seed.exists:
                 ttl = request.new_ttl_s
-            reply = await cache.append_queued(dataclasses.replace(request, seed=seed, new_ttl_s=ttl))
+            options_json = json.dumps(
+                {"user_id": options.user_id, "title": options.title, "ttl_seconds": options.ttl_seconds}
+            )
+            reply = await cache.append_queued(
+                dataclasses.replace(request, seed=seed, new_ttl_s=ttl, options_json=options_json)
+            )
         if reply.kind == "aborted":
             raise AbortedError(
                 f"thread {key.thread_id!r} has last seq {reply.value}, expected {command.expected_last_seq}"
