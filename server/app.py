@@ -22,6 +22,7 @@ from chatmem.v1 import (
     thread_memory_service_pb2,
 )
 from server.config import Settings
+from server.interceptors import Layer, Pipeline
 from server.services.preferences import PreferencesService
 from server.services.thread_memory import ThreadMemoryService
 from server.services.thread_memory import register as register_thread_memory
@@ -180,7 +181,10 @@ async def create_server(
             store_health=repository.store_health,
         )
     g = settings.grpc
+    # Outermost first: request context and metrics, then authentication, then admission.
+    layers: list[Layer] = []
     server = grpc.aio.server(
+        interceptors=[Pipeline(layers)] if layers else None,
         options=[
             # Off unless workers share the port on purpose: otherwise a second server on the same
             # port would start silently and steal traffic.
@@ -191,7 +195,7 @@ async def create_server(
             ("grpc.keepalive_timeout_ms", g.keepalive_timeout_ms),
             ("grpc.http2.min_ping_interval_without_data_ms", g.min_ping_interval_ms),
             ("grpc.keepalive_permit_without_calls", 1),
-        ]
+        ],
     )
     register_thread_memory(ThreadMemoryService(repository, settings), server)
     preferences_service_pb2_grpc.add_PreferencesServiceServicer_to_server(

@@ -1,4 +1,4 @@
-"""Settings from the environment and .env: sections GRPC__, REDIS__, DATABASE__, MEMORY__, OUTBOX__, LIMITS__."""
+"""Settings from the environment and .env: one section per concern (GRPC__, REDIS__, DATABASE__, AUTH__, ...)."""
 
 from __future__ import annotations
 
@@ -113,6 +113,20 @@ class LimitSettings(BaseModel):
         return self
 
 
+class AuthSettings(BaseModel):
+    """Authentication (AUTH__). ``none`` trusts the request's workspace_id."""
+
+    mode: Literal["none", "api_key", "jwt"] = "none"
+
+
+class QuotaSettings(BaseModel):
+    """Quotas and admission (QUOTA__)."""
+
+
+class MetricsSettings(BaseModel):
+    """The Prometheus endpoint (METRICS__). Unset port means no endpoint."""
+
+
 class Settings(BaseSettings):
     """All settings. Build once in __main__ (or a test) and pass down."""
 
@@ -124,6 +138,9 @@ class Settings(BaseSettings):
     memory: MemorySettings = MemorySettings()
     outbox: OutboxSettings = OutboxSettings()
     limits: LimitSettings = LimitSettings()
+    auth: AuthSettings = AuthSettings()
+    quota: QuotaSettings = QuotaSettings()
+    metrics: MetricsSettings = MetricsSettings()
     log_level: str = "INFO"
 
     @model_validator(mode="after")

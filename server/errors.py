@@ -89,14 +89,42 @@ class UnavailableError(ChatmemError):
 
     def details(self) -> list[any_pb2.Any]:
         """Return a RetryInfo detail so that clients back off."""
-        delay = duration_pb2.Duration()
-        delay.FromMilliseconds(int(self.retry_after_s * 1000))
-        packed = any_pb2.Any()
-        packed.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-        return [packed]
+        return [_retry_info(self.retry_after_s)]
 
 
 class ResourceExhaustedError(ChatmemError):
     """A limit was hit (for example the in-flight cap)."""
 
     code = code_pb2.RESOURCE_EXHAUSTED
+
+
+def _retry_info(retry_after_s: float) -> any_pb2.Any:
+    delay = duration_pb2.Duration()
+    delay.FromMilliseconds(max(1, int(retry_after_s * 1000)))
+    packed = any_pb2.Any()
+    packed.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return packed
+
+
+class QuotaExceededError(ResourceExhaustedError):
+    """A quota or admission limit refused the request; carries RetryInfo so that clients back off."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def details(self) -> list[any_pb2.Any]:
+        """Return a RetryInfo detail with the time until the request could succeed."""
+        return [_retry_info(self.retry_after_s)]
+
+
+class UnauthenticatedError(ChatmemError):
+    """No credential, or one that is unknown, revoked, expired or malformed."""
+
+    code = code_pb2.UNAUTHENTICATED
+
+
+class PermissionDeniedError(ChatmemError):
+    """The credential is valid but does not allow this request (workspace or role)."""
+
+    code = code_pb2.PERMISSION_DENIED
