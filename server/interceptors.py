@@ -90,7 +90,7 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return found
 
 
-class Pipeline(grpc.aio.ServerInterceptor):
+class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no stubs for aio
     """Run the layers, outermost first, around every chatmem RPC.
 
     Args:
