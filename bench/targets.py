@@ -35,6 +35,8 @@ from bench.workload import (
 from chatmem.v1 import resources_pb2
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
+from server.storage.codec import encode_message
+from server.storage.models import Role, StoredMessage
 
 CALL_TIMEOUT_S = 30.0
 STREAM_TIMEOUT_S = 300.0
@@ -55,6 +57,7 @@ CREATE TABLE IF NOT EXISTS messages (
     name         text        NOT NULL DEFAULT '',
     metadata     jsonb       NOT NULL DEFAULT '{}',
     create_time  timestamptz NOT NULL,
+    encoded      bytea,
     PRIMARY KEY (workspace_id, thread_id, seq)
 )
 """
@@ -72,12 +75,38 @@ APPEND_SQL = (
 )
 # Messages generated inside PostgreSQL: seq 1..n alternating user (odd) and assistant (even), text number
 # seq mod n of the content pool (the same texts the API preloads use), so a 100,000-message thread loads
-# at PostgreSQL's own insert speed.
+# at PostgreSQL's own insert speed. The encoded column gets what chatmem's codec writes for the row (a
+# serialised chatmem.v1.Message): the fields that do not vary with seq are encoded here in Python (see
+# bulk_args), the seq's varint and the role in SQL; bulk_load checks a row against the codec.
+_VARINT_SQL = (
+    "CASE WHEN s < 128 THEN set_byte('\\x00'::bytea, 0, s::int) "
+    "WHEN s < 16384 THEN set_byte(set_byte('\\x0000'::bytea, 0, (s % 128 + 128)::int), 1, (s / 128)::int) "
+    "ELSE set_byte(set_byte(set_byte('\\x000000'::bytea, 0, (s % 128 + 128)::int), 1, "
+    "((s / 128) % 128 + 128)::int), 2, (s / 16384)::int) END"
+)
 BULK_SQL = (
-    "INSERT INTO messages (workspace_id, thread_id, seq, role, content, create_time) "
-    "SELECT $1, $2, s, 2 - (s % 2), ($3::text[])[1 + (s % $4)], now() "
+    "INSERT INTO messages (workspace_id, thread_id, seq, role, content, create_time, encoded) "
+    "SELECT $1, $2, s, 2 - (s % 2), ($3::text[])[1 + (s % $4)], timestamptz 'epoch' + $7 * interval '1 microsecond', "
+    f"$8::bytea || '\\x18'::bytea || {_VARINT_SQL} || '\\x20'::bytea || set_byte('\\x00'::bytea, 0, "
+    "(2 - (s % 2))::int) || ($9::bytea[])[1 + (s % $4)] || $10::bytea "
     "FROM generate_series($5::bigint, $6::bigint) AS s"
 )
+MAX_BULK_SEQ = 2**21 - 1  # the varint above has at most three bytes
+
+
+def bulk_args(workspace: str, thread: str, contents: Sequence[str], first: int, last: int) -> tuple[Any, ...]:
+    """The arguments of BULK_SQL for messages ``first``..``last`` of a thread, created now."""
+    if last > MAX_BULK_SEQ:
+        raise ValueError(f"bulk threads hold at most {MAX_BULK_SEQ} messages")
+    created_us = time.time_ns() // 1000 // 1_000_000 * 1_000_000  # whole seconds: a fixed-size timestamp
+    head = resources_pb2.Message(workspace_id=workspace, thread_id=thread).SerializeToString()
+    bodies = [resources_pb2.Message(content=c).SerializeToString() for c in contents]
+    stamp = resources_pb2.Message()
+    stamp.create_time.FromMicroseconds(created_us)
+    return (workspace, thread, list(contents), len(contents), first, last, created_us, head, bodies,
+            stamp.SerializeToString())  # fmt: skip
+
+
 BULK_BATCH = 50_000
 
 
@@ -143,6 +172,24 @@ class Target:
 # --- bulk load (hydration and stream threads) ---------------------------------------------------------
 
 
+async def check_encoded(url: str, workspace: str, thread: str) -> None:
+    """Raise unless the bulk rows' encoded column is what chatmem's codec writes for the same rows."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT seq, role, content, (extract(epoch FROM create_time) * 1000000)::bigint AS us, encoded "
+            "FROM messages WHERE workspace_id = $1 AND thread_id = $2 AND seq IN (1, 2, 127, 128, 16383, 16384)",
+            workspace,
+            thread,
+        )
+    finally:
+        await conn.close()
+    for r in rows:
+        expected = encode_message(workspace, thread, StoredMessage(r[0], Role(r[1]), r[2], "", {}, r[3]))
+        if r[4] != expected:
+            raise AssertionError(f"bulk row {thread}/{r[0]}: encoded column differs from chatmem's codec")
+
+
 async def bulk_load(url: str, wl: Workload, *, thread_rows: bool) -> dict[str, Any]:
     """Insert the bulk sets (hydration, stream) straight into PostgreSQL, two connections in parallel.
 
@@ -169,11 +216,12 @@ async def bulk_load(url: str, wl: Workload, *, thread_rows: bool) -> dict[str, A
         try:
             while not queue.empty():
                 thread, first, last = queue.get_nowait()
-                await conn.execute(BULK_SQL, wl.workspace, thread, contents, len(contents), first, last)
+                await conn.execute(BULK_SQL, *bulk_args(wl.workspace, thread, contents, first, last))
         finally:
             await conn.close()
 
     await asyncio.gather(*(loader() for _ in range(2)))
+    await check_encoded(url, wl.workspace, next(s for s in wl.sets.values() if s.bulk).ids()[0])
     total = sum(s.count * s.length for s in wl.sets.values() if s.bulk)
     if thread_rows:
         conn = await asyncpg.connect(url)
@@ -528,7 +576,7 @@ class LimitPostgres(Target):
                 await conn.execute(
                     "DELETE FROM messages WHERE workspace_id = $1 AND thread_id = $2", self.wl.workspace, thread
                 )
-                await conn.execute(BULK_SQL, self.wl.workspace, thread, self.contents, len(self.contents), 1, s.length)
+                await conn.execute(BULK_SQL, *bulk_args(self.wl.workspace, thread, self.contents, 1, s.length))
         done: dict[str, Any] = {"seconds": round(time.perf_counter() - started, 2)}
         if self.spec.get("bulk"):
             done.update(await bulk_load(self.read_url, self.wl, thread_rows=False))

@@ -13,7 +13,7 @@ from server.config import Settings
 from server.errors import NotFoundError
 from server.services import context_block, convert, pagination
 from server.services.handler import server_stream, unary
-from server.storage.codec import encode_messages, frame_item
+from server.storage.codec import frame_item
 from server.storage.models import (
     AppendCommand,
     NewMessage,
@@ -194,7 +194,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         items: list[bytes] = []
         size = 0
         async for page in self._repo.stream(key, request.after_seq, chunk):
-            for item in (frame_item(e) for e in encode_messages(key.workspace_id, key.thread_id, page)):
+            for item in map(frame_item, page):
                 if items and (len(items) >= chunk or size + len(item) > self._limits.stream_frame_bytes):
                     yield self._chunk(items)
                     items, size = [], 0

@@ -1,7 +1,8 @@
-"""The one owner of the protobuf encoding of messages as the cache stores them.
+"""The one owner of the protobuf encoding of messages as the cache and the store keep them.
 
 The cache keeps each message as a serialised ``chatmem.v1.Message``, so that a window read is an
-LRANGE plus framing into a response, with no per-message parse.
+LRANGE plus framing into a response, with no per-message parse. The store keeps the same bytes in
+each row's ``encoded`` column, so that streams and cache fills send them without encoding again.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from server.storage.models import NewMessage, Role, StoredMessage
 
 
 def encode_message(workspace_id: str, thread_id: str, message: StoredMessage) -> bytes:
-    """Serialise a stored message as a chatmem.v1.Message."""
+    """Serialise a stored message as a chatmem.v1.Message (the store's copy when it kept one)."""
+    if message.encoded is not None:
+        return message.encoded
     pb = resources_pb2.Message(
         workspace_id=workspace_id,
         thread_id=thread_id,

@@ -49,7 +49,10 @@ class NewMessage:
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """A message as stored: create_time_us is microseconds since the Unix epoch (UTC)."""
+    """A message as stored: create_time_us is microseconds since the Unix epoch (UTC).
+
+    ``encoded`` is the serialised chatmem.v1.Message the store keeps with the row, when it has one.
+    """
 
     seq: int
     role: Role
@@ -57,6 +60,15 @@ class StoredMessage:
     name: str
     metadata: dict[str, str]
     create_time_us: int
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPage:
+    """A keyset page of a thread's messages as serialised chatmem.v1.Message, and the last seq in it."""
+
+    items: list[bytes]
+    last_seq: int
 
 
 @dataclass(frozen=True, slots=True)

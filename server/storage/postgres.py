@@ -12,9 +12,11 @@ from typing import Any
 import asyncpg
 
 from server.storage import migrations
+from server.storage.codec import encode_message, encode_messages
 from server.storage.models import (
     AppendCommand,
     AppendResult,
+    EncodedPage,
     NewThreadOptions,
     PreferenceChange,
     PreferenceSet,
@@ -98,12 +100,35 @@ def _message(row: Any) -> StoredMessage:
         name=row["name"],
         metadata=json.loads(row["metadata"]) if row["metadata"] != "{}" else {},
         create_time_us=row["msg_us"],
+        encoded=row["encoded"],
     )
 
 
 _MSG_COLS = (
-    f"m.seq, m.role, m.content, m.name, m.metadata::text AS metadata, {_US.format(col='m.create_time')} AS msg_us"
+    f"m.seq, m.role, m.content, m.name, m.metadata::text AS metadata, {_US.format(col='m.create_time')} AS msg_us, "
+    "m.encoded"
 )
+_INSERT_MESSAGES = (
+    "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time, encoded) "
+    f"SELECT ws, th, seq, role, content, name, meta::jsonb, {_TS.format(arg='us')}, enc "
+    "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::smallint[], $5::text[], $6::text[], "
+    "$7::text[], $8::bigint[], $9::bytea[]) AS r(ws, th, seq, role, content, name, meta, us, enc)"
+)
+
+
+def _message_columns(rows: Sequence[tuple[ThreadKey, StoredMessage]]) -> list[list[Any]]:
+    """Return the arguments of _INSERT_MESSAGES, one array per column; the encoded column is encoded here."""
+    return [
+        [k.workspace_id for k, _ in rows],
+        [k.thread_id for k, _ in rows],
+        [m.seq for _, m in rows],
+        [int(m.role) for _, m in rows],
+        [m.content for _, m in rows],
+        [m.name for _, m in rows],
+        [json.dumps(m.metadata) for _, m in rows],
+        [m.create_time_us for _, m in rows],
+        [encode_message(k.workspace_id, k.thread_id, m) for k, m in rows],
+    ]
 
 
 class PostgresStore:
@@ -253,20 +278,7 @@ class PostgresStore:
             if repair and plan.touched:
                 await self._mark(conn, [Repair("a", k.workspace_id, k.thread_id) for k in plan.touched])
             if plan.message_rows:
-                await conn.execute(
-                    "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time) "
-                    f"SELECT ws, th, seq, role, content, name, meta::jsonb, {_TS.format(arg='us')} "
-                    "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::smallint[], $5::text[], $6::text[], "
-                    "$7::text[], $8::bigint[]) AS r(ws, th, seq, role, content, name, meta, us)",
-                    [k.workspace_id for k, _ in plan.message_rows],
-                    [k.thread_id for k, _ in plan.message_rows],
-                    [m.seq for _, m in plan.message_rows],
-                    [int(m.role) for _, m in plan.message_rows],
-                    [m.content for _, m in plan.message_rows],
-                    [m.name for _, m in plan.message_rows],
-                    [json.dumps(m.metadata) for _, m in plan.message_rows],
-                    [m.create_time_us for _, m in plan.message_rows],
-                )
+                await conn.execute(_INSERT_MESSAGES, *_message_columns(plan.message_rows))
             if plan.request_rows:
                 await conn.execute(
                     "INSERT INTO append_requests "
@@ -338,6 +350,26 @@ class PostgresStore:
             )
         )
         return [_message(r) for r in rows]
+
+    async def encoded_page(self, key: ThreadKey, start_seq: int, limit: int) -> EncodedPage:
+        """Return up to ``limit`` messages from ``start_seq`` (inclusive, ascending) as stored bytes."""
+        rows = await self._guard(
+            self._pool.fetch(
+                "SELECT seq, encoded FROM messages WHERE workspace_id = $1 AND thread_id = $2 AND seq >= $3 "
+                "ORDER BY seq LIMIT $4",
+                key.workspace_id,
+                key.thread_id,
+                start_seq,
+                limit,
+            )
+        )
+        if not rows:
+            return EncodedPage([], start_seq - 1)
+        items = [r[1] for r in rows]
+        if None in items:  # rows written before the encoded column existed
+            page = await self.list_messages(key, start_seq, False, limit)
+            return EncodedPage(encode_messages(key.workspace_id, key.thread_id, page), page[-1].seq if page else 0)
+        return EncodedPage(items, rows[-1][0])
 
     async def get_thread(self, key: ThreadKey) -> ThreadInfo | None:
         """Return a thread's metadata, or None."""
@@ -544,19 +576,8 @@ class PostgresStore:
             inserted = []
             if rows:
                 inserted = await conn.fetch(
-                    "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time) "
-                    f"SELECT ws, th, seq, role, content, name, meta::jsonb, {_TS.format(arg='us')} "
-                    "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::smallint[], $5::text[], $6::text[], "
-                    "$7::text[], $8::bigint[]) AS r(ws, th, seq, role, content, name, meta, us) "
-                    "ON CONFLICT DO NOTHING RETURNING workspace_id, thread_id, seq",
-                    [k.workspace_id for k, _ in rows],
-                    [k.thread_id for k, _ in rows],
-                    [m.seq for _, m in rows],
-                    [int(m.role) for _, m in rows],
-                    [m.content for _, m in rows],
-                    [m.name for _, m in rows],
-                    [json.dumps(m.metadata) for _, m in rows],
-                    [m.create_time_us for _, m in rows],
+                    _INSERT_MESSAGES + " ON CONFLICT DO NOTHING RETURNING workspace_id, thread_id, seq",
+                    *_message_columns(rows),
                 )
             requests = [e for e in live if e.request_id]
             if requests:

@@ -8,6 +8,7 @@ from typing import Protocol
 from server.storage.models import (
     AppendCommand,
     AppendResult,
+    EncodedPage,
     NewThreadOptions,
     PreferenceChange,
     PreferenceSet,
@@ -80,6 +81,10 @@ class Store(Protocol):
 
     async def list_messages(self, key: ThreadKey, start_seq: int, reverse: bool, limit: int) -> list[StoredMessage]:
         """Return up to ``limit`` messages from ``start_seq`` (inclusive) in the given direction."""
+        ...
+
+    async def encoded_page(self, key: ThreadKey, start_seq: int, limit: int) -> EncodedPage:
+        """Return up to ``limit`` messages from ``start_seq`` (inclusive, ascending) as serialised Messages."""
         ...
 
     async def get_thread(self, key: ThreadKey) -> ThreadInfo | None:

@@ -43,7 +43,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from server.errors import AbortedError, NotFoundError, UnavailableError
 from server.storage.codec import encode_messages, encode_unsequenced, frame_repeated
@@ -53,6 +53,7 @@ from server.storage.models import (
     AppendCommand,
     AppendResult,
     Durability,
+    EncodedPage,
     PreferenceChange,
     PreferenceValue,
     QueuedRequest,
@@ -71,6 +72,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _FLUSH_POLL_S = 0.01
+
+
+def _consume_quietly(task: asyncio.Future[Any]) -> None:
+    # A prefetch the caller no longer wants: retrieve its outcome so that it is never logged as lost.
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,18 +497,31 @@ class Repository:
         await self._await_flushed(key)
         return await self._on_store(self._store.list_messages(key, start_seq, reverse, limit))
 
-    async def stream(self, key: ThreadKey, after_seq: int, chunk: int) -> AsyncIterator[list[StoredMessage]]:
-        """Yield the history after ``after_seq`` in keyset chunks; memory stays one chunk."""
+    async def stream(self, key: ThreadKey, after_seq: int, chunk: int) -> AsyncIterator[list[bytes]]:
+        """Yield the history after ``after_seq`` as serialised Messages, in keyset pages of ``chunk``.
+
+        The next page loads while the caller sends this one, so the store's latency overlaps the
+        network's; memory stays two pages.
+        """
         await self._await_flushed(key)
-        next_seq = after_seq + 1
-        while True:
-            page = await self._on_store(self._store.list_messages(key, next_seq, False, chunk))
-            if not page:
-                return
-            yield page
-            if len(page) < chunk:
-                return
-            next_seq = page[-1].seq + 1
+
+        def load(start: int) -> asyncio.Future[EncodedPage]:
+            return asyncio.ensure_future(self._on_store(self._store.encoded_page(key, start, chunk)))
+
+        pending = load(after_seq + 1)
+        try:
+            while True:
+                page = await pending
+                if len(page.items) < chunk:
+                    if page.items:
+                        yield page.items
+                    return
+                pending = load(page.last_seq + 1)
+                yield page.items
+        finally:
+            if not pending.done():
+                pending.cancel()
+                pending.add_done_callback(_consume_quietly)
 
     async def get_thread(self, key: ThreadKey) -> ThreadInfo:
         """Return a thread's metadata or raise NotFoundError."""

@@ -17,9 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from server.storage import migrations
+from server.storage.codec import encode_message, encode_messages
 from server.storage.models import (
     AppendCommand,
     AppendResult,
+    EncodedPage,
     NewThreadOptions,
     PreferenceChange,
     PreferenceSet,
@@ -44,7 +46,11 @@ _THREAD_COLS = (
     "workspace_id, thread_id, user_id, title, ttl_seconds, pinned, message_count, last_seq, "
     "incarnation, create_time, update_time"
 )
-_MSG_COLS = "seq, role, content, name, metadata, create_time"
+_MSG_COLS = "seq, role, content, name, metadata, create_time, encoded"
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time, encoded) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def _thread(row: Sequence[Any]) -> ThreadInfo:
@@ -52,7 +58,24 @@ def _thread(row: Sequence[Any]) -> ThreadInfo:
 
 
 def _message(row: Sequence[Any]) -> StoredMessage:
-    return StoredMessage(row[0], Role(row[1]), row[2], row[3], json.loads(row[4]) if row[4] != "{}" else {}, row[5])
+    return StoredMessage(
+        row[0], Role(row[1]), row[2], row[3], json.loads(row[4]) if row[4] != "{}" else {}, row[5], row[6]
+    )
+
+
+def _message_row(key: ThreadKey, m: StoredMessage) -> tuple[Any, ...]:
+    """Return the arguments of _INSERT_MESSAGE; the encoded column is encoded here, once."""
+    return (
+        key.workspace_id,
+        key.thread_id,
+        m.seq,
+        int(m.role),
+        m.content,
+        m.name,
+        json.dumps(m.metadata),
+        m.create_time_us,
+        encode_message(key.workspace_id, key.thread_id, m),
+    )
 
 
 def _now_us() -> int:
@@ -267,11 +290,7 @@ class SqliteStore:
             added = [
                 m.seq
                 for m in e.messages
-                if db.execute(
-                    "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (*where, m.seq, int(m.role), m.content, m.name, json.dumps(m.metadata), m.create_time_us),
-                ).rowcount
+                if db.execute(_INSERT_MESSAGE + " ON CONFLICT DO NOTHING", _message_row(e.key, m)).rowcount
             ]
             if e.request_id:
                 db.execute(
@@ -333,23 +352,7 @@ class SqliteStore:
         plan = plan_appends(commands, threads, replays, now_us, gaps)
         if repair:
             self._mark(db, [Repair("a", k.workspace_id, k.thread_id) for k in plan.touched])
-        db.executemany(
-            "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    k.workspace_id,
-                    k.thread_id,
-                    m.seq,
-                    int(m.role),
-                    m.content,
-                    m.name,
-                    json.dumps(m.metadata),
-                    m.create_time_us,
-                )
-                for k, m in plan.message_rows
-            ],
-        )
+        db.executemany(_INSERT_MESSAGE, [_message_row(k, m) for k, m in plan.message_rows])
         db.executemany(
             "INSERT INTO append_requests VALUES (?, ?, ?, ?, ?, ?)",
             [
@@ -403,6 +406,25 @@ class SqliteStore:
                 (key.workspace_id, key.thread_id, start, limit),
             )
             return [_message(r) for r in rows]
+
+        return await self._call(run)
+
+    async def encoded_page(self, key: ThreadKey, start_seq: int, limit: int) -> EncodedPage:
+        """Return up to ``limit`` messages from ``start_seq`` (inclusive, ascending) as stored bytes."""
+
+        def run() -> EncodedPage:
+            rows = (
+                self._db()
+                .execute(
+                    f"SELECT {_MSG_COLS} FROM messages WHERE workspace_id = ? AND thread_id = ? AND seq >= ? "
+                    "ORDER BY seq LIMIT ?",
+                    (key.workspace_id, key.thread_id, start_seq, limit),
+                )
+                .fetchall()
+            )
+            # Rows written before the encoded column existed are encoded here.
+            items = encode_messages(key.workspace_id, key.thread_id, [_message(r) for r in rows])
+            return EncodedPage(items, rows[-1][0] if rows else start_seq - 1)
 
         return await self._call(run)
 

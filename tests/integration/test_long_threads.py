@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pathlib
+import sqlite3
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
 from chatmem.v1 import resources_pb2 as r
@@ -50,3 +52,52 @@ async def test_stream_of_20000_messages_is_complete_ordered_and_resumable(store_
     assert tail == list(range(12_346, TOTAL + 1))
     window = await h.threads.GetHistory(pb.GetHistoryRequest(workspace_id=h.ws, thread_id="long"))
     assert [m.seq for m in window.messages] == list(range(TOTAL - 49, TOTAL + 1))
+
+
+async def _forget_encodings(h: Harness, thread_id: str, first: int, last: int) -> int:
+    """Clear the stored encoded column of some rows (as rows written before migration 0005 have it); count them."""
+    db = h.app.settings.database
+    where = "workspace_id = {} AND thread_id = {} AND seq BETWEEN {} AND {} AND encoded IS NOT NULL"
+    if db.url:
+        conn = await asyncpg.connect(db.url)
+        try:
+            status = await conn.execute(
+                "UPDATE messages SET encoded = NULL WHERE " + where.format("$1", "$2", "$3", "$4"),
+                h.ws,
+                thread_id,
+                first,
+                last,
+            )
+        finally:
+            await conn.close()
+        return int(status.split()[-1])
+    with sqlite3.connect(db.sqlite_path) as lite:
+        sql = "UPDATE messages SET encoded = NULL WHERE " + where.format("?", "?", "?", "?")
+        return lite.execute(sql, (h.ws, thread_id, first, last)).rowcount
+
+
+async def test_rows_without_stored_encoding_read_the_same(store_api: Harness) -> None:
+    h = store_api
+    for start in range(0, 300, BATCH):
+        await h.threads.AppendMessages(
+            pb.AppendMessagesRequest(
+                workspace_id=h.ws,
+                thread_id="old",
+                messages=[
+                    r.MessageInput(role=r.ROLE_USER, content=f"m{i}", name="n", metadata={"k": str(i)})
+                    for i in range(start, start + BATCH)
+                ],
+            )
+        )
+    await h.drained()
+    stream = pb.StreamHistoryRequest(workspace_id=h.ws, thread_id="old", chunk_size=64)
+    window = pb.GetHistoryRequest(workspace_id=h.ws, thread_id="old", limit=200)  # beyond the cache window
+    before = [m async for c in h.threads.StreamHistory(stream) for m in c.messages]
+    recent = (await h.threads.GetHistory(window)).messages
+    assert await _forget_encodings(h, "old", 50, 280) == 231
+    after = [m async for c in h.threads.StreamHistory(stream) for m in c.messages]
+    assert after == before and len(after) == 300
+    assert [(m.seq, m.content, m.name, m.metadata["k"]) for m in after] == [
+        (i + 1, f"m{i}", "n", str(i)) for i in range(300)
+    ]
+    assert (await h.threads.GetHistory(window)).messages == recent
