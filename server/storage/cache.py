@@ -22,6 +22,7 @@ from server.storage.models import (
     Seed,
     ThreadInfo,
     ThreadKey,
+    WindowRead,
 )
 from server.storage.protocols import CacheUnavailableError
 from server.storage.scripts import Script
@@ -60,6 +61,7 @@ class RedisCache:
         self._prefs_ttl_s = prefs_ttl_s
         self._tombstone_ttl_s = tombstone_ttl_s
         self._read_window = Script(scripts.READ_WINDOW)
+        self._read_window_or_pending = Script(scripts.READ_WINDOW_OR_PENDING)
         self._fill_window = Script(scripts.FILL_WINDOW)
         self._push_window = Script(scripts.PUSH_WINDOW)
         self._drop_thread = Script(scripts.DROP_THREAD)
@@ -114,6 +116,15 @@ class RedisCache:
         k = self._keys.thread(key.workspace_id, key.thread_id)
         items = await self._run(self._read_window, (k.msgs, k.meta), (limit,))
         return list(items) if items else None
+
+    async def read_window_or_pending(self, key: ThreadKey, limit: int) -> WindowRead:
+        """Read the window as read_window does; on a miss, also return the thread's unflushed state."""
+        k = self._keys.thread(key.workspace_id, key.thread_id)
+        found = await self._run(self._read_window_or_pending, (k.msgs, k.meta, k.pending), (limit, k.field))
+        if found and isinstance(found[0], bytes):
+            return WindowRead(list(found))
+        newest, flushed = int(found[0]), int(found[1])
+        return WindowRead(None, (newest, flushed) if newest else None)
 
     async def fill_window(self, thread: ThreadInfo, encoded: Sequence[bytes]) -> bool:
         """Replace the window with a store read unless fenced; True if it landed."""

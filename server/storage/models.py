@@ -139,6 +139,25 @@ class ThreadTail:
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedTail:
+    """The newest messages of a thread (oldest first) as serialised chatmem.v1.Message, with the thread."""
+
+    thread: ThreadInfo
+    items: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRead:
+    """A write_behind window read: the items on a hit; on a miss, what the thread has queued but not flushed.
+
+    ``pending`` is (newest queued seq, flushed mark), or None when nothing is waiting for the flusher.
+    """
+
+    items: list[bytes] | None
+    pending: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ThreadPatch:
     """The fields UpdateThread changes; None leaves a field alone. ttl_seconds 0 restores the default."""
 

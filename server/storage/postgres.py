@@ -17,6 +17,7 @@ from server.storage.models import (
     AppendCommand,
     AppendResult,
     EncodedPage,
+    EncodedTail,
     NewThreadOptions,
     PreferenceChange,
     PreferenceSet,
@@ -331,6 +332,29 @@ class PostgresStore:
         if not rows:
             return None
         return ThreadTail(_thread(rows[0]), [_message(r) for r in rows if r["seq"] is not None])
+
+    async def encoded_tail(self, key: ThreadKey, limit: int) -> EncodedTail | None:
+        """Return the newest messages as stored bytes and the thread, read in one statement (one snapshot)."""
+        rows = await self._guard(
+            self._pool.fetch(
+                f"SELECT {_THREAD_COLS}, m.seq, m.encoded FROM threads t LEFT JOIN LATERAL ("
+                " SELECT seq, encoded FROM messages WHERE workspace_id = t.workspace_id AND thread_id = t.thread_id"
+                " ORDER BY seq DESC LIMIT $3) m ON true "
+                "WHERE t.workspace_id = $1 AND t.thread_id = $2 ORDER BY m.seq",
+                key.workspace_id,
+                key.thread_id,
+                limit,
+            )
+        )
+        if not rows:
+            return None
+        items = [r["encoded"] for r in rows if r["seq"] is not None]
+        if None in items:  # rows written before the encoded column existed
+            tail = await self.tail(key, limit)
+            if tail is None:
+                return None
+            return EncodedTail(tail.thread, encode_messages(key.workspace_id, key.thread_id, tail.messages))
+        return EncodedTail(_thread(rows[0]), items)
 
     async def list_messages(self, key: ThreadKey, start_seq: int, reverse: bool, limit: int) -> list[StoredMessage]:
         """Keyset page of messages from start_seq (inclusive)."""

@@ -9,6 +9,7 @@ from server.storage.models import (
     AppendCommand,
     AppendResult,
     EncodedPage,
+    EncodedTail,
     NewThreadOptions,
     PreferenceChange,
     PreferenceSet,
@@ -23,6 +24,7 @@ from server.storage.models import (
     ThreadKey,
     ThreadPatch,
     ThreadTail,
+    WindowRead,
 )
 
 
@@ -77,6 +79,10 @@ class Store(Protocol):
 
     async def tail(self, key: ThreadKey, limit: int) -> ThreadTail | None:
         """Return the newest ``limit`` messages, oldest first, or None for an unknown thread."""
+        ...
+
+    async def encoded_tail(self, key: ThreadKey, limit: int) -> EncodedTail | None:
+        """Return the newest ``limit`` messages as serialised Messages, oldest first, or None for an unknown thread."""
         ...
 
     async def list_messages(self, key: ThreadKey, start_seq: int, reverse: bool, limit: int) -> list[StoredMessage]:
@@ -137,6 +143,10 @@ class Cache(Protocol):
 
     async def read_window(self, key: ThreadKey, limit: int) -> list[bytes] | None:
         """Return the newest ``limit`` encoded messages if the window is valid, else None (a miss)."""
+        ...
+
+    async def read_window_or_pending(self, key: ThreadKey, limit: int) -> WindowRead:
+        """Read the window as read_window does; on a miss, also return the thread's unflushed state."""
         ...
 
     async def fill_window(self, thread: ThreadInfo, encoded: Sequence[bytes]) -> bool:

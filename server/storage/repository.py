@@ -54,6 +54,7 @@ from server.storage.models import (
     AppendResult,
     Durability,
     EncodedPage,
+    EncodedTail,
     PreferenceChange,
     PreferenceValue,
     QueuedRequest,
@@ -63,7 +64,6 @@ from server.storage.models import (
     ThreadInfo,
     ThreadKey,
     ThreadPatch,
-    ThreadTail,
     Tier,
 )
 from server.storage.protocols import Cache, CacheUnavailableError, Store, StoreUnavailableError
@@ -72,6 +72,16 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _FLUSH_POLL_S = 0.01
+
+
+_BACKGROUND_GRACE_S = 2.0
+
+
+class _Unknown:
+    """The type of _UNKNOWN: no cache call has told yet what a thread has queued."""
+
+
+_UNKNOWN = _Unknown()
 
 
 def _consume_quietly(task: asyncio.Future[Any]) -> None:
@@ -170,7 +180,8 @@ class Repository:
         self._committer: GroupCommitter[AppendCommand, tuple[AppendResult, bool]] = GroupCommitter(
             self._commit_group, policy.max_group
         )
-        self._hydrations: dict[ThreadKey, asyncio.Future[tuple[ThreadTail, list[bytes]] | None]] = {}
+        self._hydrations: dict[ThreadKey, asyncio.Future[EncodedTail | None]] = {}
+        self._background: set[asyncio.Future[object]] = set()
         self._bypassing = 0
         self._bypass_idle = asyncio.Event()
         self._bypass_idle.set()
@@ -186,8 +197,10 @@ class Repository:
         return self._policy.write_behind and self._cache is not None
 
     async def close(self) -> None:
-        """Finish the group commit in flight and stop probing Redis."""
+        """Finish the group commit in flight and the cache fills under way, and stop probing Redis."""
         await self._committer.close()
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=_BACKGROUND_GRACE_S)
         if self.breaker is not None:
             await self.breaker.close()
 
@@ -256,16 +269,20 @@ class Repository:
         else:
             await cache.reconcile_thread(key, seed)
 
-    async def _await_flushed(self, key: ThreadKey) -> None:
+    async def _await_flushed(self, key: ThreadKey, known: tuple[int, int] | _Unknown | None = _UNKNOWN) -> None:
         """In write_behind, wait (within the RPC's deadline) for what was queued when the read began.
 
         Later appends do not extend the wait, so a thread that is written all the time can still be read.
+        ``known`` is the thread's state as a read that just missed found it, which saves asking again.
         """
         if not self.write_behind:
             return
         target = None
         while True:
-            used, state = await self._on_cache(lambda c: c.pending_seq(key))
+            if isinstance(known, _Unknown):
+                used, state = await self._on_cache(lambda c: c.pending_seq(key))
+            else:
+                used, state, known = True, known, _UNKNOWN
             if not used or state is None:
                 return
             newest, flushed = state
@@ -445,20 +462,28 @@ class Repository:
     async def history(self, key: ThreadKey, limit: int) -> Window:
         """Return the newest ``limit`` messages, from the cache when its window is valid."""
         used = False
+        known: tuple[int, int] | _Unknown | None = _UNKNOWN
         if limit <= self._policy.window:
-            used, items = await self._on_cache(lambda c: c.read_window(key, limit))
+            if self.write_behind:
+                # One round trip answers a hit, or tells a miss what is still queued for this thread.
+                used, read = await self._on_cache(lambda c: c.read_window_or_pending(key, limit))
+                items = None if read is None else read.items
+                if read is not None and items is None:
+                    known = read.pending
+            else:
+                used, items = await self._on_cache(lambda c: c.read_window(key, limit))
             if items is not None:
                 return Window(b"".join(items), Served(Tier.CACHE, self._degraded()))
-        await self._await_flushed(key)
+        await self._await_flushed(key, known)
         skipped = self._cache is not None and not used
         loaded = await self._hydrate(key, max(limit, self._policy.window), fill=not skipped)
         served = Served(Tier.STORE, self._degraded(skipped))
         if loaded is None:
             return Window(b"", served)
-        encoded = loaded[1][-limit:] if limit else []
+        encoded = loaded.items[-limit:] if limit else []
         return Window(frame_repeated(1, encoded), served)
 
-    async def _hydrate(self, key: ThreadKey, limit: int, *, fill: bool) -> tuple[ThreadTail, list[bytes]] | None:
+    async def _hydrate(self, key: ThreadKey, limit: int, *, fill: bool) -> EncodedTail | None:
         # Single flight: concurrent misses of one thread share one store read and one fill.
         shared = limit == self._policy.window
         pending = self._hydrations.get(key) if shared else None
@@ -481,16 +506,26 @@ class Repository:
             load.add_done_callback(forget)
         return await load
 
-    async def _load(self, key: ThreadKey, limit: int, fill: bool) -> tuple[ThreadTail, list[bytes]] | None:
-        tail = await self._on_store(self._store.tail(key, limit))
+    async def _load(self, key: ThreadKey, limit: int, fill: bool) -> EncodedTail | None:
+        tail = await self._on_store(self._store.encoded_tail(key, limit))
         if tail is None:
             return None
-        # Encoded once: the same bytes fill the cache and answer the read.
-        encoded = encode_messages(key.workspace_id, key.thread_id, tail.messages)
-        if fill and encoded:
-            window = encoded[-self._policy.window :]
-            await self._on_cache(lambda c: c.fill_window(tail.thread, window))
-        return tail, encoded
+        if fill and tail.items:
+            # The read answers without waiting for the fill: the fill script is fenced (a newer write or
+            # a delete refuses it), so landing late is safe, and a read before it lands hydrates again.
+            window = tail.items[-self._policy.window :]
+            self._in_background(self._on_cache(lambda c: c.fill_window(tail.thread, window)))
+        return tail
+
+    def _in_background(self, work: Awaitable[object]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Future[object]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a background cache fill failed", exc_info=task.exception())
 
     async def list_messages(self, key: ThreadKey, start_seq: int, reverse: bool, limit: int) -> list[StoredMessage]:
         """Return a keyset page of the full history (from the store, after queued messages are flushed)."""

@@ -61,6 +61,26 @@ return items
 """
 )
 
+# KEYS: msgs, meta, pending. ARGV: limit, pending field. READ_WINDOW, and on a miss what the thread has
+# queued but not flushed (as PENDING_SEQ), so that a write_behind miss costs one round trip, not two. A
+# hit returns the items (strings); a miss returns integers: {newest queued, flushed}, or {0, 0}.
+READ_WINDOW_OR_PENDING = (
+    _KEEP
+    + """
+local m = redis.call('HMGET', KEYS[2], 'last', 'ttl', 'del', 'flushed')
+if m[1] and not m[3] then
+  local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+  if #items > 0 and (#items >= tonumber(ARGV[1]) or tonumber(m[1]) <= #items) then
+    keep(tonumber(m[2]) or 0, KEYS[1], KEYS[2])
+    return items
+  end
+end
+local p = redis.call('HGET', KEYS[3], ARGV[2])
+if not p or string.sub(p, -2) == ':f' then return {0, 0} end
+return {tonumber(string.match(p, '^(%d+):')), tonumber(m[4]) or 0}
+"""
+)
+
 # KEYS: msgs, meta. ARGV: inc, last_seq, ttl, maxlen, encoded...
 FILL_WINDOW = (
     _KEEP

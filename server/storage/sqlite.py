@@ -22,6 +22,7 @@ from server.storage.models import (
     AppendCommand,
     AppendResult,
     EncodedPage,
+    EncodedTail,
     NewThreadOptions,
     PreferenceChange,
     PreferenceSet,
@@ -392,6 +393,13 @@ class SqliteStore:
             return ThreadTail(_thread(row), [_message(r) for r in reversed(rows)])
 
         return await self._call(run)
+
+    async def encoded_tail(self, key: ThreadKey, limit: int) -> EncodedTail | None:
+        """Return the newest messages as stored bytes (encoding rows that have none) and the thread."""
+        tail = await self.tail(key, limit)
+        if tail is None:
+            return None
+        return EncodedTail(tail.thread, encode_messages(key.workspace_id, key.thread_id, tail.messages))
 
     async def list_messages(self, key: ThreadKey, start_seq: int, reverse: bool, limit: int) -> list[StoredMessage]:
         """Keyset page of messages from start_seq (inclusive)."""

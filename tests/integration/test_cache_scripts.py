@@ -12,7 +12,16 @@ import redis.asyncio as aioredis
 from server.storage.cache import RedisCache
 from server.storage.codec import frame_item
 from server.storage.keys import KeySpace
-from server.storage.models import PreferenceChange, PreferenceSet, PreferenceValue, ThreadInfo, ThreadKey
+from server.storage.models import (
+    PreferenceChange,
+    PreferenceSet,
+    PreferenceValue,
+    QueuedRequest,
+    Seed,
+    ThreadInfo,
+    ThreadKey,
+    WindowRead,
+)
 from tests.procs import RedisProcess
 
 pytestmark = pytest.mark.integration
@@ -113,3 +122,17 @@ async def test_a_push_larger_than_lua_can_unpack_still_extends_the_window(cache:
     t = thread(9000)
     assert await cache.push_window(t, 1, enc(*range(1, 9001))) is True
     assert await cache.read_window(ThreadKey(t.workspace_id, t.thread_id), 5) == framed(8996, 8997, 8998, 8999, 9000)
+
+
+async def test_a_write_behind_miss_reports_what_is_queued_in_the_same_round_trip(cache: RedisCache) -> None:
+    key = ThreadKey(f"ws-{uuid.uuid4().hex[:8]}", "t")
+    assert await cache.read_window_or_pending(key, 5) == WindowRead(None, None)  # unknown: nothing queued
+    request = QueuedRequest(key, (b"a", b"b", b"c"), "", None, 3600, "{}", 3600, 1000, Seed(False, 0, 0, 7))
+    reply = await cache.append_queued(request)
+    assert (reply.kind, reply.first, reply.count) == ("ok", 1, 3)
+    hit = await cache.read_window_or_pending(key, 2)
+    assert hit.items is not None and len(hit.items) == 2 and hit.pending is None
+    # The window's key is lost (an eviction); the three queued messages are not flushed yet.
+    await cache._client.delete(KeySpace().thread(key.workspace_id, key.thread_id).msgs)
+    assert await cache.read_window_or_pending(key, 2) == WindowRead(None, (3, 0))
+    assert await cache.pending_seq(key) == (3, 0)  # the same answer as the separate script's

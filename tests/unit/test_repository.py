@@ -21,6 +21,7 @@ from server.storage.models import (
     ThreadInfo,
     ThreadKey,
     Tier,
+    WindowRead,
 )
 from server.storage.protocols import CacheUnavailableError
 from server.storage.repository import Policy, Repository
@@ -47,6 +48,10 @@ class DownCache:
     async def read_window(self, key: ThreadKey, limit: int) -> list[bytes] | None:
         await self._down()
         return None
+
+    async def read_window_or_pending(self, key: ThreadKey, limit: int) -> WindowRead:
+        await self._down()
+        return WindowRead(None)
 
     async def fill_window(self, thread: ThreadInfo, encoded: Sequence[bytes]) -> bool:
         await self._down()
