@@ -32,6 +32,7 @@ from server.storage.outbox import Flusher
 from server.storage.postgres import PostgresStore
 from server.storage.protocols import Cache, Store
 from server.storage.repository import Policy, Repository
+from server.storage.resp import PipelinedRedis
 from server.storage.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,20 @@ def open_redis(settings: Settings) -> Any:
 
 
 def open_cache(settings: Settings, client: Any) -> RedisCache:
-    """Build the Redis cache over a client."""
+    """Build the Redis cache over a client (its scripts auto-pipelined unless REDIS__AUTOPIPELINE is off)."""
+    r = settings.redis
+    scripts_client = None
+    if r.autopipeline and not r.cluster:
+        scripts_client = PipelinedRedis.like(
+            client, timeout_s=r.socket_timeout_s, connect_timeout_s=r.connect_timeout_s
+        )
     return RedisCache(
         client,
-        KeySpace(settings.redis.key_prefix),
+        KeySpace(r.key_prefix),
         window=settings.memory.max_thread_messages,
         thread_ttl_s=int(settings.memory.thread_ttl_hours * 3600),
         prefs_ttl_s=int(settings.memory.user_ttl_days * 86400),
+        scripts_client=scripts_client,
     )
 
 

@@ -38,6 +38,9 @@ class RedisSettings(BaseModel):
     connect_timeout_s: float = Field(default=0.5, gt=0)
     max_connections: int = Field(default=64, ge=1)
     probe_interval_s: float = Field(default=1.0, gt=0, description="how often a bypassed Redis is probed")
+    autopipeline: bool = Field(
+        default=True, description="cache scripts of concurrent requests share one connection and one write per tick"
+    )
 
     @property
     def enabled(self) -> bool:

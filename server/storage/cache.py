@@ -42,6 +42,7 @@ class RedisCache:
         thread_ttl_s: default sliding TTL of a window.
         prefs_ttl_s: TTL of a preferences hash.
         tombstone_ttl_s: how long a deleted thread's tombstone fences out late writes.
+        scripts_client: the client that runs the Lua scripts (default: ``client``), e.g. a PipelinedRedis.
     """
 
     def __init__(
@@ -53,8 +54,11 @@ class RedisCache:
         thread_ttl_s: int,
         prefs_ttl_s: int,
         tombstone_ttl_s: int = 120,
+        scripts_client: Any = None,
     ) -> None:
         self._client = client
+        # The scripts (every request's one command) may go through a lean pipelined connection.
+        self._scripts_client = scripts_client if scripts_client is not None else client
         self._keys = keys
         self._window = window
         self._thread_ttl_s = thread_ttl_s
@@ -86,7 +90,7 @@ class RedisCache:
 
     async def _run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
-            return await script(self._client, keys, args)
+            return await script(self._scripts_client, keys, args)
         except ResponseError as exc:
             log.error("redis rejected a cache script: %s", exc)
             raise CacheUnavailableError(str(exc)) from exc
@@ -94,7 +98,9 @@ class RedisCache:
             raise CacheUnavailableError(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
-        """Close the client and its pool."""
+        """Close the clients and the pool."""
+        if self._scripts_client is not self._client:
+            await self._scripts_client.aclose()
         await self._client.aclose()
 
     async def ping(self) -> None:
