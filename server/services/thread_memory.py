@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf.message import Message
 
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
 from server.config import Settings
 from server.errors import NotFoundError
-from server.services import context_block, convert, pagination
+from server.services import context_block, convert, pagination, registry
 from server.services.handler import server_stream, unary
 from server.storage.codec import encode_messages, frame_item
 from server.storage.models import (
@@ -39,30 +38,11 @@ _SERVING_FIELD = {
 }
 
 
-def _bytes_or_message(response: bytes | Message) -> bytes:
-    # Handlers may return pre-serialised bytes; an error path may still produce a message.
-    return response if isinstance(response, bytes) else response.SerializeToString()
-
-
 def register(servicer: ThreadMemoryService, server: grpc.aio.Server) -> None:
-    """Add the service to a server, with GetHistory's and StreamHistory's responses passed through as bytes.
-
-    The handlers come from the service descriptor (so they follow the protos), like the generated
-    ``add_ThreadMemoryServiceServicer_to_server``, which has no way to skip re-serialising.
-    """
-    service = pb.DESCRIPTOR.services_by_name["ThreadMemoryService"]
-    handlers = {}
-    for method in service.methods:
-        request_type = getattr(pb, method.input_type.name)
-        response_type = getattr(pb, method.output_type.name)
-        serialize = _bytes_or_message if method.name in _BYTES_METHODS else response_type.SerializeToString
-        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
-        handlers[method.name] = make(
-            getattr(servicer, method.name),
-            request_deserializer=request_type.FromString,
-            response_serializer=serialize,
-        )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    """Add the service to a server, with GetHistory's and StreamHistory's responses passed through as bytes."""
+    registry.register(
+        server, servicer, pb.DESCRIPTOR.services_by_name["ThreadMemoryService"], bytes_methods=_BYTES_METHODS
+    )
 
 
 class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
