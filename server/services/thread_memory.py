@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf import duration_pb2
 
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
@@ -27,6 +28,7 @@ from server.storage.repository import Repository, Served
 from server.validation import Checker
 
 _MAX_TTL_S = 366 * 24 * 3600
+_MAX_NANOS = 999_999_999
 # Methods whose handlers return pre-serialised bytes.
 _BYTES_METHODS = {"GetHistory", "StreamHistory"}
 # The serving field (field 2 of GetHistoryResponse and of StreamHistoryResponse) for every
@@ -63,10 +65,14 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
     def _thread_key(self, check: Checker, workspace_id: str, thread_id: str) -> ThreadKey:
         return ThreadKey(check.workspace(workspace_id), check.ident("thread_id", thread_id))
 
-    def _ttl(self, check: Checker, field: str, seconds: int, *, allow_zero: bool) -> int:
+    def _ttl(self, check: Checker, field: str, ttl: duration_pb2.Duration, *, allow_zero: bool) -> int:
+        seconds = ttl.seconds
         if seconds < 0 or seconds > _MAX_TTL_S or (seconds == 0 and not allow_zero):
             low = 0 if allow_zero else 1
             check.fail(field, f"must be between {low}s and {_MAX_TTL_S}s")
+        elif not 0 <= ttl.nanos <= _MAX_NANOS:
+            # Whole seconds are kept; nanos outside this range make the Duration itself malformed.
+            check.fail(field, f"must be a valid duration (nanos between 0 and {_MAX_NANOS})")
         return seconds
 
     @unary
@@ -79,7 +85,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         check.ident("request_id", request.request_id, required=False)
         check.ident("user_id", request.user_id, required=False)
         check.text("title", request.title, 1024)
-        ttl_s = self._ttl(check, "ttl", request.ttl.seconds, allow_zero=False) if request.HasField("ttl") else None
+        ttl_s = self._ttl(check, "ttl", request.ttl, allow_zero=False) if request.HasField("ttl") else None
         if request.HasField("expected_last_seq"):
             check.seq("expected_last_seq", request.expected_last_seq)
         n = len(request.messages)
@@ -273,7 +279,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         check.ident("request_id", request.request_id, required=False)
         if request.HasField("title"):
             check.text("title", request.title, 1024)
-        ttl = self._ttl(check, "ttl", request.ttl.seconds, allow_zero=True) if request.HasField("ttl") else None
+        ttl = self._ttl(check, "ttl", request.ttl, allow_zero=True) if request.HasField("ttl") else None
         check.done()
         patch = ThreadPatch(
             title=request.title if request.HasField("title") else None,
