@@ -26,7 +26,7 @@ import asyncpg
 import grpc
 import pytest
 import redis
-from google.protobuf import message_factory
+from google.protobuf import duration_pb2, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
@@ -40,6 +40,7 @@ from chatmem.v1 import thread_memory_service_pb2 as pb
 from server.storage.keys import BUCKETS, KeySpace
 from tests.fuzz_strategies import (
     ID_FIELDS,
+    MAX_TTL_S,
     Case,
     PlausibleStrategies,
     Pools,
@@ -216,6 +217,9 @@ def fuzzed(
 def _refused(fd: FieldDescriptor, value: object) -> bool:
     """Whether the server must refuse this value of a top-level field, by the documented rules."""
     name = fd.name
+    if isinstance(value, duration_pb2.Duration):
+        # A TTL is 0..366 days, and a Duration's nanos are 0..999,999,999 when it is not negative.
+        return not 0 <= value.seconds <= MAX_TTL_S or not 0 <= value.nanos <= 999_999_999
     if name in ID_FIELDS:
         return isinstance(value, str) and bool(value) and not is_valid_id(value)
     if not isinstance(value, int):
