@@ -14,6 +14,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import itertools
 import json
 import os
 import pathlib
@@ -28,7 +29,7 @@ import pytest
 import redis
 from google.protobuf import duration_pb2, message_factory
 from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
@@ -40,6 +41,7 @@ from chatmem.v1 import thread_memory_service_pb2 as pb
 from server.storage.keys import BUCKETS, KeySpace
 from tests.fuzz_strategies import (
     ID_FIELDS,
+    MAX_TITLE,
     MAX_TTL_S,
     Case,
     PlausibleStrategies,
@@ -222,6 +224,8 @@ def _refused(fd: FieldDescriptor, value: object) -> bool:
         return not 0 <= value.seconds <= MAX_TTL_S or not 0 <= value.nanos <= 999_999_999
     if name in ID_FIELDS:
         return isinstance(value, str) and bool(value) and not is_valid_id(value)
+    if name == "title" and isinstance(value, str):
+        return len(value.encode()) > MAX_TITLE or "\x00" in value
     if not isinstance(value, int):
         return False
     if name in COUNT_MAX:
@@ -272,7 +276,7 @@ def expected_code(rpc: Rpc, msg: Message, fuzz: Fuzzed) -> grpc.StatusCode | Non
     ws = getattr(msg, "workspace_id", "") or "default"
     if name == "GetHistory" and _ids_ok(msg, ("thread_id",)):
         return grpc.StatusCode.OK  # an unknown thread has an empty window
-    if name in ("GetThread", "DeleteThread") and _ids_ok(msg, ("thread_id",)):
+    if name in ("GetThread", "UpdateThread", "DeleteThread") and _ids_ok(msg, ("thread_id",)):
         known = (ws, msg.thread_id) in fuzz.created  # type: ignore[attr-defined]
         if name == "DeleteThread" and msg.allow_missing:  # type: ignore[attr-defined]
             return grpc.StatusCode.OK
@@ -305,6 +309,50 @@ def _violations(err: grpc.RpcError) -> list[str]:
     return fields
 
 
+def _walk(msg: Message) -> Iterator[Message]:
+    yield msg
+    for fd, value in msg.ListFields():
+        if fd.type != fd.TYPE_MESSAGE or (fd.is_repeated and fd.message_type.GetOptions().map_entry):
+            continue
+        for sub in value if fd.is_repeated else [value]:
+            yield from _walk(sub)
+
+
+def check_response(rpc: Rpc, msg: Message, responses: list[Message]) -> None:
+    """What every OK answer must hold: only the caller's workspace, thread and user; seqs in order; sizes."""
+    asked = {name: getattr(msg, name) for name in ("workspace_id", "thread_id", "user_id") if hasattr(msg, name)}
+    if "workspace_id" in asked:
+        asked["workspace_id"] = asked["workspace_id"] or "default"
+    if rpc.method.name == "AppendMessages":
+        asked.pop("user_id")  # the owner of a new thread only; an existing thread keeps its own
+    seqs: list[int] = []
+    for response in responses:
+        for sub in _walk(response):
+            for name, value in asked.items():
+                if value and name in sub.DESCRIPTOR.fields_by_name:
+                    assert getattr(sub, name) == value, f"{rpc.name}: {name} {getattr(sub, name)!r} in the answer"
+            if sub.DESCRIPTOR.full_name == "chatmem.v1.Message":
+                seqs.append(sub.seq)  # type: ignore[attr-defined]
+    if seqs:
+        descending = bool(getattr(msg, "reverse", False))
+        pairs = list(itertools.pairwise(seqs))
+        assert all((a > b) if descending else (a < b) for a, b in pairs), f"{rpc.name}: seqs out of order {seqs}"
+        assert min(seqs) >= 1
+    name = rpc.method.name
+    if name == "GetHistory":
+        assert len(seqs) <= (msg.limit or 50)  # type: ignore[attr-defined]
+    elif name == "ListMessages":
+        assert len(seqs) <= (msg.page_size or 100)  # type: ignore[attr-defined]
+    elif name == "StreamHistory":
+        assert all(seq > msg.after_seq for seq in seqs)  # type: ignore[attr-defined]
+    elif name == "AppendMessages":
+        done = responses[0]
+        if not done.replayed:  # type: ignore[attr-defined]
+            got = list(done.seqs)  # type: ignore[attr-defined]
+            assert len(got) == len(msg.messages), got  # type: ignore[attr-defined]
+            assert got == list(range(got[0], got[0] + len(got))) and done.message_count == got[-1]  # type: ignore[attr-defined]
+
+
 def check(rpc: Rpc, case: Case, fuzz: Fuzzed, seen: collections.Counter[str]) -> None:
     """Send one case and assert the properties; count what was seen (codes, exact expectations, big requests)."""
     code, responses, err = _call(fuzz.channel, rpc, case.payload)
@@ -316,19 +364,15 @@ def check(rpc: Rpc, case: Case, fuzz: Fuzzed, seen: collections.Counter[str]) ->
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         assert len(case.payload) > MAX_RECEIVE, f"{rpc.name}: RESOURCE_EXHAUSTED for a request within limits: {details}"
         return
-    if code == grpc.StatusCode.OK:
-        response_cls = message_factory.GetMessageClass(rpc.method.output_type)
-        for raw in responses:
-            response_cls.FromString(raw)  # the pass-through bytes are a valid response
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        assert err is not None
-        named = _violations(err)
-    if case.message is None:
-        if code == grpc.StatusCode.OK and rpc.method.name == "AppendMessages":
-            done = pb.AppendMessagesRequest.FromString(case.payload)
-            fuzz.created.add((done.workspace_id or "default", done.thread_id))
+    named = _violations(err) if code == grpc.StatusCode.INVALID_ARGUMENT and err is not None else []
+    try:
+        # Raw bytes get the same oracle as messages once parsed here the way the server parses them.
+        msg = case.message or rpc.request_cls.FromString(case.payload)
+    except DecodeError:
+        seen["expected INVALID_ARGUMENT"] += 1
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{rpc.name}: undecodable bytes answered {code.name}"
+        assert named == ["request"], named
         return
-    msg = case.message
     expected = expected_code(rpc, msg, fuzz)
     if expected is not None:
         seen[f"expected {expected.name}"] += 1
@@ -336,8 +380,12 @@ def check(rpc: Rpc, case: Case, fuzz: Fuzzed, seen: collections.Counter[str]) ->
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         must = _bad_fields(msg)
         assert must <= set(named), f"{rpc.name}: BadRequest names {named}, not all of {sorted(must)}"
-    if code == grpc.StatusCode.OK and rpc.method.name == "AppendMessages":
-        fuzz.created.add((getattr(msg, "workspace_id", "") or "default", getattr(msg, "thread_id", "")))
+    if code == grpc.StatusCode.OK:
+        response_cls = message_factory.GetMessageClass(rpc.method.output_type)
+        # FromString also proves the pass-through bytes (GetHistory, StreamHistory) are a valid response.
+        check_response(rpc, msg, [response_cls.FromString(raw) for raw in responses])
+        if rpc.method.name == "AppendMessages":
+            fuzz.created.add((getattr(msg, "workspace_id", "") or "default", getattr(msg, "thread_id", "")))
 
 
 @pytest.mark.parametrize("rpc", RPCS, ids=lambda rpc: rpc.name)
