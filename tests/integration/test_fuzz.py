@@ -14,6 +14,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import concurrent.futures
 import itertools
 import json
 import os
@@ -112,7 +113,9 @@ def _create_database(pg: PostgresProcess) -> str:
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    # In a thread of its own: asyncio.run must not replace the event loop of this (pytest-asyncio's) thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, create()).result(timeout=60)
     return pg.url.rsplit("/", 1)[0] + "/" + name
 
 
@@ -246,7 +249,8 @@ def _bad_fields(msg: Message) -> set[str]:
     }
 
 
-def _ids_ok(msg: Message, required: tuple[str, ...]) -> bool:
+def _present(msg: Message, required: tuple[str, ...]) -> bool:
+    """True if every named field is set (not empty)."""
     return all(getattr(msg, name) for name in required)
 
 
@@ -274,9 +278,9 @@ def expected_code(rpc: Rpc, msg: Message, fuzz: Fuzzed) -> grpc.StatusCode | Non
     if rpc.method.containing_service.name != "ThreadMemoryService":
         return None
     ws = getattr(msg, "workspace_id", "") or "default"
-    if name == "GetHistory" and _ids_ok(msg, ("thread_id",)):
+    if name == "GetHistory" and _present(msg, ("thread_id",)):
         return grpc.StatusCode.OK  # an unknown thread has an empty window
-    if name in ("GetThread", "UpdateThread", "DeleteThread") and _ids_ok(msg, ("thread_id",)):
+    if name in ("GetThread", "UpdateThread", "DeleteThread") and _present(msg, ("thread_id",)):
         known = (ws, msg.thread_id) in fuzz.created  # type: ignore[attr-defined]
         if name == "DeleteThread" and msg.allow_missing:  # type: ignore[attr-defined]
             return grpc.StatusCode.OK
@@ -284,7 +288,7 @@ def expected_code(rpc: Rpc, msg: Message, fuzz: Fuzzed) -> grpc.StatusCode | Non
         return None if known else grpc.StatusCode.NOT_FOUND
     if name in ("ListMessages", "ListThreads") and msg.page_token:  # type: ignore[attr-defined]
         required = ("thread_id",) if name == "ListMessages" else ("user_id",)
-        if not _ids_ok(msg, required):
+        if not _present(msg, required):
             return None
         token = msg.page_token  # type: ignore[attr-defined]
         issued = fuzz.pools.tokens.get(token)
