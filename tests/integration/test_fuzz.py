@@ -42,6 +42,8 @@ from chatmem.v1 import thread_memory_service_pb2 as pb
 from server.storage.keys import BUCKETS, KeySpace
 from tests.fuzz_strategies import (
     ID_FIELDS,
+    MAX_CONTENT,
+    MAX_MESSAGES,
     MAX_TITLE,
     MAX_TTL_S,
     Case,
@@ -249,6 +251,22 @@ def _bad_fields(msg: Message) -> set[str]:
     }
 
 
+def _bad_messages(msg: Message) -> list[str]:
+    """Paths of bad messages[i] fields of an append (1..100 messages): unknown role, oversized or NUL text."""
+    if msg.DESCRIPTOR.name != "AppendMessagesRequest":
+        return []
+    messages = msg.messages  # type: ignore[attr-defined]
+    if not 1 <= len(messages) <= MAX_MESSAGES:
+        return []
+    bad = []
+    for i, m in enumerate(messages):
+        if m.role not in (1, 2, 3, 4):
+            bad.append(f"messages[{i}].role")
+        if len(m.content.encode()) > MAX_CONTENT or "\x00" in m.content:
+            bad.append(f"messages[{i}].content")
+    return bad
+
+
 def _present(msg: Message, required: tuple[str, ...]) -> bool:
     """True if every named field is set (not empty)."""
     return all(getattr(msg, name) for name in required)
@@ -272,7 +290,7 @@ def _scope(msg: Message, name: str) -> str:
 
 def expected_code(rpc: Rpc, msg: Message, fuzz: Fuzzed) -> grpc.StatusCode | None:
     """The one right status for a request, where the request alone decides it; None where it does not."""
-    if _bad_fields(msg):
+    if _bad_fields(msg) or _bad_messages(msg):
         return grpc.StatusCode.INVALID_ARGUMENT
     name = rpc.method.name
     if rpc.method.containing_service.name != "ThreadMemoryService":
@@ -384,6 +402,9 @@ def check(rpc: Rpc, case: Case, fuzz: Fuzzed, seen: collections.Counter[str]) ->
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         must = _bad_fields(msg)
         assert must <= set(named), f"{rpc.name}: BadRequest names {named}, not all of {sorted(must)}"
+        nested = _bad_messages(msg)
+        # The server reports at most 20 violations, so only some of many bad messages may be named.
+        assert not nested or set(nested) & set(named), f"{rpc.name}: BadRequest names {named}, none of {nested}"
     if code == grpc.StatusCode.OK:
         response_cls = message_factory.GetMessageClass(rpc.method.output_type)
         # FromString also proves the pass-through bytes (GetHistory, StreamHistory) are a valid response.
