@@ -18,12 +18,12 @@ from grpc_reflection.v1alpha import reflection
 
 from chatmem.v1 import (
     preferences_service_pb2,
-    preferences_service_pb2_grpc,
     thread_memory_service_pb2,
 )
 from server.config import Settings
 from server.interceptors import Layer, Pipeline
 from server.services.preferences import PreferencesService
+from server.services.preferences import register as register_preferences
 from server.services.thread_memory import ThreadMemoryService
 from server.services.thread_memory import register as register_thread_memory
 from server.storage.cache import RedisCache, build_redis_client
@@ -206,9 +206,7 @@ async def create_server(
         ],
     )
     register_thread_memory(ThreadMemoryService(repository, settings), server)
-    preferences_service_pb2_grpc.add_PreferencesServiceServicer_to_server(
-        PreferencesService(repository, settings), server
-    )
+    register_preferences(PreferencesService(repository, settings), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if g.reflection:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf import duration_pb2
 
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
 from server.config import Settings
 from server.errors import NotFoundError
-from server.services import context_block, convert, pagination
+from server.services import context_block, convert, pagination, registry
 from server.services.handler import server_stream, unary
 from server.storage.codec import frame_item
 from server.storage.models import (
@@ -28,6 +28,7 @@ from server.storage.repository import Repository, Served
 from server.validation import Checker
 
 _MAX_TTL_S = 366 * 24 * 3600
+_MAX_NANOS = 999_999_999
 # Methods whose handlers return pre-serialised bytes.
 _BYTES_METHODS = {"GetHistory", "StreamHistory"}
 # The serving field (field 2 of GetHistoryResponse and of StreamHistoryResponse) for every
@@ -39,30 +40,11 @@ _SERVING_FIELD = {
 }
 
 
-def _bytes_or_message(response: bytes | Message) -> bytes:
-    # Handlers may return pre-serialised bytes; an error path may still produce a message.
-    return response if isinstance(response, bytes) else response.SerializeToString()
-
-
 def register(servicer: ThreadMemoryService, server: grpc.aio.Server) -> None:
-    """Add the service to a server, with GetHistory's and StreamHistory's responses passed through as bytes.
-
-    The handlers come from the service descriptor (so they follow the protos), like the generated
-    ``add_ThreadMemoryServiceServicer_to_server``, which has no way to skip re-serialising.
-    """
-    service = pb.DESCRIPTOR.services_by_name["ThreadMemoryService"]
-    handlers = {}
-    for method in service.methods:
-        request_type = getattr(pb, method.input_type.name)
-        response_type = getattr(pb, method.output_type.name)
-        serialize = _bytes_or_message if method.name in _BYTES_METHODS else response_type.SerializeToString
-        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
-        handlers[method.name] = make(
-            getattr(servicer, method.name),
-            request_deserializer=request_type.FromString,
-            response_serializer=serialize,
-        )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    """Add the service to a server, with GetHistory's and StreamHistory's responses passed through as bytes."""
+    registry.register(
+        server, servicer, pb.DESCRIPTOR.services_by_name["ThreadMemoryService"], bytes_methods=_BYTES_METHODS
+    )
 
 
 class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
@@ -83,10 +65,14 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
     def _thread_key(self, check: Checker, workspace_id: str, thread_id: str) -> ThreadKey:
         return ThreadKey(check.workspace(workspace_id), check.ident("thread_id", thread_id))
 
-    def _ttl(self, check: Checker, field: str, seconds: int, *, allow_zero: bool) -> int:
+    def _ttl(self, check: Checker, field: str, ttl: duration_pb2.Duration, *, allow_zero: bool) -> int:
+        seconds = ttl.seconds
         if seconds < 0 or seconds > _MAX_TTL_S or (seconds == 0 and not allow_zero):
             low = 0 if allow_zero else 1
             check.fail(field, f"must be between {low}s and {_MAX_TTL_S}s")
+        elif not 0 <= ttl.nanos <= _MAX_NANOS:
+            # Whole seconds are kept; nanos outside this range make the Duration itself malformed.
+            check.fail(field, f"must be a valid duration (nanos between 0 and {_MAX_NANOS})")
         return seconds
 
     @unary
@@ -99,7 +85,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         check.ident("request_id", request.request_id, required=False)
         check.ident("user_id", request.user_id, required=False)
         check.text("title", request.title, 1024)
-        ttl_s = self._ttl(check, "ttl", request.ttl.seconds, allow_zero=False) if request.HasField("ttl") else None
+        ttl_s = self._ttl(check, "ttl", request.ttl, allow_zero=False) if request.HasField("ttl") else None
         if request.HasField("expected_last_seq"):
             check.seq("expected_last_seq", request.expected_last_seq)
         n = len(request.messages)
@@ -293,7 +279,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         check.ident("request_id", request.request_id, required=False)
         if request.HasField("title"):
             check.text("title", request.title, 1024)
-        ttl = self._ttl(check, "ttl", request.ttl.seconds, allow_zero=True) if request.HasField("ttl") else None
+        ttl = self._ttl(check, "ttl", request.ttl, allow_zero=True) if request.HasField("ttl") else None
         check.done()
         patch = ThreadPatch(
             title=request.title if request.HasField("title") else None,
