@@ -17,12 +17,15 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from chatmem.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
     preferences_service_pb2,
     preferences_service_pb2_grpc,
     thread_memory_service_pb2,
 )
 from server.config import Settings
 from server.interceptors import Layer, Pipeline
+from server.services.admin import AdminService
 from server.services.preferences import PreferencesService
 from server.services.thread_memory import ThreadMemoryService
 from server.services.thread_memory import register as register_thread_memory
@@ -32,6 +35,7 @@ from server.storage.outbox import Flusher
 from server.storage.postgres import PostgresStore
 from server.storage.protocols import Cache, Store
 from server.storage.repository import Policy, Repository
+from server.storage.retention import Sweeper
 from server.storage.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     thread_memory_service_pb2.DESCRIPTOR.services_by_name["ThreadMemoryService"].full_name,
     preferences_service_pb2.DESCRIPTOR.services_by_name["PreferencesService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
 
@@ -107,6 +112,7 @@ class App:
     cache: Cache | None
     flusher: Flusher | None
     port: int
+    sweeper: Sweeper | None = None
 
     async def start(self) -> None:
         """Start the flusher and the server, warn about a Redis that does not persist, report SERVING."""
@@ -119,6 +125,8 @@ class App:
                 )
             await self.flusher.start()
         await self.server.start()
+        if self.sweeper is not None:
+            await self.sweeper.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -134,6 +142,8 @@ class App:
         grace = self.settings.grpc.shutdown_grace_s if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.sweeper is not None:
+            await self.sweeper.stop()
         await self.repository.close()
         if self.flusher is not None:
             await self.flusher.stop(self.settings.outbox.drain_on_shutdown_s)
@@ -201,6 +211,7 @@ async def create_server(
     preferences_service_pb2_grpc.add_PreferencesServiceServicer_to_server(
         PreferencesService(repository, settings), server
     )
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(repository, settings), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if g.reflection:
@@ -208,7 +219,23 @@ async def create_server(
     port = server.add_insecure_port(g.address)
     if port == 0:
         raise OSError(f"cannot bind {g.address}")
-    return App(settings, server, health, repository, store, cache, flusher, port)
+    return App(
+        settings, server, health, repository, store, cache, flusher, port, sweeper_of(settings, repository, store)
+    )
+
+
+def sweeper_of(settings: Settings, repository: Repository, store: Store) -> Sweeper | None:
+    """Build the retention sweeper, or None when MEMORY__RETENTION_DAYS is unset (keep forever)."""
+    m = settings.memory
+    if m.retention_days is None:
+        return None
+    return Sweeper(
+        repository,
+        store,
+        retention_s=m.retention_days * 86400,
+        interval_s=m.retention_sweep_interval_s,
+        batch=m.retention_sweep_batch,
+    )
 
 
 async def serve(settings: Settings) -> None:
