@@ -40,9 +40,22 @@ class AdminService(pb_grpc.AdminServiceServicer):
         user = check.ident("user_id", request.user_id)
         check.ident("request_id", request.request_id, required=False)
         check.done()
-        erased = await self._repo.delete_user(workspace, user, _USER_PAGE)
+        try:
+            erased = await self._repo.delete_user(workspace, user, _USER_PAGE)
+        except Exception as exc:
+            # Some threads may be gone already: the attempt is on record too (a retry finishes it).
+            audit.record(
+                "delete_user",
+                outcome=f"failed: {type(exc).__name__}",
+                workspace_id=workspace,
+                user_id=user,
+                request_id=request.request_id,
+                peer=context.peer(),
+            )
+            raise
         audit.record(
             "delete_user",
+            outcome="done",
             workspace_id=workspace,
             user_id=user,
             deleted_threads=erased.threads,

@@ -97,19 +97,25 @@ class Sweeper:
         """
         now = time.time() if now_s is None else now_s
         cutoff_us = int((now - self._retention_s) * 1_000_000)
-        async with self._store.retention_lease() as held:
-            if not held:
-                return SweepResult(False, cutoff_us)
-            threads, thread_messages = await self._repo.expire_idle_threads(cutoff_us, self._batch)
-            messages, trimmed_threads = await self._repo.trim_old_messages(cutoff_us, self._batch)
-        result = SweepResult(True, cutoff_us, threads, thread_messages, messages, trimmed_threads)
-        if threads or messages:
-            audit.record(
-                "retention_sweep",
-                cutoff=datetime.datetime.fromtimestamp(cutoff_us / 1e6, datetime.UTC).isoformat(),
-                deleted_threads=threads,
-                deleted_thread_messages=thread_messages,
-                deleted_messages=messages,
-                trimmed_threads=trimmed_threads,
-            )
-        return result
+        threads = thread_messages = messages = trimmed_threads = 0
+        outcome = "failed"
+        try:
+            async with self._store.retention_lease() as held:
+                if not held:
+                    return SweepResult(False, cutoff_us)
+                threads, thread_messages = await self._repo.expire_idle_threads(cutoff_us, self._batch)
+                messages, trimmed_threads = await self._repo.trim_old_messages(cutoff_us, self._batch)
+                outcome = "done"
+        finally:
+            # A sweep cut short still records what its finished phases deleted.
+            if threads or messages:
+                audit.record(
+                    "retention_sweep",
+                    outcome=outcome,
+                    cutoff=datetime.datetime.fromtimestamp(cutoff_us / 1e6, datetime.UTC).isoformat(),
+                    deleted_threads=threads,
+                    deleted_thread_messages=thread_messages,
+                    deleted_messages=messages,
+                    trimmed_threads=trimmed_threads,
+                )
+        return SweepResult(True, cutoff_us, threads, thread_messages, messages, trimmed_threads)

@@ -222,7 +222,7 @@ def own_pg() -> Iterator[PostgresProcess]:
 
 
 async def test_with_the_store_down_delete_user_is_unavailable_then_completes(
-    own_pg: PostgresProcess, redis_proc: RedisProcess, tmp_path: pathlib.Path
+    own_pg: PostgresProcess, redis_proc: RedisProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     h = await start_harness(make_settings(database_url=own_pg.url, redis_url=redis_proc.url))
     try:
@@ -232,9 +232,13 @@ async def test_with_the_store_down_delete_user_is_unavailable_then_completes(
         own_pg.kill()
         queued_while_down = await append(h, "a1", 2)  # Redis counts a1, so this is queued without the store
         assert queued_while_down.durability == r.DURABILITY_QUEUED
-        with pytest.raises(grpc.aio.AioRpcError) as down:
+        with caplog.at_level(logging.INFO, logger="chatmem.audit"), pytest.raises(grpc.aio.AioRpcError) as down:
             await admin(h).DeleteUser(apb.DeleteUserRequest(workspace_id=h.ws, user_id="alice"), timeout=10)
         assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+        failed = [rec for rec in caplog.records if rec.name == "chatmem.audit"]
+        assert [(rec.action, rec.outcome, rec.user_id) for rec in failed] == [
+            ("delete_user", "failed: UnavailableError", "alice")
+        ]
         own_pg.start()
         out = None
         for _ in range(100):  # the pool reconnects on its own; retry as a client would
