@@ -17,11 +17,14 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from chatmem.v1 import (
+    admin_service_pb2,
     preferences_service_pb2,
     thread_memory_service_pb2,
 )
 from server.config import Settings
 from server.interceptors import Layer, Pipeline
+from server.services.admin import AdminService
+from server.services.admin import register as register_admin
 from server.services.preferences import PreferencesService
 from server.services.preferences import register as register_preferences
 from server.services.thread_memory import ThreadMemoryService
@@ -33,6 +36,7 @@ from server.storage.postgres import PostgresStore
 from server.storage.protocols import Cache, Store
 from server.storage.repository import Policy, Repository
 from server.storage.resp import PipelinedRedis
+from server.storage.retention import Sweeper
 from server.storage.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     thread_memory_service_pb2.DESCRIPTOR.services_by_name["ThreadMemoryService"].full_name,
     preferences_service_pb2.DESCRIPTOR.services_by_name["PreferencesService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
 
@@ -115,6 +120,7 @@ class App:
     cache: Cache | None
     flusher: Flusher | None
     port: int
+    sweeper: Sweeper | None = None
 
     async def start(self) -> None:
         """Start the flusher and the server, warn about a Redis that does not persist, report SERVING."""
@@ -127,6 +133,8 @@ class App:
                 )
             await self.flusher.start()
         await self.server.start()
+        if self.sweeper is not None:
+            await self.sweeper.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -142,6 +150,8 @@ class App:
         grace = self.settings.grpc.shutdown_grace_s if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.sweeper is not None:
+            await self.sweeper.stop()
         await self.repository.close()
         if self.flusher is not None:
             await self.flusher.stop(self.settings.outbox.drain_on_shutdown_s)
@@ -207,6 +217,7 @@ async def create_server(
     )
     register_thread_memory(ThreadMemoryService(repository, settings), server)
     register_preferences(PreferencesService(repository, settings), server)
+    register_admin(AdminService(repository, settings), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if g.reflection:
@@ -214,7 +225,23 @@ async def create_server(
     port = server.add_insecure_port(g.address)
     if port == 0:
         raise OSError(f"cannot bind {g.address}")
-    return App(settings, server, health, repository, store, cache, flusher, port)
+    return App(
+        settings, server, health, repository, store, cache, flusher, port, sweeper_of(settings, repository, store)
+    )
+
+
+def sweeper_of(settings: Settings, repository: Repository, store: Store) -> Sweeper | None:
+    """Build the retention sweeper, or None when MEMORY__RETENTION_DAYS is unset (keep forever)."""
+    m = settings.memory
+    if m.retention_days is None:
+        return None
+    return Sweeper(
+        repository,
+        store,
+        retention_s=m.retention_days * 86400,
+        interval_s=m.retention_sweep_interval_s,
+        batch=m.retention_sweep_batch,
+    )
 
 
 async def serve(settings: Settings) -> None:

@@ -77,6 +77,11 @@ class MemorySettings(BaseModel):
     )
     group_commit_max: int = Field(default=256, ge=1)
     request_id_ttl_hours: float = Field(default=24, gt=0, description="write_behind: how long Redis remembers ids")
+    retention_days: float | None = Field(
+        default=None, gt=0, description="delete L2 data older than this (fractions allowed); unset keeps it forever"
+    )
+    retention_sweep_interval_s: float = Field(default=3600.0, gt=0, description="time between retention sweeps")
+    retention_sweep_batch: int = Field(default=1000, ge=1, le=100_000, description="rows per retention transaction")
 
 
 class OutboxSettings(BaseModel):

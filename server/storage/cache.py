@@ -70,6 +70,7 @@ class RedisCache:
         self._push_window = Script(scripts.PUSH_WINDOW)
         self._drop_thread = Script(scripts.DROP_THREAD)
         self._reconcile_thread = Script(scripts.RECONCILE_THREAD)
+        self._trim_thread = Script(scripts.TRIM_THREAD)
         self._thread_incarnation = Script(scripts.THREAD_INCARNATION)
         self._append_queued = Script(scripts.APPEND_QUEUED)
         self._pending_seq = Script(scripts.PENDING_SEQ)
@@ -154,6 +155,11 @@ class RedisCache:
         await self._run(
             self._drop_thread, (k.msgs, k.meta, k.reqs, k.pending), (incarnation, self._tombstone_ttl_s, k.field)
         )
+
+    async def trim_thread(self, key: ThreadKey, incarnation: int, removed: int) -> None:
+        """After retention deleted old messages of a live thread: drop its window, lower its counted length."""
+        k = self._keys.thread(key.workspace_id, key.thread_id)
+        await self._run(self._trim_thread, (k.msgs, k.meta, k.pending), (incarnation, removed, k.field))
 
     async def reconcile_thread(self, key: ThreadKey, seed: Seed) -> None:
         """After writes went around Redis: drop the window and raise the counter to the store's."""

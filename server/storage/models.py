@@ -175,6 +175,15 @@ class ThreadCursor:
 
 
 @dataclass(frozen=True, slots=True)
+class Trimmed:
+    """Messages the retention sweep deleted from a live thread (the thread's incarnation at the time)."""
+
+    key: ThreadKey
+    incarnation: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class PreferenceValue:
     """One stored preference."""
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -32,6 +33,7 @@ from server.storage.models import (
     ThreadKey,
     ThreadPatch,
     ThreadTail,
+    Trimmed,
 )
 from server.storage.planner import Replay, plan_appends
 from server.storage.protocols import StoreUnavailableError
@@ -46,6 +48,7 @@ _THREAD_COLS = (
     f"t.incarnation, {_US.format(col='t.create_time')} AS create_us, {_US.format(col='t.update_time')} AS update_us"
 )
 _MIGRATION_LOCK = 0x636861746D656D  # "chatmem": one advisory lock id, so replicas migrate one at a time
+_RETENTION_LOCK = _MIGRATION_LOCK + 1  # held for a whole retention sweep, so one replica sweeps at a time
 
 _CONNECTION_ERRORS = (
     OSError,
@@ -448,12 +451,13 @@ class PostgresStore:
         return await self._guard(run())  # type: ignore[no-any-return]
 
     async def delete_thread(
-        self, key: ThreadKey, *, tombstone_incarnation: int = 0, repair: bool = False
+        self, key: ThreadKey, *, tombstone_incarnation: int = 0, repair: bool = False, idle_before_us: int | None = None
     ) -> tuple[ThreadInfo | None, int]:
         """Delete a thread, its messages and request records, and leave a tombstone.
 
         The tombstone holds the largest incarnation deleted (the row's, or ``tombstone_incarnation``
-        for a thread the outbox still holds), so that a late flush of it is skipped.
+        for a thread the outbox still holds), so that a late flush of it is skipped. With
+        ``idle_before_us``, a thread changed since then is left alone and nothing is written.
 
         Returns:
             (the deleted row or None, messages deleted).
@@ -461,12 +465,19 @@ class PostgresStore:
 
         async def run() -> tuple[ThreadInfo | None, int]:
             async with self._pool.acquire() as conn, conn.transaction():
+                # The DELETE waits for an append holding the row and then re-checks update_time, so a
+                # thread written meanwhile is no longer idle and survives.
                 row = await conn.fetchrow(
-                    f"DELETE FROM threads t WHERE t.workspace_id = $1 AND t.thread_id = $2 RETURNING {_THREAD_COLS}",
+                    "DELETE FROM threads t WHERE t.workspace_id = $1 AND t.thread_id = $2 "
+                    f"AND ($3::bigint IS NULL OR t.update_time < {_TS.format(arg='$3::bigint')}) "
+                    f"RETURNING {_THREAD_COLS}",
                     key.workspace_id,
                     key.thread_id,
+                    idle_before_us,
                 )
                 thread = _thread(row) if row else None
+                if thread is None and idle_before_us is not None:
+                    return None, 0
                 incarnation = max(tombstone_incarnation, thread.incarnation if thread else 0)
                 count = 0
                 if thread is not None:
@@ -496,6 +507,116 @@ class PostgresStore:
                 return thread, count
 
         return await self._guard(run())  # type: ignore[no-any-return]
+
+    async def idle_threads(self, cutoff_us: int, after: ThreadInfo | None, limit: int) -> list[ThreadInfo]:
+        """Return threads last changed before ``cutoff_us``, oldest change first, after the cursor thread."""
+        args: list[Any] = [cutoff_us, limit]
+        cond = ""
+        if after is not None:
+            cond = f"AND (t.update_time, t.workspace_id, t.thread_id) > ({_TS.format(arg='$3::bigint')}, $4, $5)"
+            args += [after.update_time_us, after.workspace_id, after.thread_id]
+        rows = await self._guard(
+            self._pool.fetch(
+                f"SELECT {_THREAD_COLS} FROM threads t WHERE t.update_time < {_TS.format(arg='$1::bigint')} {cond} "
+                "ORDER BY t.update_time, t.workspace_id, t.thread_id LIMIT $2",
+                *args,
+            )
+        )
+        return [_thread(r) for r in rows]
+
+    async def trim_messages(self, cutoff_us: int, limit: int) -> list[Trimmed]:
+        """Delete up to ``limit`` messages created before ``cutoff_us``; lower their threads' counts.
+
+        The threads are locked first, in key order as appends and deletes lock them, so the sweep never
+        deadlocks with them; the messages are then deleted only if still there and still old, so a
+        concurrent sweep never counts a message twice.
+        """
+        for attempt in range(3):
+            try:
+                return await self._guard(self._trim_messages(cutoff_us, limit))  # type: ignore[no-any-return]
+            except asyncpg.exceptions.DeadlockDetectedError:
+                if attempt == 2:
+                    raise
+                log.warning("a retention batch met a deadlock; retrying")
+        raise AssertionError("unreachable")
+
+    async def _trim_messages(self, cutoff_us: int, limit: int) -> list[Trimmed]:
+        cutoff = _TS.format(arg="$1::bigint")
+        async with self._pool.acquire() as conn, conn.transaction():
+            found = await conn.fetch(
+                f"SELECT workspace_id, thread_id, seq FROM messages WHERE create_time < {cutoff} "
+                "ORDER BY create_time LIMIT $2",
+                cutoff_us,
+                limit,
+            )
+            if not found:
+                return []
+            keys = sorted({(r["workspace_id"], r["thread_id"]) for r in found})
+            await conn.execute(
+                "SELECT 1 FROM threads t JOIN unnest($1::text[], $2::text[]) AS k(ws, th) "
+                "ON t.workspace_id = k.ws AND t.thread_id = k.th ORDER BY t.workspace_id, t.thread_id FOR UPDATE OF t",
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+            )
+            gone = await conn.fetch(
+                "WITH gone AS (DELETE FROM messages m "
+                "USING unnest($2::text[], $3::text[], $4::bigint[]) AS d(ws, th, seq) "
+                "WHERE m.workspace_id = d.ws AND m.thread_id = d.th AND m.seq = d.seq "
+                f"AND m.create_time < {cutoff} RETURNING m.workspace_id, m.thread_id) "
+                "SELECT workspace_id, thread_id, count(*) AS n FROM gone GROUP BY workspace_id, thread_id",
+                cutoff_us,
+                [r["workspace_id"] for r in found],
+                [r["thread_id"] for r in found],
+                [r["seq"] for r in found],
+            )
+            if not gone:
+                return []
+            counted = await conn.fetch(
+                "UPDATE threads t SET message_count = GREATEST(t.message_count - u.n, 0) "
+                "FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(ws, th, n) "
+                "WHERE t.workspace_id = u.ws AND t.thread_id = u.th "
+                "RETURNING t.workspace_id, t.thread_id, t.incarnation",
+                [r["workspace_id"] for r in gone],
+                [r["thread_id"] for r in gone],
+                [r["n"] for r in gone],
+            )
+        incarnations = {(r["workspace_id"], r["thread_id"]): r["incarnation"] for r in counted}
+        return [
+            Trimmed(
+                ThreadKey(r["workspace_id"], r["thread_id"]),
+                incarnations.get((r["workspace_id"], r["thread_id"]), 0),
+                r["n"],
+            )
+            for r in gone
+        ]
+
+    @contextlib.asynccontextmanager
+    async def retention_lease(self) -> AsyncIterator[bool]:
+        """Hold a session advisory lock for the sweep; yields False when another replica holds it.
+
+        The lock lives on one pooled connection held for the sweep, so a replica that dies releases it.
+        """
+        try:
+            conn = await self._pool.acquire()
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise StoreUnavailableError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+            raise
+        try:
+            try:
+                held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RETENTION_LOCK))
+            except Exception as exc:
+                if is_unavailable(exc):
+                    raise StoreUnavailableError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+                raise
+            try:
+                yield held
+            finally:
+                if held:
+                    with contextlib.suppress(Exception):  # a dead connection has released it already
+                        await conn.execute("SELECT pg_advisory_unlock($1)", _RETENTION_LOCK)
+        finally:
+            await self._pool.release(conn)
 
     async def seed(self, key: ThreadKey, create: NewThreadOptions | None = None) -> Seed:
         """Return the thread's counters; for an unknown thread a fresh incarnation above any deleted one.

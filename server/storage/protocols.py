@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -24,6 +25,7 @@ from server.storage.models import (
     ThreadKey,
     ThreadPatch,
     ThreadTail,
+    Trimmed,
     WindowRead,
 )
 
@@ -108,9 +110,28 @@ class Store(Protocol):
         ...
 
     async def delete_thread(
-        self, key: ThreadKey, *, tombstone_incarnation: int = 0, repair: bool = False
+        self, key: ThreadKey, *, tombstone_incarnation: int = 0, repair: bool = False, idle_before_us: int | None = None
     ) -> tuple[ThreadInfo | None, int]:
-        """Delete a thread and its messages, leaving a tombstone; return (the row or None, messages deleted)."""
+        """Delete a thread and its messages, leaving a tombstone; return (the row or None, messages deleted).
+
+        With ``idle_before_us``, only a thread last changed before that time is deleted; otherwise
+        nothing is written (no tombstone) and the row returned is None.
+        """
+        ...
+
+    async def idle_threads(self, cutoff_us: int, after: ThreadInfo | None, limit: int) -> list[ThreadInfo]:
+        """Return threads last changed before ``cutoff_us``, oldest change first, after the cursor thread."""
+        ...
+
+    async def trim_messages(self, cutoff_us: int, limit: int) -> list[Trimmed]:
+        """Delete up to ``limit`` messages created before ``cutoff_us`` in one short transaction.
+
+        Lowers each thread's message count by what it lost. Returns the counts per thread.
+        """
+        ...
+
+    def retention_lease(self) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Hold the right to sweep: yields True for one holder at a time across replicas, else False."""
         ...
 
     async def get_preferences(self, workspace_id: str, user_id: str) -> PreferenceSet:
@@ -159,6 +180,10 @@ class Cache(Protocol):
 
     async def drop_thread(self, key: ThreadKey, incarnation: int) -> None:
         """Forget a deleted thread and fence out late fills and appends of that incarnation."""
+        ...
+
+    async def trim_thread(self, key: ThreadKey, incarnation: int, removed: int) -> None:
+        """After retention deleted old messages of a live thread: drop its window, lower its counted length."""
         ...
 
     async def reconcile_thread(self, key: ThreadKey, seed: Seed) -> None:

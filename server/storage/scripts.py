@@ -157,6 +157,29 @@ end
 return 1
 """
 
+# KEYS: msgs, meta, pending. ARGV: inc, removed, pending field. After the retention sweep deleted
+# ``removed`` old messages of a live thread: drop its window (the next read refills it from the store,
+# so it never serves a deleted message) and lower the write_behind counted length, in the meta hash and
+# in the pending marker that a seed would read, if they belong to that incarnation.
+TRIM_THREAD = """
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[2], 'last')
+local inc, removed = tonumber(ARGV[1]), tonumber(ARGV[2])
+local m = redis.call('HMGET', KEYS[2], 'inc', 'cnt')
+if tonumber(m[1]) == inc and m[2] then
+  redis.call('HSET', KEYS[2], 'cnt', math.max(tonumber(m[2]) - removed, 0))
+end
+local p = redis.call('HGET', KEYS[3], ARGV[3])
+if p then
+  local ps, pinc, pcnt, rest = string.match(p, '^(%d+):(%d+):(%d+)(.*)$')
+  if tonumber(pinc) == inc then
+    redis.call('HSET', KEYS[3], ARGV[3],
+               string.format('%d:%d:%d', tonumber(ps), tonumber(pinc), math.max(tonumber(pcnt) - removed, 0)) .. rest)
+  end
+end
+return 1
+"""
+
 # KEYS: meta, pending. ARGV: pending field. Returns the incarnation Redis holds for a thread, or false.
 THREAD_INCARNATION = """
 local m = redis.call('HMGET', KEYS[1], 'inc', 'del')

@@ -7,12 +7,13 @@ is atomic with respect to the others and the event loop never blocks on disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import pathlib
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ from server.storage.models import (
     ThreadKey,
     ThreadPatch,
     ThreadTail,
+    Trimmed,
 )
 from server.storage.planner import Replay, plan_appends
 from server.storage.protocols import StoreUnavailableError
@@ -96,6 +98,7 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._last_incarnation = 0
         self._closed = False
+        self._sweeping = False
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
@@ -504,9 +507,11 @@ class SqliteStore:
         return await self._call(self._tx, run)
 
     async def delete_thread(
-        self, key: ThreadKey, *, tombstone_incarnation: int = 0, repair: bool = False
+        self, key: ThreadKey, *, tombstone_incarnation: int = 0, repair: bool = False, idle_before_us: int | None = None
     ) -> tuple[ThreadInfo | None, int]:
         """Delete a thread, its messages and request records, and leave a tombstone.
+
+        With ``idle_before_us``, a thread changed since then is left alone and nothing is written.
 
         Returns:
             (the deleted row or None, messages deleted).
@@ -518,6 +523,8 @@ class SqliteStore:
                 f"SELECT {_THREAD_COLS} FROM threads WHERE workspace_id = ? AND thread_id = ?", where
             ).fetchone()
             thread = _thread(row) if row else None
+            if idle_before_us is not None and (thread is None or thread.update_time_us >= idle_before_us):
+                return None, 0
             count = 0
             if thread is not None:
                 db.execute("DELETE FROM threads WHERE workspace_id = ? AND thread_id = ?", where)
@@ -536,6 +543,61 @@ class SqliteStore:
             return thread, count
 
         return await self._call(self._tx, run)
+
+    async def idle_threads(self, cutoff_us: int, after: ThreadInfo | None, limit: int) -> list[ThreadInfo]:
+        """Return threads last changed before ``cutoff_us``, oldest change first, after the cursor thread."""
+        cond = ""
+        args: list[Any] = [cutoff_us]
+        if after is not None:
+            cond = "AND (update_time, workspace_id, thread_id) > (?, ?, ?)"
+            args += [after.update_time_us, after.workspace_id, after.thread_id]
+
+        def run() -> list[ThreadInfo]:
+            rows = self._db().execute(
+                f"SELECT {_THREAD_COLS} FROM threads WHERE update_time < ? {cond} "
+                "ORDER BY update_time, workspace_id, thread_id LIMIT ?",
+                (*args, limit),
+            )
+            return [_thread(r) for r in rows]
+
+        return await self._call(run)
+
+    async def trim_messages(self, cutoff_us: int, limit: int) -> list[Trimmed]:
+        """Delete up to ``limit`` messages created before ``cutoff_us``; lower their threads' counts."""
+
+        def run(db: sqlite3.Connection) -> list[Trimmed]:
+            found = db.execute(
+                "SELECT workspace_id, thread_id, seq FROM messages WHERE create_time < ? ORDER BY create_time LIMIT ?",
+                (cutoff_us, limit),
+            ).fetchall()
+            per_thread: dict[ThreadKey, int] = {}
+            for ws, th, seq in found:
+                db.execute("DELETE FROM messages WHERE workspace_id = ? AND thread_id = ? AND seq = ?", (ws, th, seq))
+                key = ThreadKey(ws, th)
+                per_thread[key] = per_thread.get(key, 0) + 1
+            out = []
+            for key, n in per_thread.items():
+                row = db.execute(
+                    "UPDATE threads SET message_count = MAX(message_count - ?, 0) "
+                    "WHERE workspace_id = ? AND thread_id = ? RETURNING incarnation",
+                    (n, key.workspace_id, key.thread_id),
+                ).fetchone()
+                out.append(Trimmed(key, row[0] if row else 0, n))
+            return out
+
+        return await self._call(self._tx, run)
+
+    @contextlib.asynccontextmanager
+    async def retention_lease(self) -> AsyncIterator[bool]:
+        """One sweep at a time in this process (the only process that owns the file)."""
+        if self._sweeping:
+            yield False
+            return
+        self._sweeping = True
+        try:
+            yield True
+        finally:
+            self._sweeping = False
 
     async def get_preferences(self, workspace_id: str, user_id: str) -> PreferenceSet:
         """Return a user's preferences and their version."""

@@ -64,6 +64,9 @@ class DownCache:
     async def drop_thread(self, key: ThreadKey, incarnation: int) -> None:
         await self._down()
 
+    async def trim_thread(self, key: ThreadKey, incarnation: int, removed: int) -> None:
+        await self._down()
+
     async def reconcile_thread(self, key: ThreadKey, seed: Seed) -> None:
         await self._down()
 

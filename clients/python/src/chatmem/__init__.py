@@ -42,6 +42,7 @@ from chatmem.types import (
     Serving,
     Thread,
     Tier,
+    UserDeletion,
 )
 
 __all__ = [
@@ -87,5 +88,6 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
+    "UserDeletion",
     "new_request_id",
 ]

@@ -17,8 +17,20 @@ from chatmem._pager import AsyncPager, Page
 from chatmem._retry import DEFAULT_RETRY, RetryPolicy, call_with_retry
 from chatmem._stream import resumable_chunks
 from chatmem.errors import NotFoundError
-from chatmem.types import AppendResult, Context, Message, MessageInput, Preference, ServedDict, ServedList, Thread
+from chatmem.types import (
+    AppendResult,
+    Context,
+    Message,
+    MessageInput,
+    Preference,
+    ServedDict,
+    ServedList,
+    Thread,
+    UserDeletion,
+)
 from chatmem.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
     preferences_service_pb2,
     preferences_service_pb2_grpc,
     thread_memory_service_pb2,
@@ -114,6 +126,7 @@ class MemoryClient:
         self._channel = channel
         self._threads = thread_memory_service_pb2_grpc.ThreadMemoryServiceStub(channel)
         self._prefs = preferences_service_pb2_grpc.PreferencesServiceStub(channel)
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(channel)
         self._workspace_id = workspace_id
         self._timeout = timeout
         self._retry = retry
@@ -707,6 +720,42 @@ class MemoryClient:
             self._prefs.DeletePreferences, request, timeout
         )
         return resp.deleted_count
+
+    # Administration
+
+    async def delete_user(
+        self, user_id: str, *, request_id: str | None = None, timeout: float | None = None
+    ) -> UserDeletion:
+        """Delete every thread (with its messages) and every preference of a user in the client's workspace.
+
+        This is AdminService.DeleteUser: with authentication on, it needs an admin credential. It
+        deletes from every tier, and nothing still queued for the store in ``write_behind`` mode is
+        written back later. It deletes the threads that exist when it begins: an append that arrives
+        after its thread was deleted starts a new thread, which survives, so stop the user's clients
+        first (or call it again). It is idempotent, so the client retries it on UNAVAILABLE.
+
+        Args:
+            user_id: the user.
+            request_id: an id for the server's audit record; by default a fresh one.
+            timeout: the deadline in seconds, retries included.
+
+        Returns:
+            The counts of deleted threads, messages and preference keys.
+
+        Raises:
+            PermissionDeniedError: the credential is not an admin's.
+            UnavailableError: the durable store is down (some threads may already be deleted; call again).
+        """
+        request = admin_service_pb2.DeleteUserRequest(
+            workspace_id=self._workspace_id, user_id=user_id, request_id=request_id or new_request_id()
+        )
+        resp: admin_service_pb2.DeleteUserResponse = await self._unary(self._admin.DeleteUser, request, timeout)
+        return UserDeletion(
+            threads=resp.deleted_threads,
+            messages=resp.deleted_messages,
+            preferences=resp.deleted_preferences,
+            serving=_convert.serving(resp.serving),
+        )
 
 
 def check_options(options: Mapping[str, Any]) -> None:

@@ -257,6 +257,7 @@ class SyncMemoryClient:
     clear = _blocking(MemoryClient.clear)
     set_preferences = _blocking(MemoryClient.set_preferences)
     delete_preferences = _blocking(MemoryClient.delete_preferences)
+    delete_user = _blocking(MemoryClient.delete_user)
 
     @overload
     def get_history(

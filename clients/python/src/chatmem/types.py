@@ -127,6 +127,24 @@ class AppendResult:
 
 
 @dataclass(frozen=True, slots=True)
+class UserDeletion:
+    """What ``delete_user`` deleted.
+
+    Attributes:
+        threads: how many threads were deleted.
+        messages: how many messages were deleted from the durable store (messages still queued for it in
+            ``write_behind`` mode are deleted too, but not counted).
+        preferences: how many preference keys were deleted.
+        serving: how the request was served.
+    """
+
+    threads: int
+    messages: int
+    preferences: int
+    serving: Serving
+
+
+@dataclass(frozen=True, slots=True)
 class Thread:
     """A conversation's metadata.
 
