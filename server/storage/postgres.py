@@ -31,6 +31,7 @@ from server.storage.models import (
     ThreadTail,
 )
 from server.storage.planner import Replay, plan_appends
+from server.storage.postgres_apikeys import PostgresApiKeys
 from server.storage.protocols import StoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ _MSG_COLS = (
 )
 
 
-class PostgresStore:
+class PostgresStore(PostgresApiKeys):
     """Store Protocol on PostgreSQL.
 
     Args:
