@@ -98,17 +98,17 @@ def case_builders_cover_every_rpc() -> list[Rpc]:
 
 
 async def invoke(
-    channel: grpc.aio.Channel, rpc: Rpc, request: Any, metadata: Sequence[tuple[str, str]], timeout: float = 10.0
+    channel: grpc.aio.Channel, rpc: Rpc, request: Any, metadata: Sequence[tuple[str, str]], deadline_s: float = 10.0
 ) -> list[Any]:
     """Call any chatmem RPC; return its responses (one for a unary RPC). Raises grpc.aio.AioRpcError."""
     resp = rpc.response_class
     if rpc.streaming:
         stream = channel.unary_stream(rpc.path, request_serializer=type(request).SerializeToString,
                                       response_deserializer=resp.FromString)  # fmt: skip
-        return [item async for item in stream(request, metadata=tuple(metadata), timeout=timeout)]
+        return [item async for item in stream(request, metadata=tuple(metadata), timeout=deadline_s)]
     unary = channel.unary_unary(rpc.path, request_serializer=type(request).SerializeToString,
                                 response_deserializer=resp.FromString)  # fmt: skip
-    return [await unary(request, metadata=tuple(metadata), timeout=timeout)]
+    return [await unary(request, metadata=tuple(metadata), timeout=deadline_s)]
 
 
 async def code_of(call: Any) -> grpc.StatusCode:
