@@ -304,7 +304,7 @@ class ServerProcess:
         base = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("REDIS__", "DATABASE__", "GRPC__", "MEMORY__", "OUTBOX__", "LIMITS__"))
+            if not k.startswith(("REDIS__", "DATABASE__", "GRPC__", "MEMORY__", "OUTBOX__", "LIMITS__", "AUTH__"))
         }
         self.env = {**base, **env, "GRPC__ADDRESS": f"127.0.0.1:{self.port}"}
         self.cwd = cwd
