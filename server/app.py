@@ -229,7 +229,7 @@ async def create_server(
     health_server, health_port = None, None
     if g.health_address:
         # Plaintext and health only, for probes that cannot present a client certificate or a credential.
-        health_server = grpc.aio.server()
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if g.workers > 1 else 0)])
         health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
         health_port = health_server.add_insecure_port(g.health_address)
         if health_port == 0:
