@@ -1,4 +1,4 @@
-"""Entry point: ``chatmem-server [serve|migrate]`` (or ``python -m server``); builds Settings once."""
+"""Entry point: ``chatmem-server [serve|migrate|keys ...]`` (or ``python -m server``); builds Settings once."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import logging
 import sys
 
 from server.app import open_store, serve
+from server.auth import cli as keys_cli
 from server.config import Settings
+from server.storage.apikeys import KeyStore
 
 
 async def _migrate(settings: Settings) -> None:
@@ -20,10 +22,24 @@ async def _migrate(settings: Settings) -> None:
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
 
 
+async def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    store = await open_store(settings)
+    try:
+        await store.migrate()
+        if not isinstance(store, KeyStore):
+            raise SystemExit(f"{type(store).__name__} cannot hold API keys")
+        return await keys_cli.run(args, store)
+    finally:
+        await store.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the server or a subcommand."""
     parser = argparse.ArgumentParser(prog="chatmem-server", description="chatmem gRPC memory server")
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the server (the default)")
+    commands.add_parser("migrate", help="apply the store's migrations and exit")
+    keys_cli.add_parser(commands)
     args = parser.parse_args(argv)
     settings = Settings()
     logging.basicConfig(
@@ -32,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "migrate":
         asyncio.run(_migrate(settings))
         return
+    if args.command == "keys":
+        sys.exit(asyncio.run(_keys(settings, args)))
     if settings.grpc.workers > 1:
         from server.workers import run_workers
 

@@ -21,6 +21,7 @@ from chatmem.v1 import (
     preferences_service_pb2,
     thread_memory_service_pb2,
 )
+from server.auth.layer import build_auth_layer
 from server.config import Settings
 from server.interceptors import Layer, Pipeline
 from server.services.admin import AdminService
@@ -38,6 +39,7 @@ from server.storage.repository import Policy, Repository
 from server.storage.resp import PipelinedRedis
 from server.storage.retention import Sweeper
 from server.storage.sqlite import SqliteStore
+from server.tls import CertificateReloader
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ def open_redis(settings: Settings) -> Any:
         socket_timeout_s=r.socket_timeout_s,
         connect_timeout_s=r.connect_timeout_s,
         cluster=r.cluster,
+        ssl=r.ssl_options(),
     )
 
 
@@ -121,6 +124,8 @@ class App:
     flusher: Flusher | None
     port: int
     sweeper: Sweeper | None = None
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
 
     async def start(self) -> None:
         """Start the flusher and the server, warn about a Redis that does not persist, report SERVING."""
@@ -135,6 +140,8 @@ class App:
         await self.server.start()
         if self.sweeper is not None:
             await self.sweeper.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -152,6 +159,8 @@ class App:
         await self.server.stop(grace)
         if self.sweeper is not None:
             await self.sweeper.stop()
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.repository.close()
         if self.flusher is not None:
             await self.flusher.stop(self.settings.outbox.drain_on_shutdown_s)
@@ -201,6 +210,9 @@ async def create_server(
     g = settings.grpc
     # Outermost first: request context and metrics, then authentication, then admission.
     layers: list[Layer] = []
+    auth = build_auth_layer(settings.auth, store)
+    if auth is not None:
+        layers.append(auth)
     server = grpc.aio.server(
         interceptors=[Pipeline(layers)] if layers else None,
         options=[
@@ -220,13 +232,37 @@ async def create_server(
     register_admin(AdminService(repository, settings), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    if g.reflection:
+    if settings.reflection_enabled:
         reflection.enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(g.address)
+    if g.tls_cert_file and g.tls_key_file:
+        reloader = CertificateReloader(
+            g.tls_cert_file, g.tls_key_file, g.tls_client_ca_file, require_client_auth=g.tls_require_client_auth
+        )
+        port = server.add_secure_port(g.address, reloader.credentials())
+    else:
+        port = server.add_insecure_port(g.address)
     if port == 0:
         raise OSError(f"cannot bind {g.address}")
+    health_server, health_port = None, None
+    if g.health_address:
+        # Plaintext and health only, for probes that cannot present a client certificate or a credential.
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if g.workers > 1 else 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
+        health_port = health_server.add_insecure_port(g.health_address)
+        if health_port == 0:
+            raise OSError(f"cannot bind {g.health_address}")
     return App(
-        settings, server, health, repository, store, cache, flusher, port, sweeper_of(settings, repository, store)
+        settings,
+        server,
+        health,
+        repository,
+        store,
+        cache,
+        flusher,
+        port,
+        sweeper=sweeper_of(settings, repository, store),
+        health_server=health_server,
+        health_port=health_port,
     )
 
 

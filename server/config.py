@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,7 +14,7 @@ class GrpcSettings(BaseModel):
 
     address: str = "127.0.0.1:50051"
     workers: int = Field(default=1, ge=1, le=64, description="server processes sharing the port (SO_REUSEPORT)")
-    reflection: bool = True
+    reflection: bool | None = Field(default=None, description="unset: on iff AUTH__MODE=none")
     max_receive_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_send_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     default_timeout_s: float = Field(default=30.0, gt=0, description="applies when a client sends no deadline")
@@ -22,6 +22,28 @@ class GrpcSettings(BaseModel):
     keepalive_time_ms: int = 60_000
     keepalive_timeout_ms: int = 20_000
     min_ping_interval_ms: int = 30_000
+    tls_cert_file: str | None = Field(default=None, description="PEM certificate chain; with the key, serve TLS")
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = Field(
+        default=None, description="PEM CA bundle that client certificates must chain to"
+    )
+    tls_require_client_auth: bool = Field(default=False, description="mTLS: refuse clients without a valid certificate")
+    health_address: str | None = Field(default=None, description="extra plaintext listener serving only grpc.health.v1")
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> GrpcSettings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("GRPC__TLS_CERT_FILE and GRPC__TLS_KEY_FILE go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("GRPC__TLS_CLIENT_CA_FILE needs GRPC__TLS_CERT_FILE and GRPC__TLS_KEY_FILE")
+        if self.tls_require_client_auth and not self.tls_client_ca_file:
+            raise ValueError("GRPC__TLS_REQUIRE_CLIENT_AUTH needs GRPC__TLS_CLIENT_CA_FILE")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """True when the main listener serves TLS."""
+        return bool(self.tls_cert_file)
 
 
 class RedisSettings(BaseModel):
@@ -41,6 +63,18 @@ class RedisSettings(BaseModel):
     autopipeline: bool = Field(
         default=True, description="cache scripts of concurrent requests share one connection and one write per tick"
     )
+    ssl_ca_file: str | None = Field(default=None, description="rediss://: CA bundle that verifies the server")
+    ssl_cert_file: str | None = Field(
+        default=None, description="rediss://: client certificate (Redis tls-auth-clients)"
+    )
+    ssl_key_file: str | None = None
+
+    def ssl_options(self) -> dict[str, str]:
+        """Return the redis-py TLS keyword arguments for a rediss:// URL ({} for plaintext)."""
+        if not self.resolved_url().startswith("rediss://"):
+            return {}
+        names = {"ssl_ca_certs": self.ssl_ca_file, "ssl_certfile": self.ssl_cert_file, "ssl_keyfile": self.ssl_key_file}
+        return {k: v for k, v in names.items() if v}
 
     @property
     def enabled(self) -> bool:
@@ -125,6 +159,27 @@ class AuthSettings(BaseModel):
     """Authentication (AUTH__). ``none`` trusts the request's workspace_id."""
 
     mode: Literal["none", "api_key", "jwt"] = "none"
+    key_cache_s: float = Field(default=5.0, ge=0, description="how long a verified API key is trusted; revocation lag")
+    key_cache_max: int = Field(default=10_000, ge=1)
+    jwt_secret: SecretStr | None = Field(default=None, description="HS256 shared secret (at least 32 bytes)")
+    jwt_public_key_file: str | None = Field(default=None, description="PEM public key: RSA means RS256, EC means ES256")
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_workspace_claim: str = "workspace"
+    jwt_role_claim: str = "role"
+    jwt_leeway_s: float = Field(default=0.0, ge=0, le=300, description="clock skew allowed on exp/nbf/iat")
+    max_failures: int = Field(default=10, ge=1, description="failed attempts per peer address within the window")
+    failure_window_s: float = Field(default=60.0, gt=0)
+    max_tracked_peers: int = Field(default=10_000, ge=1, description="bound of the failed-attempt table")
+
+    @model_validator(mode="after")
+    def _jwt_key(self) -> AuthSettings:
+        if self.mode == "jwt":
+            if (self.jwt_secret is None) == (self.jwt_public_key_file is None):
+                raise ValueError("AUTH__MODE=jwt needs exactly one of AUTH__JWT_SECRET and AUTH__JWT_PUBLIC_KEY_FILE")
+            if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value().encode()) < 32:
+                raise ValueError("AUTH__JWT_SECRET must be at least 32 bytes")
+        return self
 
 
 class QuotaSettings(BaseModel):
@@ -160,6 +215,13 @@ class Settings(BaseSettings):
         if self.outbox.block_ms >= self.redis.socket_timeout_s * 1000:
             raise ValueError("OUTBOX__BLOCK_MS must be below REDIS__SOCKET_TIMEOUT_S")
         return self
+
+    @property
+    def reflection_enabled(self) -> bool:
+        """Whether to serve reflection: GRPC__REFLECTION, or by default only when auth is off."""
+        if self.grpc.reflection is not None:
+            return self.grpc.reflection
+        return self.auth.mode == "none"
 
     @property
     def write_mode(self) -> str:

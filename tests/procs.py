@@ -14,6 +14,7 @@ import pathlib
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -41,9 +42,18 @@ class RedisProcess:
 
     Args:
         appendonly: turn on AOF (with appendfsync always) so that a kill -9 loses nothing acknowledged.
+        tls: (cert file, key file, CA file): serve TLS only (``rediss://``) on the port.
+        tls_client: (cert file, key file) of a client certificate: require client certificates
+            (``tls-auth-clients yes``); ping() presents this one.
     """
 
-    def __init__(self, *, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        appendonly: bool = False,
+        tls: tuple[str, str, str] | None = None,
+        tls_client: tuple[str, str] | None = None,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
@@ -51,12 +61,14 @@ class RedisProcess:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="chatmem-redis-")
         self.appendonly = appendonly
+        self.tls = tls
+        self.tls_client = tls_client
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """The redis:// URL of this server."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The redis:// (or, with TLS, rediss://) URL of this server."""
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         """Start (or start again) and wait until it answers PING."""
@@ -68,15 +80,27 @@ class RedisProcess:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
+        if self.tls:
+            cert, key, ca = self.tls
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            args += ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca,
+                     "--tls-auth-clients", "yes" if self.tls_client else "no"]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait(self.ping, f"redis-server on port {self.port}")
 
     def ping(self) -> bool:
         """True if the server answers PING."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                if not self.tls:
+                    raw.sendall(b"PING\r\n")
+                    return raw.recv(16).startswith(b"+PONG")
+                context = ssl.create_default_context(cafile=self.tls[2])
+                if self.tls_client:
+                    context.load_cert_chain(*self.tls_client)
+                with context.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                    s.sendall(b"PING\r\n")
+                    return s.recv(16).startswith(b"+PONG")
         except OSError:
             return False
 
@@ -127,9 +151,14 @@ def _pg_bindir() -> pathlib.Path:
 
 
 class PostgresProcess:
-    """A PostgreSQL server child process with its own data directory (run as ``postgres`` under root)."""
+    """A PostgreSQL server child process with its own data directory (run as ``postgres`` under root).
 
-    def __init__(self) -> None:
+    Args:
+        extra_conf: more ``-c name=value`` settings (e.g. ``ssl=on``); also settable before start().
+    """
+
+    def __init__(self, extra_conf: dict[str, str] | None = None) -> None:
+        self.extra_conf = dict(extra_conf or {})
         self.bindir = _pg_bindir()
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="chatmem-pg-")
@@ -145,6 +174,16 @@ class PostgresProcess:
     def url(self) -> str:
         """The postgresql:// URL of this server's postgres database."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def install_file(self, name: str, data: bytes, mode: int = 0o600) -> str:
+        """Write a file the server may read (a certificate or key) into its folder; return the path."""
+        path = os.path.join(self.dir, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
+        if self._as_postgres:
+            shutil.chown(path, "postgres", "postgres")
+        return path
 
     def _as_user(self, args: list[str]) -> list[str]:
         # setpriv switches user and then execs, so the pid stays PostgreSQL's own. Popen(user=...) would
@@ -174,6 +213,8 @@ class PostgresProcess:
             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off",
             "-c", "max_connections=200", "-c", "shared_buffers=128MB",
         ]  # fmt: skip
+        for name, value in self.extra_conf.items():
+            args += ["-c", f"{name}={value}"]
         log = open(os.path.join(self.dir, "postgres.log"), "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(self._as_user(args), stdout=log, stderr=log)
         log.close()
@@ -263,7 +304,7 @@ class ServerProcess:
         base = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("REDIS__", "DATABASE__", "GRPC__", "MEMORY__", "OUTBOX__", "LIMITS__"))
+            if not k.startswith(("REDIS__", "DATABASE__", "GRPC__", "MEMORY__", "OUTBOX__", "LIMITS__", "AUTH__"))
         }
         self.env = {**base, **env, "GRPC__ADDRESS": f"127.0.0.1:{self.port}"}
         self.cwd = cwd

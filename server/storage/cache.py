@@ -273,9 +273,18 @@ class RedisCache:
 
 
 def build_redis_client(
-    url: str, *, max_connections: int, socket_timeout_s: float, connect_timeout_s: float, cluster: bool
+    url: str,
+    *,
+    max_connections: int,
+    socket_timeout_s: float,
+    connect_timeout_s: float,
+    cluster: bool,
+    ssl: dict[str, str] | None = None,
 ) -> Any:
     """Build a redis.asyncio client (single node or cluster) with bounded pool and timeouts.
+
+    ``ssl`` holds redis-py's TLS options (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``) for a
+    ``rediss://`` URL.
 
     Retries are off: every script is safe to re-run, but a retry inside the client would multiply a
     dead Redis's cost per request; the repository falls back to the store instead.
@@ -288,6 +297,7 @@ def build_redis_client(
             socket_connect_timeout=connect_timeout_s,
             max_connections=max_connections,
             retry=Retry(NoBackoff(), 0),
+            **(ssl or {}),
         )
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
@@ -298,5 +308,6 @@ def build_redis_client(
         socket_connect_timeout=connect_timeout_s,
         health_check_interval=30,
         retry=Retry(NoBackoff(), 0),
+        **(ssl or {}),
     )
     return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))

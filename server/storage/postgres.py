@@ -36,6 +36,7 @@ from server.storage.models import (
     Trimmed,
 )
 from server.storage.planner import Replay, plan_appends
+from server.storage.postgres_apikeys import PostgresApiKeys
 from server.storage.protocols import StoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def _message_columns(rows: Sequence[tuple[ThreadKey, StoredMessage]]) -> list[li
     ]
 
 
-class PostgresStore:
+class PostgresStore(PostgresApiKeys):
     """Store Protocol on PostgreSQL.
 
     Args:

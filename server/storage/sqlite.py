@@ -42,6 +42,7 @@ from server.storage.models import (
 )
 from server.storage.planner import Replay, plan_appends
 from server.storage.protocols import StoreUnavailableError
+from server.storage.sqlite_apikeys import SqliteApiKeys
 
 T = TypeVar("T")
 
@@ -85,7 +86,7 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-class SqliteStore:
+class SqliteStore(SqliteApiKeys):
     """Store Protocol on an SQLite file (the embedded default).
 
     Args:

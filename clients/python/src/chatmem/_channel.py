@@ -50,12 +50,26 @@ class ChannelSpec:
         *,
         credentials: grpc.ChannelCredentials | None = None,
         tls: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
         api_key: str | None = None,
         metadata: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> ChannelSpec:
-        """Resolve the connect options into a spec (see ``MemoryClient.connect``)."""
-        if credentials is None and tls:
+        """Resolve the connect options into a spec (see ``MemoryClient.connect``).
+
+        Raises:
+            ValueError: ``credentials`` together with certificate options, or only half of a client key pair.
+        """
+        pem = (root_certificates, private_key, certificate_chain)
+        if any(pem):
+            if credentials is not None:
+                raise ValueError("give either credentials or root_certificates/private_key/certificate_chain")
+            if (private_key is None) != (certificate_chain is None):
+                raise ValueError("private_key and certificate_chain go together (a client certificate for mTLS)")
+            credentials = grpc.ssl_channel_credentials(*pem)
+        elif credentials is None and tls:
             credentials = grpc.ssl_channel_credentials()
         pairs = list(metadata.items() if isinstance(metadata, Mapping) else metadata or ())
         if api_key:

@@ -50,6 +50,9 @@ class ConnectOptions(TypedDict, total=False):
     Attributes:
         credentials: ``grpc.ChannelCredentials`` for TLS or mTLS (``grpc.ssl_channel_credentials(...)``).
         tls: connect with TLS and the system's root certificates (ignored when ``credentials`` is given).
+        root_certificates: PEM CA bundle that verifies the server (implies TLS; e.g. a private CA).
+        private_key: PEM private key of a client certificate, for mTLS (with ``certificate_chain``).
+        certificate_chain: PEM client certificate chain, for mTLS (with ``private_key``).
         api_key: sent as ``authorization: Bearer <api_key>`` with every call.
         metadata: more metadata sent with every call, as a mapping or ``(key, value)`` pairs.
         timeout: the default deadline of a unary call in seconds, retries included (10).
@@ -61,6 +64,9 @@ class ConnectOptions(TypedDict, total=False):
 
     credentials: grpc.ChannelCredentials | None
     tls: bool
+    root_certificates: bytes | None
+    private_key: bytes | None
+    certificate_chain: bytes | None
     api_key: str | None
     metadata: Mapping[str, str] | Sequence[tuple[str, str]] | None
     timeout: float
@@ -142,8 +148,9 @@ class MemoryClient:
 
         Args:
             target: ``host:port`` of the server (default ``127.0.0.1:50051``).
-            **options: see ``ConnectOptions``: ``credentials``, ``tls``, ``api_key``, ``metadata``,
-                ``timeout``, ``workspace_id``, ``retry``, ``stream_idle_timeout``, ``options``.
+            **options: see ``ConnectOptions``: ``credentials``, ``tls``, ``root_certificates``,
+                ``private_key``, ``certificate_chain``, ``api_key``, ``metadata``, ``timeout``,
+                ``workspace_id``, ``retry``, ``stream_idle_timeout``, ``options``.
 
         Returns:
             An object to ``await`` (giving the client) or to use in ``async with`` (closing it at the end).
@@ -160,6 +167,9 @@ class MemoryClient:
             target,
             credentials=options.get("credentials"),
             tls=options.get("tls", False),
+            root_certificates=options.get("root_certificates"),
+            private_key=options.get("private_key"),
+            certificate_chain=options.get("certificate_chain"),
             api_key=options.get("api_key"),
             metadata=options.get("metadata"),
             options=options.get("options", ()),

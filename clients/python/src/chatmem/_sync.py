@@ -168,8 +168,9 @@ class SyncMemoryClient:
 
         Args:
             target: ``host:port`` of the server (default ``127.0.0.1:50051``).
-            **options: ``credentials``, ``tls``, ``api_key``, ``metadata``, ``timeout``, ``workspace_id``,
-                ``retry``, ``stream_idle_timeout``, ``options``.
+            **options: ``credentials``, ``tls``, ``root_certificates``, ``private_key``,
+                ``certificate_chain``, ``api_key``, ``metadata``, ``timeout``, ``workspace_id``, ``retry``,
+                ``stream_idle_timeout``, ``options``.
 
         Returns:
             The client. The channel connects lazily, as with ``MemoryClient``.
