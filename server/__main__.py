@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from server.app import open_store, serve
 from server.config import Settings
+from server.observability.logs import configure_logging
 
 
 async def _migrate(settings: Settings) -> None:
@@ -26,9 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
     args = parser.parse_args(argv)
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "migrate":
         asyncio.run(_migrate(settings))
         return

@@ -21,8 +21,14 @@ from chatmem.v1 import (
     preferences_service_pb2_grpc,
     thread_memory_service_pb2,
 )
+from server.admission.layer import AdmissionLayer, build_admission
 from server.config import Settings
 from server.interceptors import Layer, Pipeline
+from server.observability.context import RequestContextLayer
+from server.observability.endpoint import MetricsEndpoint
+from server.observability.metrics import Metrics, MetricsLayer
+from server.observability.sampler import Sampler, build_sampler
+from server.observability.tracing import build_tracing_layer
 from server.services.preferences import PreferencesService
 from server.services.thread_memory import ThreadMemoryService
 from server.services.thread_memory import register as register_thread_memory
@@ -107,9 +113,16 @@ class App:
     cache: Cache | None
     flusher: Flusher | None
     port: int
+    metrics: MetricsEndpoint | None = None
+    sampler: Sampler | None = None
+    admission: AdmissionLayer | None = None
 
     async def start(self) -> None:
-        """Start the flusher and the server, warn about a Redis that does not persist, report SERVING."""
+        """Start the metrics endpoint, the flusher and the server; warn about a Redis that does not persist."""
+        if self.metrics is not None:
+            self.metrics.start()
+        if self.sampler is not None:
+            self.sampler.start()
         if self.flusher is not None:
             assert self.cache is not None
             if await self.cache.aof_enabled() is not True:
@@ -134,17 +147,26 @@ class App:
         grace = self.settings.grpc.shutdown_grace_s if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.sampler is not None:
+            await self.sampler.stop()
         await self.repository.close()
         if self.flusher is not None:
             await self.flusher.stop(self.settings.outbox.drain_on_shutdown_s)
         if self.cache is not None:
             await self.cache.close()
         await self.store.close()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)  # last: scrapes still work while RPCs drain
         log.info("chatmem stopped")
 
 
 async def create_server(
-    settings: Settings, *, store: Store | None = None, cache: Cache | None = None, use_configured_cache: bool = True
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    cache: Cache | None = None,
+    use_configured_cache: bool = True,
+    tracer_provider: Any = None,
 ) -> App:
     """Build (but do not start) the server. Tests bind GRPC__ADDRESS to port 0 and read App.port.
 
@@ -153,6 +175,7 @@ async def create_server(
         store: a store to use instead of the configured one (already open).
         cache: a cache to use instead of the configured one.
         use_configured_cache: build the configured cache when ``cache`` is None.
+        tracer_provider: an OpenTelemetry tracer provider for TRACING__ENABLED (default: the global one).
 
     Returns:
         The App, with migrations applied.
@@ -164,7 +187,8 @@ async def create_server(
     client = open_redis(settings) if cache is None and use_configured_cache else None
     if client is not None:
         cache = open_cache(settings, client)
-    repository = Repository(store, cache, policy_of(settings))
+    metrics = Metrics() if settings.metrics.address else None
+    repository = Repository(store, cache, policy_of(settings), observer=metrics)
     flusher = None
     if client is not None and repository.write_behind:
         o = settings.outbox
@@ -181,8 +205,28 @@ async def create_server(
             store_health=repository.store_health,
         )
     g = settings.grpc
+    sampler = None
+    if metrics is not None:
+        interval = settings.metrics.sample_interval_s
+        sampler = build_sampler(metrics, interval, repository=repository, flusher=flusher, cache=cache, store=store)
+    breaker = repository.breaker
+    admission = build_admission(
+        settings.quota,
+        redis_client=client,
+        keys=KeySpace(settings.redis.key_prefix),
+        redis_usable=lambda: breaker is not None and not breaker.health.down,
+        retry_redis_s=settings.redis.probe_interval_s,
+        observer=metrics,
+    )
     # Outermost first: request context and metrics, then authentication, then admission.
-    layers: list[Layer] = []
+    layers: list[Layer] = [RequestContextLayer()]
+    if metrics is not None:
+        layers.append(MetricsLayer(metrics))
+    tracing = build_tracing_layer(settings.tracing.enabled, tracer_provider)
+    if tracing is not None:
+        layers.append(tracing)
+    if admission is not None:
+        layers.append(admission)
     server = grpc.aio.server(
         interceptors=[Pipeline(layers)] if layers else None,
         options=[
@@ -208,7 +252,9 @@ async def create_server(
     port = server.add_insecure_port(g.address)
     if port == 0:
         raise OSError(f"cannot bind {g.address}")
-    return App(settings, server, health, repository, store, cache, flusher, port)
+    address = settings.metrics.address
+    endpoint = MetricsEndpoint(metrics.registry, address) if metrics is not None and address else None
+    return App(settings, server, health, repository, store, cache, flusher, port, endpoint, sampler, admission)
 
 
 async def serve(settings: Settings) -> None:
