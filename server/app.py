@@ -219,7 +219,7 @@ async def create_server(
         observer=metrics,
     )
     # Outermost first: request context and metrics, then authentication, then admission.
-    layers: list[Layer] = [RequestContextLayer()]
+    layers: list[Layer] = [RequestContextLayer(echo=settings.echo_request_id)]
     if metrics is not None:
         layers.append(MetricsLayer(metrics))
     tracing = build_tracing_layer(settings.tracing.enabled, tracer_provider)

@@ -161,6 +161,7 @@ class Settings(BaseSettings):
     tracing: TracingSettings = TracingSettings()
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    echo_request_id: bool = Field(default=True, description="send x-request-id back in initial metadata")
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -84,6 +84,7 @@ class AdmissionLayer:
         self.retry_redis_s = retry_redis_s
         self.count_requests = count_requests
         self.count_bytes = count_bytes
+        self.per_workspace = bool(max_streams_per_workspace) or local is not None
         self.observer: AdmissionObserver = observer or _Ignore()
         self.in_flight = 0
         self.streams: dict[str, int] = {}
@@ -132,6 +133,8 @@ class _Admission:
                 "in_flight", "the server is at its limit of concurrent requests", layer.in_flight_retry_s
             )
         layer.in_flight += 1
+        if not layer.per_workspace:
+            return
         try:
             ws = call.workspace_id or DEFAULT_WORKSPACE
             # An invalid workspace id is refused by validation right after this; it is not charged.

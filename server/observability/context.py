@@ -35,19 +35,29 @@ def accept_request_id(value: str | None) -> str:
 
 
 class RequestContextLayer:
-    """The outermost layer: sets the request id, sends it back as initial metadata, logs access at DEBUG."""
+    """The outermost layer: sets the request id, sends it back as initial metadata, logs access at DEBUG.
+
+    Args:
+        echo: send ``x-request-id`` in the response's initial metadata. gRPC sends initial metadata
+            of its own accord only together with the first response, and always empty, so the echo
+            costs one more batch in gRPC's core per RPC.
+    """
+
+    def __init__(self, echo: bool = True) -> None:
+        self._echo = echo
 
     def around(self, call: Call) -> _RequestScope:
         """Return the scope of one RPC."""
-        return _RequestScope(call)
+        return _RequestScope(call, self._echo)
 
 
 class _RequestScope:
     # A plain class rather than @asynccontextmanager: no generator object per RPC.
-    __slots__ = ("_call", "_started", "_token")
+    __slots__ = ("_call", "_echo", "_started", "_token")
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: Call, echo: bool) -> None:
         self._call = call
+        self._echo = echo
         self._token: Token[str] | None = None
         self._started = 0.0
 
@@ -58,8 +68,9 @@ class _RequestScope:
         self._token = request_id_var.set(rid)
         if access_log.isEnabledFor(logging.DEBUG):
             self._started = time.perf_counter()
-        # Sent before the handler runs, so it reaches the client on every outcome, stream or unary.
-        await call.context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
+        if self._echo:
+            # Sent before the handler runs, so it reaches the client on every outcome, stream or unary.
+            await call.context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

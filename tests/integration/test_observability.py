@@ -73,6 +73,16 @@ async def test_request_id_is_echoed_given_or_generated(sqlite_api: Harness) -> N
     assert request_id_of(await stream.initial_metadata()) == "stream-1"
 
 
+async def test_echo_can_be_turned_off() -> None:
+    h = await start_harness(make_settings().model_copy(update={"echo_request_id": False}))
+    try:
+        call = h.threads.GetHistory(pb.GetHistoryRequest(thread_id="t"), metadata=(("x-request-id", "quiet-1"),))
+        await call
+        assert "x-request-id" not in dict(await call.initial_metadata() or ())
+    finally:
+        await h.close()
+
+
 async def test_json_logs_carry_the_request_id(tmp_path: pathlib.Path) -> None:
     server = ServerProcess(
         {"LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG", "DATABASE__SQLITE_PATH": str(tmp_path / "c.db")}, str(tmp_path)
