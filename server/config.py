@@ -134,7 +134,9 @@ class QuotaSettings(BaseModel):
 class MetricsSettings(BaseModel):
     """The Prometheus endpoint (METRICS__). Unset address means no endpoint and no metrics layer."""
 
-    address: str | None = Field(default=None, description="host:port of the /metrics HTTP endpoint")
+    address: str | None = Field(
+        default=None, pattern=r"^[^\s]*:\d{1,5}$", description="host:port of the /metrics HTTP endpoint"
+    )
     sample_interval_s: float = Field(default=5.0, gt=0, description="how often pool, outbox and tier gauges update")
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import pathlib
 import re
+import socket
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
@@ -25,7 +27,7 @@ from server.storage.health import TierHealth
 from server.storage.keys import KeySpace
 from server.storage.outbox import Flusher
 from tests.conftest import Harness, exchange, make_settings, msg, start_harness
-from tests.procs import PostgresProcess, RedisProcess, ServerProcess
+from tests.procs import PostgresProcess, RedisProcess, ServerProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -297,3 +299,43 @@ async def test_tracing_spans_per_rpc() -> None:
     finally:
         await channel.close()
         await app.stop(grace_s=1.0)
+
+
+def two_free_ports() -> int:
+    """A port P such that P and P + 1 are both free right now."""
+    for _ in range(50):  # bounded
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
+async def test_each_worker_serves_metrics_on_its_own_port(tmp_path: pathlib.Path, pg_proc: PostgresProcess) -> None:
+    base = two_free_ports()
+    server = ServerProcess(
+        {"DATABASE__URL": pg_proc.url, "GRPC__WORKERS": "2", "METRICS__ADDRESS": f"127.0.0.1:{base}"}, str(tmp_path)
+    )
+    server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=30, wait_for_ready=True
+            )
+        scraped: dict[int, dict[str, Any]] = {}
+        for _ in range(200):  # bounded: 200 x 50 ms for both workers to bind
+            for port in (base, base + 1):
+                if port not in scraped:
+                    with contextlib.suppress(OSError):  # not bound yet
+                        scraped[port] = await asyncio.to_thread(scrape, port)
+            if len(scraped) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert set(scraped) == {base, base + 1}, server.log()[-2000:]
+        for families in scraped.values():
+            assert "chatmem_postgres_pool_connections" in families
+    finally:
+        assert server.stop() == 0
