@@ -123,6 +123,8 @@ class App:
             self.metrics.start()
         if self.sampler is not None:
             self.sampler.start()
+        if self.admission is not None:
+            self.admission.start()
         if self.flusher is not None:
             assert self.cache is not None
             if await self.cache.aof_enabled() is not True:
@@ -149,6 +151,8 @@ class App:
         await self.server.stop(grace)
         if self.sampler is not None:
             await self.sampler.stop()
+        if self.admission is not None:
+            await self.admission.stop()
         await self.repository.close()
         if self.flusher is not None:
             await self.flusher.stop(self.settings.outbox.drain_on_shutdown_s)

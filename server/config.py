@@ -127,7 +127,7 @@ class QuotaSettings(BaseModel):
     append_bytes_per_s: float = Field(default=0, ge=0, description="per-workspace appended content bytes; 0 = off")
     append_bytes_burst: float = Field(default=0, ge=0, description="bucket size; 0 = one second's worth")
     max_in_flight: int = Field(default=1000, ge=0, description="per-process concurrent RPCs; 0 = off")
-    max_streams_per_workspace: int = Field(default=0, ge=0, description="per-process StreamHistory calls; 0 = off")
+    max_streams_per_workspace: int = Field(default=0, ge=0, description="concurrent StreamHistory calls; 0 = off")
     in_flight_retry_s: float = Field(default=0.1, gt=0, description="the RetryInfo delay of a shed request")
 
 

@@ -72,6 +72,10 @@ class KeySpace:
         base = f"{self.prefix}:{{q:{workspace_id}}}:quota"
         return f"{base}:req", f"{base}:bytes"
 
+    def streams(self, workspace_id: str) -> str:
+        """Return the sorted set of a workspace's open StreamHistory leases."""
+        return f"{self.prefix}:{{q:{workspace_id}}}:streams"
+
     def preferences(self, workspace_id: str, user_id: str) -> str:
         """Return the preferences hash key of a user."""
         tag = bucket_of(workspace_id, user_id)

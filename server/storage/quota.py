@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,3 +72,66 @@ class RedisQuota:
         if int(which) == 0:
             return None
         return Refusal(KINDS[int(which) - 1], int(wait_ms) / 1000)
+
+
+class StreamLeases:
+    """Open StreamHistory calls per workspace, counted across replicas with leases in Redis.
+
+    Each open stream holds a lease that this process renews (``renew``) while the stream runs, so the
+    slots of a crashed replica come back after ``lease_s``.
+
+    Args:
+        client: the redis.asyncio client.
+        keys: the key space.
+        owner: a name unique to this process.
+        lease_s: how long a lease lasts without renewal.
+    """
+
+    def __init__(self, client: Any, keys: KeySpace, *, owner: str, lease_s: float) -> None:
+        self._client = client
+        self._keys = keys
+        self._owner = owner
+        self._lease_ms = int(lease_s * 1000)
+        self._acquire = Script(scripts.STREAM_ACQUIRE)
+        self._renew = Script(scripts.STREAM_RENEW)
+        self._ids = itertools.count()
+        self.held: dict[str, set[str]] = {}
+
+    async def acquire(self, workspace_id: str, cap: int) -> tuple[str | None, int]:
+        """Take a slot; return (the lease's name, or None at the cap; the workspace's open streams).
+
+        Raises:
+            CacheUnavailableError: Redis cannot answer.
+        """
+        member = f"{self._owner}:{next(self._ids)}"
+        admitted, count = await self._call(
+            self._acquire, self._keys.streams(workspace_id), [cap, member, self._lease_ms]
+        )
+        if not int(admitted):
+            return None, int(count)
+        self.held.setdefault(workspace_id, set()).add(member)
+        return member, int(count)
+
+    async def release(self, workspace_id: str, member: str) -> None:
+        """Give a slot back (if Redis cannot be reached, the lease lapses by itself)."""
+        members = self.held.get(workspace_id)
+        if members is not None:
+            members.discard(member)
+            if not members:
+                del self.held[workspace_id]
+        try:
+            await self._client.zrem(self._keys.streams(workspace_id), member)
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            raise CacheUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def renew(self) -> None:
+        """Extend the lease of every stream this process holds open."""
+        for workspace_id, members in list(self.held.items()):
+            if members:
+                await self._call(self._renew, self._keys.streams(workspace_id), [self._lease_ms, *members])
+
+    async def _call(self, script: Script, key: str, args: list[Any]) -> Any:
+        try:
+            return await script(self._client, [key], args)
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            raise CacheUnavailableError(f"{type(exc).__name__}: {exc}") from exc

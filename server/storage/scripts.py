@@ -408,3 +408,27 @@ for i, u in pairs(used) do
 end
 return {0, 0}
 """
+
+# Open StreamHistory calls of a workspace across replicas: a sorted set of leases (member = one stream,
+# score = when its lease ends, on Redis's clock). Leases of a crashed replica lapse after lease_ms.
+# KEYS: streams. ARGV: cap, member, lease_ms. Returns {1, count} when admitted, {0, count} at the cap.
+STREAM_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[1]) then return {0, n} end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return {1, n + 1}
+"""
+
+# Extend the leases of streams still open (added again if one lapsed while Redis was unreachable).
+# KEYS: streams. ARGV: lease_ms, member...
+STREAM_RENEW = """
+local t = redis.call('TIME')
+local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], until_ms, ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+return #ARGV - 1
+"""

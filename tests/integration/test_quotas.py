@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from chatmem.v1 import thread_memory_service_pb2 as pb
 from server.config import QuotaSettings, Settings
 from server.storage.keys import KeySpace
 from tests.conftest import Harness, make_settings, msg, start_harness
-from tests.procs import RedisProcess
+from tests.procs import PostgresProcess, RedisProcess
 
 pytestmark = pytest.mark.integration
 
@@ -204,42 +205,125 @@ async def test_in_flight_cap_sheds_at_once(own_redis: RedisProcess) -> None:
         await h.close()
 
 
-async def test_stream_cap_per_workspace(own_redis: RedisProcess) -> None:
-    # write_behind: a full-history read first asks Redis what is queued, so a frozen Redis holds streams open.
-    settings = quota_settings(own_redis.url, max_streams_per_workspace=2, redis={"socket_timeout_s": 3.0})
-    settings = settings.model_copy(update={"memory": settings.memory.model_copy(update={"write_mode": "write_behind"})})
-    h = await start_harness(settings)
-    admission = h.app.admission
-    assert admission is not None
+@pytest.fixture
+def own_pg() -> Iterator[PostgresProcess]:
+    proc = PostgresProcess()
+    proc.start()
+    yield proc
+    proc.close()
 
-    async def drain(ws: str) -> list[Any]:
-        return [c async for c in h.threads.StreamHistory(pb.StreamHistoryRequest(workspace_id=ws, thread_id="t"))]
 
-    await h.threads.AppendMessages(pb.AppendMessagesRequest(workspace_id=h.ws, thread_id="t", messages=[msg("hi")]))
-    held: list[asyncio.Task[Any]] = []
-    other = h.ws + "-b"
-    try:
-        own_redis.pause()
+def stream_settings(pg: PostgresProcess, redis_url: str | None, prefix: str) -> Settings:
+    s = make_settings(database_url=pg.url, redis_url=redis_url, write_mode="write_through" if redis_url else None)
+    return s.model_copy(
+        update={
+            "quota": QuotaSettings(max_streams_per_workspace=2),
+            "redis": s.redis.model_copy(update={"key_prefix": prefix}),
+        }
+    )
+
+
+async def drain(h: Harness, ws: str) -> list[Any]:
+    return [c async for c in h.threads.StreamHistory(pb.StreamHistoryRequest(workspace_id=ws, thread_id="t"))]
+
+
+async def finish(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
         try:
-            held = [asyncio.ensure_future(drain(h.ws)) for _ in range(2)]
-            await wait_for(lambda: admission.streams.get(h.ws) == 2, "two streams open")
-            message, delay = await refused(drain(h.ws))
-            assert "streams open" in message
-            assert delay > 0
-            held.append(asyncio.ensure_future(drain(other)))  # another workspace is not capped
-            await wait_for(lambda: admission.streams.get(other) == 1, "the other workspace's stream")
-            assert admission.streams.get(h.ws) == 2
+            await task
+        except grpc.aio.AioRpcError as err:  # a stream may have met the frozen store's timeout
+            assert err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_stream_cap_is_shared_by_replicas(own_pg: PostgresProcess, redis_proc: RedisProcess) -> None:
+    # Streams read PostgreSQL; freezing it holds them open while Redis keeps their leases.
+    prefix = f"cm{uuid.uuid4().hex[:8]}"
+    a = await start_harness(stream_settings(own_pg, redis_proc.url, prefix))
+    b = await start_harness(stream_settings(own_pg, redis_proc.url, prefix))
+    client = aioredis.Redis.from_url(redis_proc.url)
+    leases = KeySpace(prefix).streams(a.ws)
+    await a.threads.AppendMessages(pb.AppendMessagesRequest(workspace_id=a.ws, thread_id="t", messages=[msg("hi")]))
+    held: list[asyncio.Task[Any]] = []
+    try:
+        own_pg.pause()
+        try:
+            held = [asyncio.ensure_future(drain(a, a.ws)), asyncio.ensure_future(drain(b, a.ws))]
+            for _ in range(250):  # bounded: 250 x 20 ms
+                if await client.zcard(leases) == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert await client.zcard(leases) == 2
+            for h in (a, b):
+                message, delay = await refused(drain(h, a.ws))
+                assert "2 streams open" in message
+                assert delay > 0
+            held.append(asyncio.ensure_future(drain(b, b.ws)))  # another workspace is not capped
+            for _ in range(250):
+                if await client.zcard(KeySpace(prefix).streams(b.ws)) == 1:
+                    break
+                await asyncio.sleep(0.02)
+            assert await client.zcard(KeySpace(prefix).streams(b.ws)) == 1
         finally:
-            own_redis.resume()
-        for task in held:
-            try:
-                await task
-            except grpc.aio.AioRpcError as err:  # the frozen Redis may have made a stream UNAVAILABLE
-                assert err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert admission.streams == {}
-        chunks = await drain(h.ws)
+            own_pg.resume()
+        await finish(held)
+        assert await client.zcard(leases) == 0  # released at the end of each stream
+        assert a.app.admission is not None and a.app.admission.streams == {}  # nothing counted locally
+        chunks = await drain(b, a.ws)
         assert [m.content for c in chunks for m in c.messages] == ["hi"]
     finally:
         for task in held:
             task.cancel()
+        await client.aclose()
+        await a.close()
+        await b.close()
+
+
+async def test_stream_cap_without_redis_is_per_process(own_pg: PostgresProcess) -> None:
+    h = await start_harness(stream_settings(own_pg, None, "unused"))
+    admission = h.app.admission
+    assert admission is not None
+    held: list[asyncio.Task[Any]] = []
+    other = h.ws + "-b"
+    try:
+        own_pg.pause()
+        try:
+            held = [asyncio.ensure_future(drain(h, h.ws)) for _ in range(2)]
+            await wait_for(lambda: admission.streams.get(h.ws) == 2, "two streams open")
+            message, _ = await refused(drain(h, h.ws))
+            assert "2 streams open" in message
+            held.append(asyncio.ensure_future(drain(h, other)))
+            await wait_for(lambda: admission.streams.get(other) == 1, "the other workspace's stream")
+        finally:
+            own_pg.resume()
+        await finish(held)
+        assert admission.streams == {}
+    finally:
+        for task in held:
+            task.cancel()
         await h.close()
+
+
+async def test_stream_leases_lapse_and_renew(redis_proc: RedisProcess) -> None:
+    from server.storage.quota import StreamLeases
+
+    client = aioredis.Redis.from_url(redis_proc.url)
+    keys = KeySpace(f"cm{uuid.uuid4().hex[:8]}")
+    leases = StreamLeases(client, keys, owner="p1", lease_s=0.2)
+    try:
+        first, count = await leases.acquire("w", 2)
+        assert first is not None and count == 1
+        second, count = await leases.acquire("w", 2)
+        assert second is not None and count == 2
+        assert await leases.acquire("w", 2) == (None, 2)
+        await asyncio.sleep(0.3)  # more than the lease on Redis's clock: as if this replica had crashed
+        third, count = await leases.acquire("w", 2)
+        assert third is not None and count == 1
+        # Renewal re-adds every lease this process still holds, lapsed or not.
+        await leases.renew()
+        assert await client.zcard(keys.streams("w")) == 3
+        for member in (first, second, third):
+            await leases.release("w", member)
+        assert await client.zcard(keys.streams("w")) == 0
+        assert leases.held == {}
+    finally:
+        await client.aclose()
