@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from server.app import open_store, serve
 from server.auth import cli as keys_cli
 from server.config import Settings
+from server.observability.logs import configure_logging
 from server.storage.apikeys import KeyStore
 
 
@@ -42,9 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     keys_cli.add_parser(commands)
     args = parser.parse_args(argv)
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "migrate":
         asyncio.run(_migrate(settings))
         return

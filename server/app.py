@@ -21,9 +21,15 @@ from chatmem.v1 import (
     preferences_service_pb2,
     thread_memory_service_pb2,
 )
+from server.admission.layer import AdmissionLayer, build_admission
 from server.auth.layer import build_auth_layer
 from server.config import Settings
 from server.interceptors import Layer, Pipeline
+from server.observability.context import RequestContextLayer
+from server.observability.endpoint import MetricsEndpoint
+from server.observability.metrics import Metrics, MetricsLayer
+from server.observability.sampler import Sampler, build_sampler
+from server.observability.tracing import build_tracing_layer
 from server.services.admin import AdminService
 from server.services.admin import register as register_admin
 from server.services.preferences import PreferencesService
@@ -126,9 +132,18 @@ class App:
     sweeper: Sweeper | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
+    metrics: MetricsEndpoint | None = None
+    sampler: Sampler | None = None
+    admission: AdmissionLayer | None = None
 
     async def start(self) -> None:
-        """Start the flusher and the server, warn about a Redis that does not persist, report SERVING."""
+        """Start the metrics endpoint, the flusher and the server; warn about a Redis that does not persist."""
+        if self.metrics is not None:
+            self.metrics.start()
+        if self.sampler is not None:
+            self.sampler.start()
+        if self.admission is not None:
+            self.admission.start()
         if self.flusher is not None:
             assert self.cache is not None
             if await self.cache.aof_enabled() is not True:
@@ -161,17 +176,28 @@ class App:
             await self.sweeper.stop()
         if self.health_server is not None:
             await self.health_server.stop(0)
+        if self.sampler is not None:
+            await self.sampler.stop()
+        if self.admission is not None:
+            await self.admission.stop()
         await self.repository.close()
         if self.flusher is not None:
             await self.flusher.stop(self.settings.outbox.drain_on_shutdown_s)
         if self.cache is not None:
             await self.cache.close()
         await self.store.close()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)  # last: scrapes still work while RPCs drain
         log.info("chatmem stopped")
 
 
 async def create_server(
-    settings: Settings, *, store: Store | None = None, cache: Cache | None = None, use_configured_cache: bool = True
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    cache: Cache | None = None,
+    use_configured_cache: bool = True,
+    tracer_provider: Any = None,
 ) -> App:
     """Build (but do not start) the server. Tests bind GRPC__ADDRESS to port 0 and read App.port.
 
@@ -180,6 +206,7 @@ async def create_server(
         store: a store to use instead of the configured one (already open).
         cache: a cache to use instead of the configured one.
         use_configured_cache: build the configured cache when ``cache`` is None.
+        tracer_provider: an OpenTelemetry tracer provider for TRACING__ENABLED (default: the global one).
 
     Returns:
         The App, with migrations applied.
@@ -191,7 +218,8 @@ async def create_server(
     client = open_redis(settings) if cache is None and use_configured_cache else None
     if client is not None:
         cache = open_cache(settings, client)
-    repository = Repository(store, cache, policy_of(settings))
+    metrics = Metrics() if settings.metrics.address else None
+    repository = Repository(store, cache, policy_of(settings), observer=metrics)
     flusher = None
     if client is not None and repository.write_behind:
         o = settings.outbox
@@ -208,11 +236,31 @@ async def create_server(
             store_health=repository.store_health,
         )
     g = settings.grpc
+    sampler = None
+    if metrics is not None:
+        interval = settings.metrics.sample_interval_s
+        sampler = build_sampler(metrics, interval, repository=repository, flusher=flusher, cache=cache, store=store)
+    breaker = repository.breaker
+    admission = build_admission(
+        settings.quota,
+        redis_client=client,
+        keys=KeySpace(settings.redis.key_prefix),
+        redis_usable=lambda: breaker is not None and not breaker.health.down,
+        retry_redis_s=settings.redis.probe_interval_s,
+        observer=metrics,
+    )
     # Outermost first: request context and metrics, then authentication, then admission.
-    layers: list[Layer] = []
+    layers: list[Layer] = [RequestContextLayer(echo=settings.echo_request_id)]
+    if metrics is not None:
+        layers.append(MetricsLayer(metrics))
+    tracing = build_tracing_layer(settings.tracing.enabled, tracer_provider)
+    if tracing is not None:
+        layers.append(tracing)
     auth = build_auth_layer(settings.auth, store)
     if auth is not None:
         layers.append(auth)
+    if admission is not None:
+        layers.append(admission)
     server = grpc.aio.server(
         interceptors=[Pipeline(layers)] if layers else None,
         options=[
@@ -260,6 +308,11 @@ async def create_server(
         cache,
         flusher,
         port,
+        metrics=MetricsEndpoint(metrics.registry, settings.metrics.address)
+        if metrics is not None and settings.metrics.address
+        else None,
+        sampler=sampler,
+        admission=admission,
         sweeper=sweeper_of(settings, repository, store),
         health_server=health_server,
         health_port=health_port,

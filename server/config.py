@@ -183,11 +183,30 @@ class AuthSettings(BaseModel):
 
 
 class QuotaSettings(BaseModel):
-    """Quotas and admission (QUOTA__)."""
+    """Quotas and admission (QUOTA__). Every limit is off at 0; only the in-flight cap is on by default."""
+
+    requests_per_s: float = Field(default=0, ge=0, description="per-workspace request rate; 0 = off")
+    requests_burst: float = Field(default=0, ge=0, description="bucket size; 0 = one second's worth (at least 1)")
+    append_bytes_per_s: float = Field(default=0, ge=0, description="per-workspace appended content bytes; 0 = off")
+    append_bytes_burst: float = Field(default=0, ge=0, description="bucket size; 0 = one second's worth")
+    max_in_flight: int = Field(default=1000, ge=0, description="per-process concurrent RPCs; 0 = off")
+    max_streams_per_workspace: int = Field(default=0, ge=0, description="concurrent StreamHistory calls; 0 = off")
+    in_flight_retry_s: float = Field(default=0.1, gt=0, description="the RetryInfo delay of a shed request")
 
 
 class MetricsSettings(BaseModel):
-    """The Prometheus endpoint (METRICS__). Unset port means no endpoint."""
+    """The Prometheus endpoint (METRICS__). Unset address means no endpoint and no metrics layer."""
+
+    address: str | None = Field(
+        default=None, pattern=r"^[^\s]*:\d{1,5}$", description="host:port of the /metrics HTTP endpoint"
+    )
+    sample_interval_s: float = Field(default=5.0, gt=0, description="how often pool, outbox and tier gauges update")
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry tracing (TRACING__); needs the ``otel`` extra."""
+
+    enabled: bool = False
 
 
 class Settings(BaseSettings):
@@ -204,7 +223,10 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     quota: QuotaSettings = QuotaSettings()
     metrics: MetricsSettings = MetricsSettings()
+    tracing: TracingSettings = TracingSettings()
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    echo_request_id: bool = Field(default=True, description="send x-request-id back in initial metadata")
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
-import sys
 import time
 from types import FrameType
 
@@ -24,12 +23,14 @@ def _worker(settings: Settings, index: int) -> None:
     import asyncio
 
     from server.app import serve
+    from server.observability.endpoint import split_address
+    from server.observability.logs import configure_logging
 
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s worker{index} %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level, settings.log_format, worker=index)
+    if settings.metrics.address:  # one endpoint per worker: worker i serves on the configured port + i
+        host, port = split_address(settings.metrics.address)
+        metrics = settings.metrics.model_copy(update={"address": f"{host}:{port + index if port else 0}"})
+        settings = settings.model_copy(update={"metrics": metrics})
     try:
         import uvloop
     except ImportError:

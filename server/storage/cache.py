@@ -104,6 +104,17 @@ class RedisCache:
             await self._scripts_client.aclose()
         await self._client.aclose()
 
+    def pool_stats(self) -> dict[str, int]:
+        """Return the connection pool's counts (``created``, ``in_use``, ``available``, ``max``); {} for a cluster."""
+        pool: Any = getattr(self._client, "connection_pool", None)
+        # redis-py keeps these as private lists/sets; len() of them is all that is read.
+        available = getattr(pool, "_available_connections", None)
+        in_use = getattr(pool, "_in_use_connections", None)
+        if available is None or in_use is None:
+            return {}
+        free, busy = len(available), len(in_use)
+        return {"created": free + busy, "in_use": busy, "available": free, "max": int(pool.max_connections)}
+
     async def ping(self) -> None:
         """Round-trip to Redis on a fresh connection (the breaker's probe).
 

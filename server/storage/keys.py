@@ -67,6 +67,15 @@ class KeySpace:
         workspace_id, _, thread_id = field.partition("/")
         return self.thread(workspace_id, thread_id).meta
 
+    def quota(self, workspace_id: str) -> tuple[str, str]:
+        """Return a workspace's request and append-bytes token buckets (one tag, so one script covers both)."""
+        base = f"{self.prefix}:{{q:{workspace_id}}}:quota"
+        return f"{base}:req", f"{base}:bytes"
+
+    def streams(self, workspace_id: str) -> str:
+        """Return the sorted set of a workspace's open StreamHistory leases."""
+        return f"{self.prefix}:{{q:{workspace_id}}}:streams"
+
     def preferences(self, workspace_id: str, user_id: str) -> str:
         """Return the preferences hash key of a user."""
         tag = bucket_of(workspace_id, user_id)

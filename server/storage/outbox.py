@@ -148,6 +148,28 @@ class Flusher:
             pipe.xlen(stream)
         return sum(int(n) for n in await pipe.execute())
 
+    async def backlog(self) -> tuple[int, float]:
+        """Return the entries in all outbox streams and the age in seconds of the oldest (0 when empty).
+
+        Stream ids are Redis's clock in milliseconds, so the age is measured against Redis's TIME.
+        """
+        pipe = self._client.pipeline(transaction=False)
+        for stream in self._streams:
+            pipe.xlen(stream)
+            pipe.xrange(stream, "-", "+", count=1)
+        replies = await pipe.execute()
+        seconds, micros = await self._client.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        depth = 0
+        oldest_ms: int | None = None
+        for length, first in zip(replies[0::2], replies[1::2], strict=True):
+            depth += int(length)
+            if first:
+                raw = first[0][0]
+                ms = int((raw.decode() if isinstance(raw, bytes) else str(raw)).partition("-")[0])
+                oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
+        return depth, 0.0 if oldest_ms is None else max(0.0, (now_ms - oldest_ms) / 1000)
+
     async def _run(self) -> None:
         next_claim = 0.0
         backoff = 0.05

@@ -170,6 +170,14 @@ class PostgresStore(PostgresApiKeys):
         """Close the pool, waiting for connections in use."""
         await self._pool.close()
 
+    def pool_stats(self) -> dict[str, int]:
+        """Return the asyncpg pool's ``size`` (open connections), ``idle`` and ``max``."""
+        return {
+            "size": int(self._pool.get_size()),
+            "idle": int(self._pool.get_idle_size()),
+            "max": int(self._pool.get_max_size()),
+        }
+
     async def migrate(self) -> list[str]:
         """Apply pending migrations under an advisory lock; return the names applied."""
         applied: list[str] = []

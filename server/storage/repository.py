@@ -67,6 +67,7 @@ from server.storage.models import (
     Tier,
     Trimmed,
 )
+from server.storage.observer import NoObserver, StorageObserver
 from server.storage.protocols import Cache, CacheUnavailableError, Store, StoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -176,12 +177,16 @@ class Repository:
         store: the durable tier.
         cache: the Redis tier, or None to run without L1.
         policy: the consistency settings.
+        observer: receives cache hits, misses and hydrations (for metrics).
     """
 
-    def __init__(self, store: Store, cache: Cache | None, policy: Policy) -> None:
+    def __init__(
+        self, store: Store, cache: Cache | None, policy: Policy, observer: StorageObserver | None = None
+    ) -> None:
         self._store = store
         self._cache = cache
         self._policy = policy
+        self._observer = observer or NoObserver()
         self.store_health = TierHealth("store")
         self.breaker = (
             CacheBreaker(cache.ping, self._repair_cache, policy.probe_interval_s, TierHealth("redis"))
@@ -582,7 +587,10 @@ class Repository:
             else:
                 used, items = await self._on_cache(lambda c: c.read_window(key, limit))
             if items is not None:
+                self._observer.cache_hit("window")
                 return Window(b"".join(items), Served(Tier.CACHE, self._degraded()))
+            if used:
+                self._observer.cache_miss("window")
         await self._await_flushed(key, known)
         skipped = self._cache is not None and not used
         loaded = await self._hydrate(key, max(limit, self._policy.window), fill=not skipped)
@@ -620,6 +628,7 @@ class Repository:
         if tail is None:
             return None
         if fill and tail.items:
+            self._observer.hydration()
             # The read answers without waiting for the fill: the fill script is fenced (a newer write or
             # a delete refuses it), so landing late is safe, and a read before it lands hydrates again.
             window = tail.items[-self._policy.window :]
@@ -691,8 +700,11 @@ class Repository:
         """Return a user's preferences, from the cache when it holds them."""
         used, cached = await self._on_cache(lambda c: c.read_preferences(workspace_id, user_id))
         if cached is not None:
+            self._observer.cache_hit("preferences")
             values = {k: PreferenceValue(v, us) for k, (v, us) in cached.items()}
             return Preferences(values, Served(Tier.CACHE, self._degraded()))
+        if used:
+            self._observer.cache_miss("preferences")
         prefs = await self._on_store(self._store.get_preferences(workspace_id, user_id))
         skipped = self._cache is not None and not used
         if not skipped:

@@ -1,0 +1,1 @@
+"""Observability: request context and logs, Prometheus metrics, optional OpenTelemetry tracing."""
