@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
-from grpc_status import rpc_status
 
+from server.aborts import abort_with_error
 from server.errors import ChatmemError
 
 CHATMEM_PREFIX = "/chatmem.v1."
@@ -99,6 +99,8 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships 
 
     def __init__(self, layers: Sequence[Layer]) -> None:
         self._layers = tuple(layers)
+        # One wrapped handler per method, built on its first call: the handlers never change.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -110,30 +112,57 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships 
         method = handler_call_details.method
         if handler is None or not self._layers or not method.startswith(CHATMEM_PREFIX):
             return handler
-        return self._wrap(handler, method)
+        known = self._wrapped.get(method)
+        if known is None or known[0] is not handler:
+            known = (handler, self._wrap(handler, method))
+            self._wrapped[method] = known
+        return known[1]
 
-    def _call(self, method: str, streaming: bool, request: Any, context: grpc.aio.ServicerContext) -> Call:
-        service, _, name = method[1:].partition("/")
-        return Call(method, service, name, streaming, request, context, _metadata(context))
-
-    @contextlib.asynccontextmanager
-    async def _entered(self, call: Call) -> AsyncIterator[None]:
+    async def _enter(self, call: Call) -> list[contextlib.AbstractAsyncContextManager[None]]:
+        entered: list[contextlib.AbstractAsyncContextManager[None]] = []
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                for layer in self._layers:
-                    await stack.enter_async_context(layer.around(call))
-                yield
-        except ChatmemError as exc:
-            await call.context.abort_with_status(rpc_status.to_status(exc.to_status()))
+            for layer in self._layers:
+                scope = layer.around(call)
+                await scope.__aenter__()
+                entered.append(scope)
+        except BaseException as exc:
+            await self._leave(entered, exc, call)
+            raise AssertionError("unreachable: _leave re-raises") from exc
+        return entered
+
+    async def _leave(
+        self, entered: list[contextlib.AbstractAsyncContextManager[None]], exc: BaseException | None, call: Call
+    ) -> None:
+        # Innermost first, as nested ``async with`` blocks would; a layer that raises replaces the error.
+        for scope in reversed(entered):
+            try:
+                await scope.__aexit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+            except BaseException as raised:  # noqa: BLE001 - passed on below, like an async with block
+                exc = raised
+        if isinstance(exc, ChatmemError):
+            await abort_with_error(call.context, exc)  # raises
+        if exc is not None:
+            raise exc
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        service, _, name = method[1:].partition("/")
+
+        def call_of(request: Any, context: grpc.aio.ServicerContext, streaming: bool) -> Call:
+            return Call(method, service, name, streaming, request, context, _metadata(context))
+
         if handler.unary_unary is not None:
             unary = handler.unary_unary
 
             async def unary_behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with self._entered(self._call(method, False, request, context)):
-                    return await unary(request, context)
-                raise AssertionError("unreachable: the pipeline aborted")  # abort raises
+                call = call_of(request, context, False)
+                entered = await self._enter(call)
+                try:
+                    response = await unary(request, context)
+                except BaseException as exc:
+                    await self._leave(entered, exc, call)
+                    raise AssertionError("unreachable: _leave re-raises") from exc
+                await self._leave(entered, None, call)
+                return response
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_behaviour,
@@ -144,9 +173,15 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships 
             stream = handler.unary_stream
 
             async def stream_behaviour(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async with self._entered(self._call(method, True, request, context)):
+                call = call_of(request, context, True)
+                entered = await self._enter(call)
+                try:
                     async for item in stream(request, context):
                         yield item
+                except BaseException as exc:
+                    await self._leave(entered, exc, call)
+                    raise AssertionError("unreachable: _leave re-raises") from exc
+                await self._leave(entered, None, call)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream_behaviour,

@@ -35,12 +35,10 @@ def accept_request_id(value: str | None) -> str:
 
 
 class RequestContextLayer:
-    """The outermost layer: sets the request id, sends it back as initial metadata, logs access at DEBUG.
+    """The outermost layer: sets the request id, sends it back as trailing metadata, logs access at DEBUG.
 
     Args:
-        echo: send ``x-request-id`` in the response's initial metadata. gRPC sends initial metadata
-            of its own accord only together with the first response, and always empty, so the echo
-            costs one more batch in gRPC's core per RPC.
+        echo: send ``x-request-id`` in the response's trailing metadata.
     """
 
     def __init__(self, echo: bool = True) -> None:
@@ -69,8 +67,10 @@ class _RequestScope:
         if access_log.isEnabledFor(logging.DEBUG):
             self._started = time.perf_counter()
         if self._echo:
-            # Sent before the handler runs, so it reaches the client on every outcome, stream or unary.
-            await call.context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
+            # Trailing metadata rides on the status gRPC sends anyway (initial metadata would cost a
+            # batch of its own), so it reaches the client on every outcome, stream or unary; aborts
+            # keep it (server/aborts.py).
+            call.context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

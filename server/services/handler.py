@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from grpc_status import rpc_status
 
+from server.aborts import abort_with_error
 from server.errors import ChatmemError
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def time_budget(context: grpc.aio.ServicerContext, default_s: float) -> float:
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, ChatmemError):
-        await context.abort_with_status(rpc_status.to_status(exc.to_status()))
+        await abort_with_error(context, exc)
     if isinstance(exc, TimeoutError):
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the storage answered")
     log.exception("unexpected error in %s", method, exc_info=exc)

@@ -16,8 +16,8 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
-from grpc_status import rpc_status
 
+from server.aborts import abort_with_error
 from server.errors import InvalidArgumentError
 
 Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -66,7 +66,7 @@ def _serialize(response: Message) -> bytes:
 
 
 async def _refuse(request: Undecodable, context: grpc.aio.ServicerContext) -> None:
-    await context.abort_with_status(rpc_status.to_status(request.error().to_status()))
+    await abort_with_error(context, request.error())
 
 
 def _guard_unary(behaviour: Unary) -> Unary:

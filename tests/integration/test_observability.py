@@ -46,11 +46,11 @@ async def test_request_id_is_echoed_given_or_generated(sqlite_api: Harness) -> N
         metadata=(("x-request-id", "req-42.a:b@c"),),
     )
     await call
-    assert request_id_of(await call.initial_metadata()) == "req-42.a:b@c"
+    assert request_id_of(await call.trailing_metadata()) == "req-42.a:b@c"
     # GetHistory's handler returns pre-serialised bytes.
     call = h.threads.GetHistory(pb.GetHistoryRequest(workspace_id=h.ws, thread_id="t"))
     assert len((await call).messages) == 2
-    generated = request_id_of(await call.initial_metadata())
+    generated = request_id_of(await call.trailing_metadata())
     assert HEX32.fullmatch(generated)
     # Unsafe or oversized ids are replaced, never echoed.
     for bad in ("has space", "x" * 129, "semi;colon", "<tag>", 'quo"te'):
@@ -58,7 +58,7 @@ async def test_request_id_is_echoed_given_or_generated(sqlite_api: Harness) -> N
             pb.GetHistoryRequest(workspace_id=h.ws, thread_id="t"), metadata=(("x-request-id", bad),)
         )
         await call
-        assert HEX32.fullmatch(request_id_of(await call.initial_metadata()))
+        assert HEX32.fullmatch(request_id_of(await call.trailing_metadata()))
     # A refused request carries it too.
     call = h.threads.GetThread(
         pb.GetThreadRequest(workspace_id=h.ws, thread_id="nope"), metadata=(("x-request-id", "r-404"),)
@@ -66,14 +66,14 @@ async def test_request_id_is_echoed_given_or_generated(sqlite_api: Harness) -> N
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    assert request_id_of(await call.initial_metadata()) == "r-404"
+    assert request_id_of(await call.trailing_metadata()) == "r-404"
     # And a stream.
     stream = h.threads.StreamHistory(
         pb.StreamHistoryRequest(workspace_id=h.ws, thread_id="t"), metadata=(("x-request-id", "stream-1"),)
     )
     chunks = [c async for c in stream]
     assert sum(len(c.messages) for c in chunks) == 2
-    assert request_id_of(await stream.initial_metadata()) == "stream-1"
+    assert request_id_of(await stream.trailing_metadata()) == "stream-1"
 
 
 async def test_echo_can_be_turned_off() -> None:
@@ -81,7 +81,7 @@ async def test_echo_can_be_turned_off() -> None:
     try:
         call = h.threads.GetHistory(pb.GetHistoryRequest(thread_id="t"), metadata=(("x-request-id", "quiet-1"),))
         await call
-        assert "x-request-id" not in dict(await call.initial_metadata() or ())
+        assert "x-request-id" not in dict(await call.trailing_metadata() or ())
     finally:
         await h.close()
 
