@@ -230,6 +230,7 @@ async def create_server(
             consumer=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
             batch_size=o.batch_size,
             block_ms=o.block_ms,
+            linger_ms=o.linger_ms,
             claim_idle_ms=o.claim_idle_ms,
             claim_interval_s=o.claim_interval_s,
             cluster=settings.redis.cluster,

@@ -123,6 +123,9 @@ class OutboxSettings(BaseModel):
 
     batch_size: int = Field(default=500, ge=1)
     block_ms: int = Field(default=100, ge=1, description="flush latency when idle; below REDIS__SOCKET_TIMEOUT_S")
+    linger_ms: int = Field(
+        default=5, ge=0, le=1000, description="after a partial batch, wait this long to gather the next (0: never)"
+    )
     claim_idle_ms: int = Field(default=30_000, ge=100)
     claim_interval_s: float = Field(default=5.0, gt=0)
     max_unflushed_per_thread: int = Field(default=100_000, ge=10)

@@ -75,8 +75,31 @@ def encode_unsequenced(workspace_id: str, thread_id: str, message: NewMessage, c
     )
 
 
+def split_framed(framed: bytes) -> list[bytes]:
+    """Return the serialised messages of a buffer framed as repeated field 1, without parsing them."""
+    items = []
+    pos, end = 0, len(framed)
+    while pos < end:
+        if framed[pos] != _ITEM_TAG[0]:
+            raise ValueError(f"not a framed message at byte {pos}")
+        pos += 1
+        length = shift = 0
+        while True:
+            byte = framed[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+        items.append(framed[pos : pos + length])
+        pos += length
+    if pos != end:
+        raise ValueError("a framed message runs past the end of the buffer")
+    return items
+
+
 def decode_framed(framed: bytes) -> list[StoredMessage]:
-    """Decode messages framed as a repeated field 1 (as the outbox stores them)."""
+    """Decode messages framed as a repeated field 1 (as the outbox stores them), keeping each one's bytes."""
     parsed = thread_memory_service_pb2.GetHistoryResponse.FromString(framed)
     return [
         StoredMessage(
@@ -86,6 +109,7 @@ def decode_framed(framed: bytes) -> list[StoredMessage]:
             name=m.name,
             metadata=dict(m.metadata),
             create_time_us=m.create_time.seconds * 1_000_000 + m.create_time.nanos // 1000,
+            encoded=encoded,
         )
-        for m in parsed.messages
+        for m, encoded in zip(parsed.messages, split_framed(framed), strict=True)
     ]

@@ -75,6 +75,8 @@ class Flusher:
         consumer: this process's consumer name in the group.
         batch_size: the most entries in one store transaction.
         block_ms: how long one read waits for new entries (the flush latency bound when idle).
+        linger_ms: after a batch smaller than ``batch_size``, wait this long before reading again, so
+            that at low rates one transaction carries several appends instead of one each.
         claim_idle_ms: how long an entry stays pending before another consumer takes it over.
         claim_interval_s: how often to look for such entries.
         cluster: read bucket by bucket (Redis Cluster rejects multi-slot reads).
@@ -90,6 +92,7 @@ class Flusher:
         consumer: str,
         batch_size: int,
         block_ms: int,
+        linger_ms: int = 0,
         claim_idle_ms: int,
         claim_interval_s: float,
         cluster: bool,
@@ -101,6 +104,7 @@ class Flusher:
         self._consumer = consumer
         self._batch_size = batch_size
         self._block_ms = block_ms
+        self._linger_s = linger_ms / 1000
         self._claim_idle_ms = claim_idle_ms
         self._claim_interval_s = claim_interval_s
         self._cluster = cluster
@@ -185,6 +189,8 @@ class Flusher:
                     if not await self._flush(entries[start : start + self._batch_size]):
                         break
                 backoff = 0.05
+                if entries and len(entries) < self._batch_size and self._linger_s and not self._stopping:
+                    await asyncio.sleep(self._linger_s)
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     log.warning("outbox consumer groups are missing (Redis restarted empty?); creating them again")

@@ -9,7 +9,14 @@ import pytest
 from chatmem.v1 import resources_pb2, thread_memory_service_pb2
 from server.config import LimitSettings, Settings
 from server.errors import InvalidArgumentError
-from server.storage.codec import encode_messages, frame_repeated
+from server.storage.codec import (
+    decode_framed,
+    encode_message,
+    encode_messages,
+    frame_item,
+    frame_repeated,
+    split_framed,
+)
 from server.storage.keys import BUCKETS, KeySpace, bucket_of
 from server.storage.models import Role, StoredMessage
 from server.validation import DEFAULT_WORKSPACE, Checker
@@ -79,3 +86,17 @@ def test_defaults_are_the_embedded_server(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert not s.redis.enabled and s.database.url is None and s.database.sqlite_path == "./chatmem.db"
     assert s.grpc.address == "127.0.0.1:50051"
     assert (s.memory.max_thread_messages, s.memory.thread_ttl_hours, s.memory.user_ttl_days) == (50, 24, 30)
+
+
+def test_split_framed_returns_each_message_and_refuses_a_broken_buffer() -> None:
+    messages = [StoredMessage(i, Role(1 + i % 2), "x" * (i * 37), "", {"k": str(i)}, 1_790_000_000_000_000 + i)
+                for i in range(1, 200)]  # fmt: skip
+    encoded = [encode_message("ws", "t", m) for m in messages]
+    framed = b"".join(frame_item(e) for e in encoded)
+    assert split_framed(framed) == encoded  # lengths above 127 take two varint bytes
+    decoded = decode_framed(framed)
+    assert decoded == messages and [m.encoded for m in decoded] == encoded
+    with pytest.raises(ValueError, match="past the end"):
+        split_framed(framed[:-1])
+    with pytest.raises(ValueError, match="not a framed message"):
+        split_framed(b"\x12" + framed[1:])
