@@ -19,7 +19,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     DATABASE__SQLITE_PATH=/var/lib/chatmem/chatmem.db
 USER chatmem
 WORKDIR /var/lib/chatmem
-EXPOSE 50051
+EXPOSE 50051 9464
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
     CMD ["python", "-c", "import grpc, sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; c = grpc.insecure_channel('127.0.0.1:50051'); r = g.HealthStub(c).Check(h.HealthCheckRequest(), timeout=2); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]
 STOPSIGNAL SIGTERM
