@@ -328,11 +328,11 @@ class PostgresStore(PostgresApiKeys):
                 )
         return plan.results
 
-    async def tail(self, key: ThreadKey, limit: int) -> ThreadTail | None:
-        """Return the newest messages and the thread, read in one statement (one snapshot)."""
-        rows = await self._guard(
+    async def _tail_rows(self, key: ThreadKey, limit: int, columns: str) -> list[Any]:
+        # The thread and its newest messages in one statement (one snapshot); no rows: no thread.
+        return await self._guard(  # type: ignore[no-any-return]
             self._pool.fetch(
-                f"SELECT {_THREAD_COLS}, {_MSG_COLS} FROM threads t LEFT JOIN LATERAL ("
+                f"SELECT {_THREAD_COLS}, {columns} FROM threads t LEFT JOIN LATERAL ("
                 " SELECT * FROM messages WHERE workspace_id = t.workspace_id AND thread_id = t.thread_id"
                 " ORDER BY seq DESC LIMIT $3) m ON true "
                 "WHERE t.workspace_id = $1 AND t.thread_id = $2 ORDER BY m.seq",
@@ -341,23 +341,17 @@ class PostgresStore(PostgresApiKeys):
                 limit,
             )
         )
+
+    async def tail(self, key: ThreadKey, limit: int) -> ThreadTail | None:
+        """Return the newest messages and the thread, read in one statement (one snapshot)."""
+        rows = await self._tail_rows(key, limit, _MSG_COLS)
         if not rows:
             return None
         return ThreadTail(_thread(rows[0]), [_message(r) for r in rows if r["seq"] is not None])
 
     async def encoded_tail(self, key: ThreadKey, limit: int) -> EncodedTail | None:
         """Return the newest messages as stored bytes and the thread, read in one statement (one snapshot)."""
-        rows = await self._guard(
-            self._pool.fetch(
-                f"SELECT {_THREAD_COLS}, m.seq, m.encoded FROM threads t LEFT JOIN LATERAL ("
-                " SELECT seq, encoded FROM messages WHERE workspace_id = t.workspace_id AND thread_id = t.thread_id"
-                " ORDER BY seq DESC LIMIT $3) m ON true "
-                "WHERE t.workspace_id = $1 AND t.thread_id = $2 ORDER BY m.seq",
-                key.workspace_id,
-                key.thread_id,
-                limit,
-            )
-        )
+        rows = await self._tail_rows(key, limit, "m.seq, m.encoded")
         if not rows:
             return None
         items = [r["encoded"] for r in rows if r["seq"] is not None]

@@ -36,6 +36,24 @@ def pg_proc() -> Iterator[PostgresProcess]:
     proc.close()
 
 
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """A redis-server of the test's own, for tests that stop, freeze or reconfigure it."""
+    proc = RedisProcess()
+    proc.start()
+    yield proc
+    proc.close()
+
+
+@pytest.fixture
+def own_pg() -> Iterator[PostgresProcess]:
+    """A PostgreSQL of the test's own, for tests that stop or freeze it."""
+    proc = PostgresProcess()
+    proc.start()
+    yield proc
+    proc.close()
+
+
 def backend_settings(request: pytest.FixtureRequest, backend: str, tmp_path: pathlib.Path, **memory: Any) -> Any:
     """Settings for a backend name such as ``postgres+redis`` or ``postgres+redis:wt``."""
     backend, _, mode = backend.partition(":")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import pathlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -151,14 +151,6 @@ async def test_a_call_retries_until_a_restarted_server_answers(
             ]
         finally:
             await second.stop(0)
-
-
-@pytest.fixture
-def own_pg() -> Iterator[PostgresProcess]:
-    proc = PostgresProcess()
-    proc.start()
-    yield proc
-    proc.close()
 
 
 async def test_a_store_outage_is_unavailable_with_the_servers_retry_hint_then_retries_succeed(

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import pathlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -210,15 +210,6 @@ async def test_appends_still_in_the_outbox_never_come_back(queued: Harness, redi
         assert await history_seqs(h, thread) == []
         assert await thread_code(h, thread) == grpc.StatusCode.NOT_FOUND
     assert await store_rows.threads(h, h.ws, "alice") == []
-
-
-@pytest.fixture
-def own_pg() -> Iterator[PostgresProcess]:
-    """A PostgreSQL of this test's own, to kill without disturbing the session's."""
-    pg = PostgresProcess()
-    pg.start()
-    yield pg
-    pg.close()
 
 
 async def test_with_the_store_down_delete_user_is_unavailable_then_completes(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -123,14 +122,6 @@ async def test_local_buckets_without_redis() -> None:
         await h.close()
 
 
-@pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    proc = RedisProcess()
-    proc.start()
-    yield proc
-    proc.close()
-
-
 async def test_frozen_redis_falls_back_to_local_buckets_and_back(own_redis: RedisProcess) -> None:
     # A slow refill: the frozen Redis costs each early call up to two 0.5 s socket timeouts.
     h = await start_harness(quota_settings(own_redis.url, requests_per_s=0.2, requests_burst=2))
@@ -203,14 +194,6 @@ async def test_in_flight_cap_sheds_at_once(own_redis: RedisProcess) -> None:
         for task in stalled:
             task.cancel()
         await h.close()
-
-
-@pytest.fixture
-def own_pg() -> Iterator[PostgresProcess]:
-    proc = PostgresProcess()
-    proc.start()
-    yield proc
-    proc.close()
 
 
 def stream_settings(pg: PostgresProcess, redis_url: str | None, prefix: str) -> Settings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,15 +18,6 @@ from tests.procs import RedisProcess
 pytestmark = pytest.mark.integration
 
 ECHO = "return ARGV[1]"
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    """A redis-server of this test's own, since the tests stop and kill it."""
-    proc = RedisProcess()
-    proc.start()
-    yield proc
-    proc.close()
 
 
 @pytest.fixture

@@ -36,14 +36,6 @@ def own_redis(mode: str) -> Iterator[RedisProcess]:
 
 
 @pytest.fixture
-def own_pg() -> Iterator[PostgresProcess]:
-    proc = PostgresProcess()
-    proc.start()
-    yield proc
-    proc.close()
-
-
-@pytest.fixture
 async def h(own_redis: RedisProcess, own_pg: PostgresProcess, mode: str) -> AsyncIterator[Harness]:
     harness = await start_harness(make_settings(database_url=own_pg.url, redis_url=own_redis.url, write_mode=mode))
     yield harness
