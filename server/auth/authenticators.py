@@ -16,13 +16,23 @@ from server.storage.apikeys import ApiKeyRecord, KeyStore
 from server.storage.protocols import StoreUnavailableError
 
 
+class LookupRefusedError(UnauthenticatedError):
+    """The credential could only be checked with a store lookup, which the caller did not allow."""
+
+
 class Authenticator(Protocol):
     """Checks the credential a call carries."""
 
-    async def authenticate(self, metadata: Mapping[str, str]) -> Principal:
+    async def authenticate(self, metadata: Mapping[str, str], *, lookups: bool = True) -> Principal:
         """Return who is calling.
 
+        Args:
+            metadata: the call's metadata.
+            lookups: whether the store may be asked; without, only credentials that can be checked
+                locally (a cached API key, a JWT) are accepted.
+
         Raises:
+            LookupRefusedError: ``lookups`` is False and the credential needs one.
             UnauthenticatedError: no credential, or a bad one (the message holds no secret).
             UnavailableError: the credential could not be checked right now.
         """
@@ -62,7 +72,7 @@ class ApiKeyAuthenticator:
         self._clock = clock
         self._cache: OrderedDict[str, tuple[float, ApiKeyRecord]] = OrderedDict()
 
-    async def authenticate(self, metadata: Mapping[str, str]) -> Principal:
+    async def authenticate(self, metadata: Mapping[str, str], *, lookups: bool = True) -> Principal:
         """Return the key's principal, or raise UnauthenticatedError."""
         text = bearer(metadata) or metadata.get("x-api-key")
         if not text:
@@ -70,7 +80,7 @@ class ApiKeyAuthenticator:
         parsed = keys.parse(text)
         if parsed is None:
             raise UnauthenticatedError("malformed API key")
-        record = await self._lookup(parsed.key_id)
+        record = await self._lookup(parsed.key_id) if lookups else self._cached(parsed.key_id)
         if record is None or not keys.matches(parsed.secret, record.secret_hash):
             raise UnauthenticatedError(f"unknown API key {parsed.key_id}")
         if record.revoked:
@@ -79,6 +89,12 @@ class ApiKeyAuthenticator:
         if role is None:  # the table's CHECK constraint makes this unreachable short of manual edits
             raise UnauthenticatedError(f"API key {parsed.key_id} has no valid role")
         return Principal(record.workspace_id, role.label, f"key:{record.key_id}")
+
+    def _cached(self, key_id: str) -> ApiKeyRecord:
+        hit = self._cache.get(key_id)
+        if hit is None or hit[0] <= self._clock():
+            raise LookupRefusedError(f"API key {key_id} would need a lookup")
+        return hit[1]
 
     async def _lookup(self, key_id: str) -> ApiKeyRecord | None:
         now = self._clock()
@@ -110,8 +126,8 @@ class JwtAuthenticator:
     def __init__(self, verifier: JwtVerifier) -> None:
         self._verifier = verifier
 
-    async def authenticate(self, metadata: Mapping[str, str]) -> Principal:
-        """Return the token's principal, or raise UnauthenticatedError."""
+    async def authenticate(self, metadata: Mapping[str, str], *, lookups: bool = True) -> Principal:
+        """Return the token's principal, or raise UnauthenticatedError (a JWT needs no lookup)."""
         token = bearer(metadata)
         if not token:
             raise UnauthenticatedError("missing credential: send 'authorization: Bearer <JWT>'")

@@ -24,7 +24,7 @@ class AuthLayer:
     A request whose ``workspace_id`` is empty is rewritten to the credential's workspace; one naming
     another workspace is PERMISSION_DENIED, as is a role below the one the method needs
     (``roles.METHOD_ROLES``). A peer address with too many failed attempts gets RESOURCE_EXHAUSTED
-    without its credential being checked.
+    unless its credential can be checked without the store (a cached API key, a valid JWT).
 
     Args:
         authenticator: checks the credential.
@@ -40,11 +40,14 @@ class AuthLayer:
         """Refuse the call (by raising) unless its credential allows it; then run it."""
         peer = peer_host(str(call.context.peer() or ""))
         wait_s = self._limiter.retry_after(peer)
-        if wait_s > 0:
-            raise QuotaExceededError("too many failed authentication attempts from this address", wait_s)
         try:
-            principal = await self._authenticator.authenticate(call.metadata)
+            # A locked-out address still gets in with a credential checked locally (a cached key, a
+            # JWT): clients sharing an address (NAT, a proxy) are not locked out by one bad client,
+            # and the address can no longer make the store look anything up.
+            principal = await self._authenticator.authenticate(call.metadata, lookups=wait_s <= 0)
         except UnauthenticatedError as exc:
+            if wait_s > 0:
+                raise QuotaExceededError("too many failed authentication attempts from this address", wait_s) from exc
             self._limiter.failed(peer)
             log.warning("authentication failed: peer=%s method=%s: %s", peer, call.method, exc.message)
             raise
@@ -63,7 +66,8 @@ class AuthLayer:
     def _bind_workspace(call: Call) -> None:
         assert call.principal is not None
         request = call.request
-        if "workspace_id" not in request.DESCRIPTOR.fields_by_name:
+        descriptor = getattr(request, "DESCRIPTOR", None)  # None: bytes that did not parse (refused next)
+        if descriptor is None or "workspace_id" not in descriptor.fields_by_name:
             return  # not a workspace-scoped request; the role table alone decides
         named = call.workspace_id
         if not named:

@@ -141,14 +141,19 @@ class RedisCache:
         found = await self._run(self._read_window_or_pending, (k.msgs, k.meta, k.pending), (limit, k.field))
         if found and isinstance(found[0], bytes):
             return WindowRead(list(found))
-        newest, flushed = int(found[0]), int(found[1])
-        return WindowRead(None, (newest, flushed) if newest else None)
+        newest, flushed, fence = int(found[0]), int(found[1]), int(found[2])
+        return WindowRead(None, (newest, flushed) if newest else None, fence)
 
-    async def fill_window(self, thread: ThreadInfo, encoded: Sequence[bytes]) -> bool:
-        """Replace the window with a store read unless fenced; True if it landed."""
+    async def fill_window(self, thread: ThreadInfo, encoded: Sequence[bytes], fence: int | None = None) -> bool:
+        """Replace the window with a store read unless fenced; True if it landed.
+
+        ``fence`` is the trim generation the missed read saw (WindowRead.fence): a retention trim since
+        then refuses the fill. None skips that check.
+        """
         k = self._keys.thread(thread.workspace_id, thread.thread_id)
         framed = [frame_item(e) for e in encoded[-self._window :]]
-        args = (thread.incarnation, thread.last_seq, self._ttl(thread), self._window, *framed)
+        fence_arg = -1 if fence is None else fence
+        args = (thread.incarnation, thread.last_seq, self._ttl(thread), self._window, fence_arg, *framed)
         return bool(await self._run(self._fill_window, (k.msgs, k.meta), args))
 
     async def push_window(self, thread: ThreadInfo, first_seq: int, encoded: Sequence[bytes]) -> bool:
@@ -170,7 +175,8 @@ class RedisCache:
     async def trim_thread(self, key: ThreadKey, incarnation: int, removed: int) -> None:
         """After retention deleted old messages of a live thread: drop its window, lower its counted length."""
         k = self._keys.thread(key.workspace_id, key.thread_id)
-        await self._run(self._trim_thread, (k.msgs, k.meta, k.pending), (incarnation, removed, k.field))
+        args = (incarnation, removed, k.field, self._thread_ttl_s)
+        await self._run(self._trim_thread, (k.msgs, k.meta, k.pending), args)
 
     async def reconcile_thread(self, key: ThreadKey, seed: Seed) -> None:
         """After writes went around Redis: drop the window and raise the counter to the store's."""

@@ -151,10 +151,12 @@ class WindowRead:
     """A write_behind window read: the items on a hit; on a miss, what the thread has queued but not flushed.
 
     ``pending`` is (newest queued seq, flushed mark), or None when nothing is waiting for the flusher.
+    ``fence`` is the thread's trim generation on a miss, which the fill that follows passes back.
     """
 
     items: list[bytes] | None
     pending: tuple[int, int] | None = None
+    fence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -170,7 +170,7 @@ class Cache(Protocol):
         """Read the window as read_window does; on a miss, also return the thread's unflushed state."""
         ...
 
-    async def fill_window(self, thread: ThreadInfo, encoded: Sequence[bytes]) -> bool:
+    async def fill_window(self, thread: ThreadInfo, encoded: Sequence[bytes], fence: int | None = None) -> bool:
         """Replace the window with a store read, unless a newer write or a delete fenced it; True if filled."""
         ...
 

@@ -577,15 +577,15 @@ class Repository:
         """Return the newest ``limit`` messages, from the cache when its window is valid."""
         used = False
         known: tuple[int, int] | _Unknown | None = _UNKNOWN
+        fence: int | None = None
         if limit <= self._policy.window:
-            if self.write_behind:
-                # One round trip answers a hit, or tells a miss what is still queued for this thread.
-                used, read = await self._on_cache(lambda c: c.read_window_or_pending(key, limit))
-                items = None if read is None else read.items
-                if read is not None and items is None:
-                    known = read.pending
-            else:
-                used, items = await self._on_cache(lambda c: c.read_window(key, limit))
+            # One round trip answers a hit, or tells a miss the fence its fill must pass back and (in
+            # write_behind) what is still queued for this thread.
+            used, read = await self._on_cache(lambda c: c.read_window_or_pending(key, limit))
+            items = None if read is None else read.items
+            if read is not None and items is None:
+                fence = read.fence
+                known = read.pending if self.write_behind else _UNKNOWN
             if items is not None:
                 self._observer.cache_hit("window")
                 return Window(b"".join(items), Served(Tier.CACHE, self._degraded()))
@@ -593,14 +593,14 @@ class Repository:
                 self._observer.cache_miss("window")
         await self._await_flushed(key, known)
         skipped = self._cache is not None and not used
-        loaded = await self._hydrate(key, max(limit, self._policy.window), fill=not skipped)
+        loaded = await self._hydrate(key, max(limit, self._policy.window), fill=not skipped, fence=fence)
         served = Served(Tier.STORE, self._degraded(skipped))
         if loaded is None:
             return Window(b"", served)
         encoded = loaded.items[-limit:] if limit else []
         return Window(frame_repeated(1, encoded), served)
 
-    async def _hydrate(self, key: ThreadKey, limit: int, *, fill: bool) -> EncodedTail | None:
+    async def _hydrate(self, key: ThreadKey, limit: int, *, fill: bool, fence: int | None) -> EncodedTail | None:
         # Single flight: concurrent misses of one thread share one store read and one fill.
         shared = limit == self._policy.window
         pending = self._hydrations.get(key) if shared else None
@@ -612,7 +612,7 @@ class Repository:
                 if not pending.cancelled() or (task is not None and task.cancelling()):
                     raise
                 # The leader's RPC ended and took its load with it: load on our own.
-        load = asyncio.ensure_future(self._load(key, limit, fill))
+        load = asyncio.ensure_future(self._load(key, limit, fill, fence))
         if shared:
             self._hydrations[key] = load
 
@@ -623,16 +623,17 @@ class Repository:
             load.add_done_callback(forget)
         return await load
 
-    async def _load(self, key: ThreadKey, limit: int, fill: bool) -> EncodedTail | None:
+    async def _load(self, key: ThreadKey, limit: int, fill: bool, fence: int | None) -> EncodedTail | None:
         tail = await self._on_store(self._store.encoded_tail(key, limit))
         if tail is None:
             return None
         if fill and tail.items:
             self._observer.hydration()
-            # The read answers without waiting for the fill: the fill script is fenced (a newer write or
-            # a delete refuses it), so landing late is safe, and a read before it lands hydrates again.
+            # The read answers without waiting for the fill: the fill script is fenced (a newer write, a
+            # delete or a retention trim refuses it), so landing late is safe, and a read before it
+            # lands hydrates again.
             window = tail.items[-self._policy.window :]
-            self._in_background(self._on_cache(lambda c: c.fill_window(tail.thread, window)))
+            self._in_background(self._on_cache(lambda c: c.fill_window(tail.thread, window, fence)))
         return tail
 
     def _in_background(self, work: Awaitable[object]) -> None:

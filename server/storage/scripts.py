@@ -62,12 +62,13 @@ return items
 )
 
 # KEYS: msgs, meta, pending. ARGV: limit, pending field. READ_WINDOW, and on a miss what the thread has
-# queued but not flushed (as PENDING_SEQ), so that a write_behind miss costs one round trip, not two. A
-# hit returns the items (strings); a miss returns integers: {newest queued, flushed}, or {0, 0}.
+# queued but not flushed (as PENDING_SEQ), so that a write_behind miss costs one round trip, not two, and
+# the thread's trim generation ``tg`` (the fence its fill passes back). A hit returns the items
+# (strings); a miss returns integers: {newest queued or 0, flushed, tg}.
 READ_WINDOW_OR_PENDING = (
     _KEEP
     + """
-local m = redis.call('HMGET', KEYS[2], 'last', 'ttl', 'del', 'flushed')
+local m = redis.call('HMGET', KEYS[2], 'last', 'ttl', 'del', 'flushed', 'tg')
 if m[1] and not m[3] then
   local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
   if #items > 0 and (#items >= tonumber(ARGV[1]) or tonumber(m[1]) <= #items) then
@@ -75,28 +76,33 @@ if m[1] and not m[3] then
     return items
   end
 end
+local tg = tonumber(m[5]) or 0
 local p = redis.call('HGET', KEYS[3], ARGV[2])
-if not p or string.sub(p, -2) == ':f' then return {0, 0} end
-return {tonumber(string.match(p, '^(%d+):')), tonumber(m[4]) or 0}
+if not p or string.sub(p, -2) == ':f' then return {0, 0, tg} end
+return {tonumber(string.match(p, '^(%d+):')), tonumber(m[4]) or 0, tg}
 """
 )
 
-# KEYS: msgs, meta. ARGV: inc, last_seq, ttl, maxlen, encoded...
+# KEYS: msgs, meta. ARGV: inc, last_seq, ttl, maxlen, fence, encoded... The fence is the trim generation
+# the read that missed saw (-1: none known); a retention trim since then (TRIM_THREAD bumps ``tg``) means
+# the store read may hold trimmed messages, so the fill is refused.
 FILL_WINDOW = (
     _KEEP
     + """
 local inc = tonumber(ARGV[1])
 local last = tonumber(ARGV[2])
-local m = redis.call('HMGET', KEYS[2], 'inc', 'hw', 'del')
+local m = redis.call('HMGET', KEYS[2], 'inc', 'hw', 'del', 'tg')
 local cinc = tonumber(m[1])
 if cinc and cinc > inc then return 0 end
 if cinc == inc and (m[3] or (tonumber(m[2]) or 0) > last) then return 0 end
-if #ARGV < 5 then return 0 end
+local fence = tonumber(ARGV[5])
+if fence >= 0 and (tonumber(m[4]) or 0) ~= fence then return 0 end
+if #ARGV < 6 then return 0 end
 -- Same incarnation: keep the write_behind counter fields (seq, cnt, flushed), which are state.
 if cinc ~= inc then redis.call('DEL', KEYS[2]) end
 redis.call('DEL', KEYS[1])
 redis.call('HDEL', KEYS[2], 'del')
-redis.call('RPUSH', KEYS[1], unpack(ARGV, 5))
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 6))
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1)
 redis.call('HSET', KEYS[2], 'inc', ARGV[1], 'last', ARGV[2], 'hw', ARGV[2], 'ttl', ARGV[3])
 keep(tonumber(ARGV[3]), KEYS[1], KEYS[2])
@@ -157,13 +163,18 @@ end
 return 1
 """
 
-# KEYS: msgs, meta, pending. ARGV: inc, removed, pending field. After the retention sweep deleted
-# ``removed`` old messages of a live thread: drop its window (the next read refills it from the store,
-# so it never serves a deleted message) and lower the write_behind counted length, in the meta hash and
-# in the pending marker that a seed would read, if they belong to that incarnation.
+# KEYS: msgs, meta, pending. ARGV: inc, removed, pending field, ttl (of a meta hash this creates).
+# After the retention sweep deleted ``removed`` old messages of a live thread: drop its window (the next
+# read refills it from the store, so it never serves a deleted message), start a new trim generation (so
+# a fill read before the trim is refused), and lower the write_behind counted length, in the meta hash
+# and in the pending marker that a seed would read, if they belong to that incarnation.
 TRIM_THREAD = """
 redis.call('DEL', KEYS[1])
 redis.call('HDEL', KEYS[2], 'last')
+-- A new trim generation: a fill read from the store before this trim is refused (see FILL_WINDOW).
+if redis.call('HINCRBY', KEYS[2], 'tg', 1) == 1 and redis.call('HEXISTS', KEYS[2], 'inc') == 0 then
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+end
 local inc, removed = tonumber(ARGV[1]), tonumber(ARGV[2])
 local m = redis.call('HMGET', KEYS[2], 'inc', 'cnt')
 if tonumber(m[1]) == inc and m[2] then

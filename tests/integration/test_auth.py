@@ -137,16 +137,21 @@ async def test_the_failed_attempt_limiter_trips_and_recovers(tmp_path: pathlib.P
     h = await start_harness(settings)
     try:
         key, _ = await create_key(h.app.store, "acme", "read")
+        warm, _ = await create_key(h.app.store, "acme", "read")
         from chatmem.v1 import thread_memory_service_pb2 as t
 
         req = t.GetThreadRequest(thread_id="t")
+        assert await code_of(h.threads.GetThread(req, metadata=bearer(warm))) == grpc.StatusCode.NOT_FOUND
         for _ in range(3):
             assert (
                 await code_of(h.threads.GetThread(req, metadata=bearer("cmk_bad"))) == grpc.StatusCode.UNAUTHENTICATED
             )
+        # Locked out: a key that would need a store lookup is refused unchecked, even a good one...
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await h.threads.GetThread(req, metadata=bearer(key))  # a good key too: no credential is checked now
+            await h.threads.GetThread(req, metadata=bearer(key))
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # ...while a key this server has just checked (in its key cache) still works from the address.
+        assert await code_of(h.threads.GetThread(req, metadata=bearer(warm))) == grpc.StatusCode.NOT_FOUND
         assert 0 < _retry_delay_s(caught.value) <= 1.0
         code = grpc.StatusCode.RESOURCE_EXHAUSTED
         for _ in range(100):  # until the 1 s window has passed; bounded

@@ -126,7 +126,7 @@ async def test_a_push_larger_than_lua_can_unpack_still_extends_the_window(cache:
 
 async def test_a_write_behind_miss_reports_what_is_queued_in_the_same_round_trip(cache: RedisCache) -> None:
     key = ThreadKey(f"ws-{uuid.uuid4().hex[:8]}", "t")
-    assert await cache.read_window_or_pending(key, 5) == WindowRead(None, None)  # unknown: nothing queued
+    assert await cache.read_window_or_pending(key, 5) == WindowRead(None, None, 0)  # unknown: nothing queued
     request = QueuedRequest(key, (b"a", b"b", b"c"), "", None, 3600, "{}", 3600, 1000, Seed(False, 0, 0, 7))
     reply = await cache.append_queued(request)
     assert (reply.kind, reply.first, reply.count) == ("ok", 1, 3)
@@ -134,5 +134,21 @@ async def test_a_write_behind_miss_reports_what_is_queued_in_the_same_round_trip
     assert hit.items is not None and len(hit.items) == 2 and hit.pending is None
     # The window's key is lost (an eviction); the three queued messages are not flushed yet.
     await cache._client.delete(KeySpace().thread(key.workspace_id, key.thread_id).msgs)
-    assert await cache.read_window_or_pending(key, 2) == WindowRead(None, (3, 0))
+    assert await cache.read_window_or_pending(key, 2) == WindowRead(None, (3, 0), 0)
     assert await cache.pending_seq(key) == (3, 0)  # the same answer as the separate script's
+
+
+async def test_a_fill_read_before_a_retention_trim_is_refused(cache: RedisCache) -> None:
+    t = thread(5)
+    key = ThreadKey(t.workspace_id, t.thread_id)
+    missed = await cache.read_window_or_pending(key, 5)
+    assert missed.items is None and missed.fence == 0
+    # The store read (seqs 1..5) happens, then retention trims seqs 1..2 and drops the window...
+    await cache.trim_thread(key, t.incarnation, 2)
+    # ...so the fill of that read, landing late, must not bring the trimmed messages back.
+    assert await cache.fill_window(t, enc(1, 2, 3, 4, 5), missed.fence) is False
+    assert await cache.read_window(key, 5) is None
+    again = await cache.read_window_or_pending(key, 5)
+    assert again.fence == 1
+    assert await cache.fill_window(dataclasses.replace(t, message_count=3), enc(3, 4, 5), again.fence) is True
+    assert await cache.read_window(key, 3) == framed(3, 4, 5)

@@ -314,17 +314,25 @@ async def test_layer_binds_the_workspace_and_applies_the_role_table() -> None:
         await _enter(layer, _call(method, thread_memory_service_pb2.GetThreadRequest(), admin))
 
 
-async def test_layer_locks_out_a_peer_after_failures_without_checking_its_credential() -> None:
+async def test_a_locked_out_peer_gets_in_only_with_a_credential_checked_locally() -> None:
     verifier = JwtVerifier(AuthSettings(mode="jwt", jwt_secret=JWT_SECRET))
     clock = Clock()
     layer = AuthLayer(JwtAuthenticator(verifier), FailureLimiter(2, 30, 10, clock))
     good = {"authorization": f"Bearer {make_jwt('acme', 'read')}"}
+    bad = {"authorization": "Bearer not-a-token"}
     method = "/chatmem.v1.ThreadMemoryService/GetThread"
     for _ in range(2):
         with pytest.raises(UnauthenticatedError):
             await _enter(layer, _call(method, thread_memory_service_pb2.GetThreadRequest(), {}))
-    with pytest.raises(QuotaExceededError) as caught:
-        await _enter(layer, _call(method, thread_memory_service_pb2.GetThreadRequest(), good))
+    for metadata in ({}, bad):  # locked out: a bad or missing credential is told to wait
+        with pytest.raises(QuotaExceededError) as caught:
+            await _enter(layer, _call(method, thread_memory_service_pb2.GetThreadRequest(), metadata))
+        assert caught.value.retry_after_s == pytest.approx(30)
+    # A valid JWT needs no lookup: another client behind the same address is not locked out.
+    await _enter(layer, _call(method, thread_memory_service_pb2.GetThreadRequest(), good))
+    clock.now += 30
+    with pytest.raises(UnauthenticatedError):
+        await _enter(layer, _call(method, thread_memory_service_pb2.GetThreadRequest(), bad))
     assert caught.value.retry_after_s == pytest.approx(30)
     clock.now += 30
     await _enter(layer, _call(method, thread_memory_service_pb2.GetThreadRequest(), good))

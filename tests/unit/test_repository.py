@@ -53,7 +53,7 @@ class DownCache:
         await self._down()
         return WindowRead(None)
 
-    async def fill_window(self, thread: ThreadInfo, encoded: Sequence[bytes]) -> bool:
+    async def fill_window(self, thread: ThreadInfo, encoded: Sequence[bytes], fence: int | None = None) -> bool:
         await self._down()
         return False
 
