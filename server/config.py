@@ -237,6 +237,9 @@ class Settings(BaseSettings):
             raise ValueError("MEMORY__WRITE_MODE=write_behind needs Redis (REDIS__HOST or REDIS__URL)")
         if self.grpc.workers > 1 and not self.database.url:
             raise ValueError("GRPC__WORKERS > 1 needs PostgreSQL (DATABASE__URL): one SQLite file has one writer")
+        if self.memory.retention_days is not None and self.database.url and self.database.pool_max_size < 2:
+            # The sweep holds one pooled connection for its lease and needs another for its work.
+            raise ValueError("MEMORY__RETENTION_DAYS with PostgreSQL needs DATABASE__POOL_MAX_SIZE of at least 2")
         if self.outbox.block_ms >= self.redis.socket_timeout_s * 1000:
             raise ValueError("OUTBOX__BLOCK_MS must be below REDIS__SOCKET_TIMEOUT_S")
         return self

@@ -85,7 +85,7 @@ class CertificateReloader:
                 return None
             try:
                 config = self._load()
-            except (OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - any unusable file (encrypted key, unknown type): keep the old
                 self._bad = stamp
                 log.warning("TLS files changed but cannot be loaded (%s); keeping the current certificates", exc)
                 return None

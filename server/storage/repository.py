@@ -217,6 +217,8 @@ class Repository:
         await self._committer.close()
         if self._background:
             await asyncio.wait(set(self._background), timeout=_BACKGROUND_GRACE_S)
+            for task in set(self._background):  # the cache closes next: fills still running are abandoned
+                task.cancel()
         if self.breaker is not None:
             await self.breaker.close()
 
@@ -675,7 +677,7 @@ class Repository:
         finally:
             if not pending.done():
                 pending.cancel()
-                pending.add_done_callback(_consume_quietly)
+            pending.add_done_callback(_consume_quietly)  # a prefetch nobody awaits: take its outcome
 
     async def get_thread(self, key: ThreadKey) -> ThreadInfo:
         """Return a thread's metadata or raise NotFoundError."""

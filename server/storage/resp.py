@@ -27,6 +27,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 log = logging.getLogger(__name__)
 
 
+def _retrieve(attempt: asyncio.Future[Any]) -> None:
+    # A connect attempt whose callers all gave up: take its error so that asyncio does not log it.
+    if not attempt.cancelled():
+        attempt.exception()
+
+
 def _pack(args: tuple[Any, ...]) -> bytes:
     # hiredis packs in C (its stub returns Any).
     return hiredis.pack_command(args)  # type: ignore[no-any-return]
@@ -160,7 +166,7 @@ class PipelinedRedis:
         self._ssl, self._server_hostname = ssl_context, server_hostname
         self._timeout_s, self._connect_timeout_s = timeout_s, connect_timeout_s
         self._link: _Link | None = None
-        self._connecting: asyncio.Lock | None = None
+        self._connecting: asyncio.Future[_Link] | None = None
 
     @classmethod
     def like(cls, client: Any, *, timeout_s: float, connect_timeout_s: float) -> PipelinedRedis | None:
@@ -213,36 +219,42 @@ class PipelinedRedis:
 
     async def aclose(self) -> None:
         """Close the connection."""
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
         if self._link is not None:
             self._link.close()
             self._link = None
 
     async def _connect(self) -> _Link:
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            if self._link is not None and self._link.alive:
-                return self._link
-            loop = asyncio.get_running_loop()
-            try:
-                async with asyncio.timeout(self._connect_timeout_s):
-                    if self._path:
-                        _, link = await loop.create_unix_connection(lambda: _Link(loop, self._timeout_s), self._path)
-                    else:
-                        _, link = await loop.create_connection(
-                            lambda: _Link(loop, self._timeout_s),
-                            self._host,
-                            self._port,
-                            ssl=self._ssl,
-                            server_hostname=self._server_hostname,
-                        )
-                    await self._handshake(link)
-            except TimeoutError as exc:
-                raise RedisTimeoutError(f"connecting to Redis took over {self._connect_timeout_s}s") from exc
-            except OSError as exc:
-                raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
-            self._link = link
-            return link
+        # One attempt at a time, shared by every caller that needs it: when Redis is frozen or
+        # unreachable, the callers waiting on it all fail together after one connect timeout, instead
+        # of queueing for one attempt each.
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._open())
+            self._connecting.add_done_callback(_retrieve)
+        return await asyncio.shield(self._connecting)
+
+    async def _open(self) -> _Link:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                if self._path:
+                    _, link = await loop.create_unix_connection(lambda: _Link(loop, self._timeout_s), self._path)
+                else:
+                    _, link = await loop.create_connection(
+                        lambda: _Link(loop, self._timeout_s),
+                        self._host,
+                        self._port,
+                        ssl=self._ssl,
+                        server_hostname=self._server_hostname,
+                    )
+                await self._handshake(link)
+        except TimeoutError as exc:
+            raise RedisTimeoutError(f"connecting to Redis took over {self._connect_timeout_s}s") from exc
+        except OSError as exc:
+            raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+        self._link = link
+        return link
 
     async def _handshake(self, link: _Link) -> None:
         try:

@@ -121,3 +121,22 @@ async def test_commands_of_one_tick_reach_redis_in_few_reads(own_redis: RedisPro
         assert reads <= 10, reads
     finally:
         await observer.aclose()
+
+
+async def test_callers_share_one_connect_attempt_to_a_server_that_never_answers() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accept, read, never answer (a frozen Redis whose kernel still accepts)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = PipelinedRedis(port=port, password="pw", timeout_s=0.5, connect_timeout_s=0.5)
+    try:
+        started = time.monotonic()
+        results = await asyncio.gather(*(client.execute(b"PING") for _ in range(10)), return_exceptions=True)
+        waited = time.monotonic() - started
+        assert all(isinstance(r, RedisTimeoutError) for r in results), results
+        assert waited < 3.0  # one shared attempt (AUTH hangs 0.5 s), not ten in a row (5 s)
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()

@@ -126,11 +126,13 @@ def test_local_buckets_forget_full_ones_past_the_prune_size(monkeypatch: pytest.
     quota = LocalQuota(Rate(1, 1), None, clock)
     for i in range(11):
         assert quota.take(f"w{i}", 0) is None
-    assert len(quota._buckets) == 11  # none is full again yet, so none is dropped
+    assert len(quota._buckets) == 11  # none is full again yet, so none is dropped; the next prune is at 22
     clock.now += 5
-    assert quota.take("late", 0) is None
-    assert set(quota._buckets) == {("late", 0)}
-    assert quota.take("late", 0) == Refusal("requests", 1.0)
+    for i in range(12):
+        assert quota.take(f"late{i}", 0) is None
+    # The prune at 23 buckets dropped every full one (the w's), and kept the fresh debts.
+    assert set(quota._buckets) == {(f"late{i}", 0) for i in range(12)}
+    assert quota.take("late0", 0) == Refusal("requests", 1.0)
 
 
 def test_append_bytes_counts_utf8() -> None:
@@ -143,3 +145,13 @@ def test_append_bytes_counts_utf8() -> None:
 
     assert append_bytes(R()) == 2 + 2 + 3
     assert append_bytes(object()) == 0
+
+
+def test_local_buckets_stay_bounded_when_many_workspaces_keep_a_debt() -> None:
+    from server.admission import local
+
+    now = [0.0]
+    quota = local.LocalQuota(Rate(per_s=1.0, burst=1.0), None, clock=lambda: now[0])
+    for i in range(local._MAX_BUCKETS + 5_000):
+        quota.take(f"ws{i}", 0)  # each takes its one token: a bucket that is not full, so not pruned
+    assert len(quota._buckets) <= local._MAX_BUCKETS

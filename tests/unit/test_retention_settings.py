@@ -47,3 +47,13 @@ async def test_a_sweeper_exists_only_with_retention(monkeypatch: pytest.MonkeyPa
         assert sweeper_of(kept, repo, store) is not None
     finally:
         await store.close()
+
+
+def test_retention_on_postgres_needs_two_pool_connections() -> None:
+    with pytest.raises(ValidationError, match="POOL_MAX_SIZE"):
+        Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            memory={"retention_days": 30},
+            database={"url": "postgresql://x@127.0.0.1/db", "pool_min_size": 1, "pool_max_size": 1},
+        )
+    Settings(_env_file=None, memory={"retention_days": 30}, database={"pool_max_size": 1})  # type: ignore[call-arg]
