@@ -1,4 +1,4 @@
-"""Every chatmem RPC, found from the generated service descriptors, with a request builder and a generic invoker.
+"""A request builder for every chatmem RPC (found by tests/rpcs.py from the descriptors), and a generic invoker.
 
 A method without a builder fails ``case_builders_cover_every_rpc``: a new RPC must be added here, so the
 isolation and role tests cover it.
@@ -6,49 +6,17 @@ isolation and role tests cover it.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor, message_factory
 
-import chatmem.v1
 from chatmem.v1 import admin_service_pb2 as a
 from chatmem.v1 import preferences_service_pb2 as p
 from chatmem.v1 import resources_pb2
 from chatmem.v1 import thread_memory_service_pb2 as t
-
-
-@dataclass(frozen=True)
-class Rpc:
-    """One chatmem RPC."""
-
-    path: str
-    method: descriptor.MethodDescriptor
-
-    @property
-    def streaming(self) -> bool:
-        return bool(self.method.server_streaming)
-
-    @property
-    def response_class(self) -> Any:
-        return message_factory.GetMessageClass(self.method.output_type)
-
-
-def all_rpcs() -> list[Rpc]:
-    """Every method of every service in every ``chatmem.v1.*_service_pb2`` module."""
-    found = []
-    for info in sorted(pkgutil.iter_modules(chatmem.v1.__path__), key=lambda i: i.name):
-        if info.name.endswith("_service_pb2"):
-            module = importlib.import_module(f"chatmem.v1.{info.name}")
-            for service in module.DESCRIPTOR.services_by_name.values():
-                found += [Rpc(f"/{service.full_name}/{m.name}", m) for m in service.methods]
-    return found
-
+from tests.rpcs import Rpc, chatmem_methods
 
 # Builder(workspace_id, thread_id, user_id, tag) -> request; ``tag`` marks what this request writes.
 Builder = Callable[[str, str, str, str], Any]
@@ -94,7 +62,7 @@ BUILDERS: dict[str, Builder] = {
 
 def case_builders_cover_every_rpc() -> list[Rpc]:
     """Return every RPC, failing if one has no builder."""
-    rpcs = all_rpcs()
+    rpcs = chatmem_methods()
     missing = [r.path for r in rpcs if r.path not in BUILDERS]
     assert not missing, f"add request builders to tests/rpccases.py for: {missing}"
     return rpcs

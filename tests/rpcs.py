@@ -34,6 +34,16 @@ class Rpc:
         """``Service.Method``, for test ids."""
         return f"{self.method.containing_service.name}.{self.method.name}"
 
+    @property
+    def streaming(self) -> bool:
+        """True for a server-streaming RPC."""
+        return bool(self.method.server_streaming)
+
+    @property
+    def response_class(self) -> type[Message]:
+        """The response message class."""
+        return message_factory.GetMessageClass(self.method.output_type)
+
 
 def chatmem_methods() -> list[Rpc]:
     """Return every RPC of every service in the generated chatmem.v1 package, in a stable order."""
