@@ -111,6 +111,39 @@ BULK_BATCH = 50_000
 HYDRATE_TRIES = 5  # drops and reads per hydrate call before a cache-served read counts as an anomaly
 
 
+Timed = Callable[[int], Awaitable[tuple[int, Tags]]]
+
+
+def read_append_chat(name: str, op: str, get: Timed, put: Timed) -> Call:
+    """The calls of ``read``, ``append`` and the chat loop (a read, then an append) from one read and one append.
+
+    Raises:
+        ValueError: ``op`` is none of these.
+    """
+    if op == READ:
+
+        async def read(i: int, meter: Meter) -> tuple[int | None, Tags]:
+            return await get(i)
+
+        return read
+    if op == APPEND:
+
+        async def append(i: int, meter: Meter) -> tuple[int | None, Tags]:
+            return await put(i)
+
+        return append
+    if is_chat(op):
+
+        async def chat(i: int, meter: Meter) -> tuple[int | None, Tags]:
+            start = time.perf_counter_ns()
+            _, ta = await get(i)
+            _, tb = await put(i)
+            return time.perf_counter_ns() - start, ta + tb
+
+        return chat
+    raise ValueError(f"{name} has no operation {op}")
+
+
 class Meter:
     """Counts units (operations, or streamed messages) that complete inside the measured window."""
 
@@ -523,28 +556,7 @@ class LimitRedis(Target):
             await pipe.execute()
             return time.perf_counter_ns() - start, ()
 
-        if op == READ:
-
-            async def read(i: int, meter: Meter) -> tuple[int | None, Tags]:
-                return await get(i)
-
-            return read
-        if op == APPEND:
-
-            async def append(i: int, meter: Meter) -> tuple[int | None, Tags]:
-                return await put(i)
-
-            return append
-        if is_chat(op):
-
-            async def chat(i: int, meter: Meter) -> tuple[int | None, Tags]:
-                start = time.perf_counter_ns()
-                _, ta = await get(i)
-                _, tb = await put(i)
-                return time.perf_counter_ns() - start, ta + tb
-
-            return chat
-        raise ValueError(f"{self.name} has no operation {op}")
+        return read_append_chat(self.name, op, get, put)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -622,33 +634,12 @@ class LimitPostgres(Target):
             self.last_seq[thread] = seq + 2
             return time.perf_counter_ns() - start, ()
 
-        if op == READ:
-
-            async def read(i: int, meter: Meter) -> tuple[int | None, Tags]:
-                return await get(self.conns[local], i)
-
-            return read
         if op == HYDRATE:
 
             async def hydrate(i: int, meter: Meter) -> tuple[int | None, Tags]:
                 return await get(self.read_conns[local], i)
 
             return hydrate
-        if op == APPEND:
-
-            async def append(i: int, meter: Meter) -> tuple[int | None, Tags]:
-                return await put(i)
-
-            return append
-        if is_chat(op):
-
-            async def chat(i: int, meter: Meter) -> tuple[int | None, Tags]:
-                start = time.perf_counter_ns()
-                _, ta = await get(self.conns[local], i)
-                _, tb = await put(i)
-                return time.perf_counter_ns() - start, ta + tb
-
-            return chat
         if op == STREAM:
             chunk, length = self.wl.stream_chunk, s.length
 
@@ -671,7 +662,11 @@ class LimitPostgres(Target):
                 return elapsed, (() if received == length else (f"messages={received}",))
 
             return stream
-        raise ValueError(f"{self.name} has no operation {op}")
+
+        async def read(i: int) -> tuple[int, Tags]:
+            return await get(self.conns[local], i)
+
+        return read_append_chat(self.name, op, read, put)
 
     async def close(self) -> None:
         for conn in (*self.conns, *self.read_conns):
@@ -840,28 +835,7 @@ def _history_call(target: Any, op: str, worker: int, histories: list[Any]) -> Ca
         await histories[i % len(histories)].aadd_messages([human(content=user), ai(content=assistant)])
         return time.perf_counter_ns() - start, ()
 
-    if op == READ:
-
-        async def read(i: int, meter: Meter) -> tuple[int | None, Tags]:
-            return await get(i)
-
-        return read
-    if op == APPEND:
-
-        async def append(i: int, meter: Meter) -> tuple[int | None, Tags]:
-            return await put(i)
-
-        return append
-    if is_chat(op):
-
-        async def chat(i: int, meter: Meter) -> tuple[int | None, Tags]:
-            start = time.perf_counter_ns()
-            _, ta = await get(i)
-            _, tb = await put(i)
-            return time.perf_counter_ns() - start, ta + tb
-
-        return chat
-    raise ValueError(f"{target.name} has no operation {op}")
+    return read_append_chat(target.name, op, get, put)
 
 
 KINDS: dict[str, type[Target]] = {

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
@@ -49,7 +49,6 @@ class Call:
     metadata: dict[str, str]
     request_id: str = ""
     principal: Principal | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def workspace_id(self) -> str:

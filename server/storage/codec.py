@@ -7,6 +7,7 @@ each row's ``encoded`` column, so that streams and cache fills send them without
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 
 from chatmem.v1 import resources_pb2, thread_memory_service_pb2
@@ -29,6 +30,13 @@ def encode_message(workspace_id: str, thread_id: str, message: StoredMessage) ->
     pb.create_time.seconds, micros = divmod(message.create_time_us, 1_000_000)
     pb.create_time.nanos = micros * 1000
     return pb.SerializeToString()
+
+
+def with_encoding(workspace_id: str, thread_id: str, message: StoredMessage) -> StoredMessage:
+    """Return the message carrying its serialised form, so that later writers need not encode it again."""
+    if message.encoded is not None:
+        return message
+    return dataclasses.replace(message, encoded=encode_message(workspace_id, thread_id, message))
 
 
 def encode_messages(workspace_id: str, thread_id: str, messages: Iterable[StoredMessage]) -> list[bytes]:

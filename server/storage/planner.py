@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from server.errors import AbortedError
+from server.storage.codec import with_encoding
 from server.storage.models import AppendCommand, AppendResult, StoredMessage, ThreadInfo, ThreadKey
 
 
@@ -74,8 +75,13 @@ def plan_appends(
             )
             continue
         first = thread.last_seq + 1 + pending_gaps.pop(cmd.key, 0)
+        # Encoded here, once: the store writes these bytes with the rows and the cache pushes them.
         stored = tuple(
-            StoredMessage(first + i, m.role, m.content, m.name, dict(m.metadata), now_us)
+            with_encoding(
+                cmd.key.workspace_id,
+                cmd.key.thread_id,
+                StoredMessage(first + i, m.role, m.content, m.name, dict(m.metadata), now_us),
+            )
             for i, m in enumerate(cmd.messages)
         )
         thread = dataclasses.replace(

@@ -425,18 +425,16 @@ class SqliteStore(SqliteApiKeys):
         """Return up to ``limit`` messages from ``start_seq`` (inclusive, ascending) as stored bytes."""
 
         def run() -> EncodedPage:
-            rows = (
-                self._db()
-                .execute(
-                    f"SELECT {_MSG_COLS} FROM messages WHERE workspace_id = ? AND thread_id = ? AND seq >= ? "
-                    "ORDER BY seq LIMIT ?",
-                    (key.workspace_id, key.thread_id, start_seq, limit),
-                )
-                .fetchall()
-            )
-            # Rows written before the encoded column existed are encoded here.
-            items = encode_messages(key.workspace_id, key.thread_id, [_message(r) for r in rows])
-            return EncodedPage(items, rows[-1][0] if rows else start_seq - 1)
+            where = "WHERE workspace_id = ? AND thread_id = ? AND seq >= ? ORDER BY seq LIMIT ?"
+            args = (key.workspace_id, key.thread_id, start_seq, limit)
+            rows = self._db().execute(f"SELECT seq, encoded FROM messages {where}", args).fetchall()
+            if not rows:
+                return EncodedPage([], start_seq - 1)
+            items = [r[1] for r in rows]
+            if None in items:  # rows written before the encoded column existed: encode them here
+                full = self._db().execute(f"SELECT {_MSG_COLS} FROM messages {where}", args).fetchall()
+                items = encode_messages(key.workspace_id, key.thread_id, [_message(r) for r in full])
+            return EncodedPage(items, rows[-1][0])
 
         return await self._call(run)
 
