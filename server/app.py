@@ -36,15 +36,15 @@ from server.services.preferences import PreferencesService
 from server.services.preferences import register as register_preferences
 from server.services.thread_memory import ThreadMemoryService
 from server.services.thread_memory import register as register_thread_memory
-from server.storage.cache import RedisCache, build_redis_client
-from server.storage.keys import KeySpace
-from server.storage.outbox import Flusher
-from server.storage.postgres import PostgresStore
 from server.storage.protocols import Cache, Store
+from server.storage.redis.cache import RedisCache, build_redis_client
+from server.storage.redis.connection import PipelinedRedis
+from server.storage.redis.keys import KeySpace
+from server.storage.redis.outbox import Flusher
 from server.storage.repository import Policy, Repository
-from server.storage.resp import PipelinedRedis
 from server.storage.retention import Sweeper
-from server.storage.sqlite import SqliteStore
+from server.storage.sql.postgres.store import PostgresStore
+from server.storage.sql.sqlite.store import SqliteStore
 from server.tls import CertificateReloader
 
 log = logging.getLogger(__name__)

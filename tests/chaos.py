@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
-from server.storage.keys import BUCKETS, KeySpace
+from server.storage.redis.keys import BUCKETS, KeySpace
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 

@@ -20,12 +20,12 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from server.admission.local import LocalQuota
+from server.admission.quota import Rate, RedisQuota, Refusal, StreamLeases
 from server.config import QuotaSettings
 from server.errors import QuotaExceededError
 from server.interceptors import Call
-from server.storage.keys import KeySpace
 from server.storage.protocols import CacheUnavailableError
-from server.storage.quota import Rate, RedisQuota, Refusal, StreamLeases
+from server.storage.redis.keys import KeySpace
 from server.validation import DEFAULT_WORKSPACE, is_valid_id
 
 log = logging.getLogger(__name__)

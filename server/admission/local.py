@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from server.storage.quota import KINDS, Rate, Refusal
+from server.admission.quota import KINDS, Rate, Refusal
 
 # Past this many workspaces the buckets that have refilled completely are dropped (an absent bucket is
 # full, so nothing changes); it bounds memory when many workspaces come and go. The next prune waits

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from server.observability.metrics import Metrics
 from server.storage.observer import PoolReporter
-from server.storage.outbox import Flusher
+from server.storage.redis.outbox import Flusher
 from server.storage.repository import Repository
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from server.storage.keys import KeySpace
+from server.storage.redis.keys import KeySpace
 from tests.conftest import Harness, make_settings, start_harness
 from tests.procs import PostgresProcess, RedisProcess
 

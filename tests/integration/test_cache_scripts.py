@@ -9,9 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from server.storage.cache import RedisCache
 from server.storage.codec import frame_item
-from server.storage.keys import KeySpace
 from server.storage.models import (
     PreferenceChange,
     PreferenceSet,
@@ -22,6 +20,8 @@ from server.storage.models import (
     ThreadKey,
     WindowRead,
 )
+from server.storage.redis.cache import RedisCache
+from server.storage.redis.keys import KeySpace
 from tests.procs import RedisProcess
 
 pytestmark = pytest.mark.integration

@@ -39,7 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from chatmem.v1 import preferences_service_pb2 as pp
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
-from server.storage.keys import BUCKETS, KeySpace
+from server.storage.redis.keys import BUCKETS, KeySpace
 from tests.fuzz_strategies import (
     ID_FIELDS,
     MAX_CONTENT,

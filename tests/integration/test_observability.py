@@ -24,8 +24,8 @@ from chatmem.v1 import thread_memory_service_pb2 as pb
 from server.app import create_server
 from server.config import MetricsSettings, QuotaSettings, TracingSettings
 from server.storage.health import TierHealth
-from server.storage.keys import KeySpace
-from server.storage.outbox import Flusher
+from server.storage.redis.keys import KeySpace
+from server.storage.redis.outbox import Flusher
 from tests.conftest import Harness, exchange, make_settings, msg, start_harness
 from tests.procs import PostgresProcess, RedisProcess, ServerProcess, free_port
 

@@ -10,8 +10,8 @@ from google.protobuf import duration_pb2
 
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
-from server.storage.keys import KeySpace
 from server.storage.models import ThreadKey
+from server.storage.redis.keys import KeySpace
 from tests.conftest import Harness, exchange, msg
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from server.config import QuotaSettings, Settings
-from server.storage.keys import KeySpace
+from server.storage.redis.keys import KeySpace
 from tests.conftest import Harness, make_settings, msg, start_harness
 from tests.procs import PostgresProcess, RedisProcess
 
@@ -287,7 +287,7 @@ async def test_stream_cap_without_redis_is_per_process(own_pg: PostgresProcess) 
 
 
 async def test_stream_leases_lapse_and_renew(redis_proc: RedisProcess) -> None:
-    from server.storage.quota import StreamLeases
+    from server.admission.quota import StreamLeases
 
     client = aioredis.Redis.from_url(redis_proc.url)
     keys = KeySpace(f"cm{uuid.uuid4().hex[:8]}")

@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server.storage.resp import PipelinedRedis
+from server.storage.redis.connection import PipelinedRedis
 from tests.procs import RedisProcess
 
 pytestmark = pytest.mark.integration

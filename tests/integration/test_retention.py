@@ -14,9 +14,9 @@ import redis.asyncio as aioredis
 
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
-from server.storage.postgres import PostgresStore
 from server.storage.repository import Policy, Repository
 from server.storage.retention import Sweeper
+from server.storage.sql.postgres.store import PostgresStore
 from tests import store_rows
 from tests.conftest import Harness, exchange, make_settings, msg, start_harness
 from tests.integration.conftest import backend_settings

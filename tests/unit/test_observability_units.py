@@ -10,9 +10,9 @@ import pytest
 
 from server.admission.layer import append_bytes
 from server.admission.local import LocalQuota
+from server.admission.quota import Rate, Refusal
 from server.observability.context import accept_request_id, request_id_var
 from server.observability.logs import configure_logging
-from server.storage.quota import Rate, Refusal
 
 
 @pytest.mark.parametrize("given", ["abc", "A-1_b.c:d@e/f+g=", "x" * 128])

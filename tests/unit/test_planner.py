@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from server.errors import AbortedError
 from server.storage.models import AppendCommand, AppendResult, NewMessage, Role, ThreadInfo, ThreadKey
-from server.storage.planner import Replay, plan_appends
+from server.storage.sql.planner import Replay, plan_appends
 
 A = ThreadKey("w", "a")
 B = ThreadKey("w", "b")

@@ -25,7 +25,7 @@ from server.storage.models import (
 )
 from server.storage.protocols import CacheUnavailableError
 from server.storage.repository import Policy, Repository
-from server.storage.sqlite import SqliteStore
+from server.storage.sql.sqlite.store import SqliteStore
 
 KEY = ThreadKey("w", "t")
 

@@ -9,7 +9,7 @@ import pytest
 
 from server.storage.models import AppendCommand, NewMessage, Role, ThreadKey
 from server.storage.repository import Policy, Repository
-from server.storage.sqlite import SqliteStore
+from server.storage.sql.sqlite.store import SqliteStore
 from tests.unit.test_repository import DownCache
 
 KEY = ThreadKey("w", "t")

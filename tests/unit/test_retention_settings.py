@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from server.app import sweeper_of
 from server.config import MemorySettings, Settings
 from server.storage.repository import Policy, Repository
-from server.storage.sqlite import SqliteStore
+from server.storage.sql.sqlite.store import SqliteStore
 
 
 def test_retention_is_off_by_default() -> None:

@@ -17,8 +17,8 @@ from server.storage.codec import (
     frame_repeated,
     split_framed,
 )
-from server.storage.keys import BUCKETS, KeySpace, bucket_of
 from server.storage.models import Role, StoredMessage
+from server.storage.redis.keys import BUCKETS, KeySpace, bucket_of
 from server.validation import DEFAULT_WORKSPACE, Checker
 
 

@@ -23,13 +23,13 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
-from server.storage import scripts
 from server.storage.codec import decode_framed
 from server.storage.health import TierHealth
-from server.storage.keys import BUCKETS, KeySpace
 from server.storage.models import NewThreadOptions, QueuedAppend, ThreadKey
 from server.storage.protocols import Store, StoreUnavailableError
-from server.storage.scripts import Script
+from server.storage.redis import scripts
+from server.storage.redis.keys import BUCKETS, KeySpace
+from server.storage.redis.scripts import Script
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from server.storage import scripts
 from server.storage.codec import frame_item
-from server.storage.keys import KeySpace
 from server.storage.models import (
     PreferenceChange,
     PreferenceSet,
@@ -25,7 +23,9 @@ from server.storage.models import (
     WindowRead,
 )
 from server.storage.protocols import CacheUnavailableError
-from server.storage.scripts import Script
+from server.storage.redis import scripts
+from server.storage.redis.keys import KeySpace
+from server.storage.redis.scripts import Script
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ class Migration:
 
 def load(dialect: str) -> list[Migration]:
     """Return the migrations of a dialect ("postgres" or "sqlite"), oldest first."""
-    folder = resources.files("server.storage") / "migrations" / dialect
+    folder = resources.files("server.storage.sql") / "migrations" / dialect
     found = []
     for entry in folder.iterdir():
         match = _NAME.match(entry.name)

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from server.storage import migrations
 from server.storage.codec import encode_message, encode_messages
 from server.storage.models import (
     AppendCommand,
@@ -40,9 +39,10 @@ from server.storage.models import (
     ThreadTail,
     Trimmed,
 )
-from server.storage.planner import Replay, plan_appends
 from server.storage.protocols import StoreUnavailableError
-from server.storage.sqlite_apikeys import SqliteApiKeys
+from server.storage.sql import migrations
+from server.storage.sql.planner import Replay, plan_appends
+from server.storage.sql.sqlite.apikeys import SqliteApiKeys
 
 T = TypeVar("T")
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import asyncpg
 
-from server.storage import migrations
 from server.storage.codec import encode_message, encode_messages
 from server.storage.models import (
     AppendCommand,
@@ -35,9 +34,10 @@ from server.storage.models import (
     ThreadTail,
     Trimmed,
 )
-from server.storage.planner import Replay, plan_appends
-from server.storage.postgres_apikeys import PostgresApiKeys
 from server.storage.protocols import StoreUnavailableError
+from server.storage.sql import migrations
+from server.storage.sql.planner import Replay, plan_appends
+from server.storage.sql.postgres.apikeys import PostgresApiKeys
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from server.storage import scripts
-from server.storage.keys import KeySpace
 from server.storage.protocols import CacheUnavailableError
-from server.storage.scripts import Script
+from server.storage.redis import scripts
+from server.storage.redis.keys import KeySpace
+from server.storage.redis.scripts import Script
 
 KINDS = ("requests", "bytes")
 

@@ -1,0 +1,1 @@
+"""The embedded durable store on SQLite: one module per concern, composed in store.py."""
