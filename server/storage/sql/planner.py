@@ -1,9 +1,12 @@
-"""Pure planning of a group of appends: dedupe by request_id, optimistic checks, seq assignment.
+"""Pure planning of what both SQL stores write: a group of appends, and a batch of outbox entries.
 
 Both stores lock the threads involved, hand their rows to plan_appends, and write what it returns in
 the same transaction, so the seq rules live here once: a thread's seqs strictly increase in commit order
 under the thread row's lock, never reused; they are dense (1, 2, 3, ...) except where a fallback write
 skips a gap (see server/storage/repository.py).
+
+plan_flush holds the flusher's rules the same way: an entry of a deleted incarnation is skipped, and the
+first copy of a request id to reach the store wins.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 
 from server.errors import AbortedError
 from server.storage.codec import with_encoding
-from server.storage.models import AppendCommand, AppendResult, StoredMessage, ThreadInfo, ThreadKey
+from server.storage.models import AppendCommand, AppendResult, QueuedAppend, StoredMessage, ThreadInfo, ThreadKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,3 +102,81 @@ def plan_appends(
             plan.request_rows.append((cmd.key, cmd.request_id, replay))
         plan.results.append(AppendResult(first, len(stored), thread.message_count, False, thread, stored))
     return plan
+
+
+@dataclass(slots=True)
+class FlushPlan:
+    """What a store must write for a batch of outbox entries.
+
+    Attributes:
+        live: the entries that still count, in outbox order.
+        message_rows: their messages, each (thread, seq) once; the store inserts them if absent.
+        request_rows: one live entry per (thread, request id), to record the request.
+        new_threads: the first live entry of each thread; its options create the thread row if missing.
+    """
+
+    live: list[QueuedAppend] = field(default_factory=list)
+    message_rows: list[tuple[ThreadKey, StoredMessage]] = field(default_factory=list)
+    request_rows: list[QueuedAppend] = field(default_factory=list)
+    new_threads: list[QueuedAppend] = field(default_factory=list)
+
+
+def first_entries(entries: Sequence[QueuedAppend]) -> list[QueuedAppend]:
+    """Return the first entry of each thread, in (workspace, thread) order: the order rows are locked in."""
+    firsts: dict[ThreadKey, QueuedAppend] = {}
+    for e in entries:
+        firsts.setdefault(e.key, e)
+    return [firsts[k] for k in sorted(firsts, key=lambda k: (k.workspace_id, k.thread_id))]
+
+
+def plan_flush(
+    entries: Sequence[QueuedAppend],
+    dead: Mapping[ThreadKey, int],
+    known: Mapping[tuple[ThreadKey, str], int],
+) -> FlushPlan:
+    """Plan the write of outbox entries against the store's tombstones and request records.
+
+    Args:
+        entries: the entries, in outbox order (a redelivered entry may appear twice).
+        dead: the largest deleted incarnation of each thread that has a tombstone.
+        known: the first seq the store already holds for each (thread, request id) of the entries.
+
+    Returns:
+        The rows to write. An entry whose incarnation is at most its thread's tombstone is skipped (a
+        delete must never be undone by a late flush). An entry whose request id the store (or an earlier
+        entry of this batch) holds under another first seq is skipped: it is a retry's twin (its caller
+        timed out and the retry went around Redis), never acknowledged itself.
+    """
+    plan = FlushPlan()
+    firsts: dict[tuple[ThreadKey, str], int] = dict(known)
+    rows: set[tuple[ThreadKey, int]] = set()
+    threads: set[ThreadKey] = set()
+    recorded: set[tuple[ThreadKey, str]] = set(known)
+    for e in entries:
+        if e.incarnation <= dead.get(e.key, -1):
+            continue
+        if e.request_id:
+            rid = (e.key, e.request_id)
+            if firsts.setdefault(rid, e.first_seq) != e.first_seq:
+                continue
+            if rid not in recorded:
+                recorded.add(rid)
+                plan.request_rows.append(e)
+        plan.live.append(e)
+        if e.key not in threads:
+            threads.add(e.key)
+            plan.new_threads.append(e)
+        for m in e.messages:
+            if (e.key, m.seq) not in rows:
+                rows.add((e.key, m.seq))
+                plan.message_rows.append((e.key, m))
+    return plan
+
+
+def count_inserted(inserted: Sequence[tuple[ThreadKey, int]]) -> dict[ThreadKey, tuple[int, int]]:
+    """Return, per thread, (the newest seq, how many) of the message rows a flush inserted."""
+    counts: dict[ThreadKey, tuple[int, int]] = {}
+    for key, seq in inserted:
+        top, n = counts.get(key, (0, 0))
+        counts[key] = (max(top, seq), n + 1)
+    return counts

@@ -1,16 +1,16 @@
-"""KeyStore on PostgreSQL: a mixin of PostgresStore, using its pool and its error mapping."""
+"""KeyStore on PostgreSQL: API keys, stored as hashes."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from server.storage.apikeys import ApiKeyRecord
+from server.storage.sql.postgres.db import US, PgDatabase
 
-_US = "(extract(epoch FROM {col}) * 1000000)::bigint"
 _COLS = (
-    f"key_id, workspace_id, role, name, secret_hash, {_US.format(col='create_time')} AS create_us, "
-    f"{_US.format(col='revoke_time')} AS revoke_us"
+    f"key_id, workspace_id, role, name, secret_hash, {US.format(col='create_time')} AS create_us, "
+    f"{US.format(col='revoke_time')} AS revoke_us"
 )
 
 
@@ -27,17 +27,19 @@ def _record(row: Any) -> ApiKeyRecord:
 
 
 class PostgresApiKeys:
-    """The KeyStore methods of PostgresStore (which provides ``_pool`` and ``_guard``)."""
+    """KeyStore on PostgreSQL.
 
-    if TYPE_CHECKING:
-        _pool: Any
+    Args:
+        db: the shared pool.
+    """
 
-        async def _guard(self, coro: Any) -> Any: ...
+    def __init__(self, db: PgDatabase) -> None:
+        self._db = db
 
     async def create_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
         """Insert a new key; return it with its create time."""
-        row = await self._guard(
-            self._pool.fetchrow(
+        row = await self._db.guard(
+            self._db.pool.fetchrow(
                 f"INSERT INTO api_keys (key_id, workspace_id, role, name, secret_hash) VALUES ($1, $2, $3, $4, $5) "
                 f"RETURNING {_COLS}",
                 record.key_id,
@@ -51,13 +53,13 @@ class PostgresApiKeys:
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
         """Return the key with this id, or None."""
-        row = await self._guard(self._pool.fetchrow(f"SELECT {_COLS} FROM api_keys WHERE key_id = $1", key_id))
+        row = await self._db.guard(self._db.pool.fetchrow(f"SELECT {_COLS} FROM api_keys WHERE key_id = $1", key_id))
         return _record(row) if row else None
 
     async def list_api_keys(self, workspace_id: str | None) -> Sequence[ApiKeyRecord]:
         """Return the keys of one workspace (None: all), oldest first."""
-        rows = await self._guard(
-            self._pool.fetch(
+        rows = await self._db.guard(
+            self._db.pool.fetch(
                 f"SELECT {_COLS} FROM api_keys WHERE $1::text IS NULL OR workspace_id = $1 "
                 "ORDER BY create_time, key_id",
                 workspace_id,
@@ -67,8 +69,8 @@ class PostgresApiKeys:
 
     async def revoke_api_key(self, key_id: str) -> bool:
         """Revoke a live key; False when there is none with this id."""
-        status = await self._guard(
-            self._pool.execute(
+        status = await self._db.guard(
+            self._db.pool.execute(
                 "UPDATE api_keys SET revoke_time = clock_timestamp() WHERE key_id = $1 AND revoke_time IS NULL",
                 key_id,
             )

@@ -1,0 +1,80 @@
+"""The cache repair log on PostgreSQL: threads and users whose cached copy a write around Redis made stale."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from server.storage.models import Repair, ThreadKey
+from server.storage.sql.postgres.db import TS, US, PgDatabase
+
+
+async def marked(conn: Any, kind: str, keys: Sequence[ThreadKey]) -> set[ThreadKey]:
+    """Return which of the threads are already marked with ``kind``, inside the caller's transaction."""
+    rows = await conn.fetch(
+        "SELECT r.workspace_id, r.object_id FROM cache_repairs r "
+        "JOIN unnest($2::text[], $3::text[]) AS k(ws, id) ON r.workspace_id = k.ws AND r.object_id = k.id "
+        "WHERE r.kind = $1",
+        kind,
+        [k.workspace_id for k in keys],
+        [k.thread_id for k in keys],
+    )
+    return {ThreadKey(r["workspace_id"], r["object_id"]) for r in rows}
+
+
+async def mark(conn: Any, repairs: Sequence[Repair]) -> None:
+    """Mark entries for repair inside the caller's transaction (a write around Redis marks what it wrote)."""
+    await conn.execute(
+        "INSERT INTO cache_repairs (kind, workspace_id, object_id) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) "
+        "ON CONFLICT (kind, workspace_id, object_id) DO UPDATE SET create_time = clock_timestamp()",
+        [r.kind for r in repairs],
+        [r.workspace_id for r in repairs],
+        [r.object_id for r in repairs],
+    )
+
+
+class PostgresRepairLog:
+    """RepairLog on PostgreSQL.
+
+    Args:
+        db: the shared pool.
+    """
+
+    def __init__(self, db: PgDatabase) -> None:
+        self._db = db
+
+    async def mark_repairs(self, repairs: Sequence[Repair]) -> None:
+        """Mark cache entries as possibly stale."""
+
+        async def run() -> None:
+            async with self._db.pool.acquire() as conn:
+                await mark(conn, repairs)
+
+        await self._db.guard(run())
+
+    async def list_repairs(self, limit: int) -> list[Repair]:
+        """Return cache entries marked as possibly stale, oldest first."""
+        rows = await self._db.guard(
+            self._db.pool.fetch(
+                f"SELECT kind, workspace_id, object_id, {US.format(col='create_time')} AS us "
+                "FROM cache_repairs ORDER BY create_time LIMIT $1",
+                limit,
+            )
+        )
+        return [Repair(r["kind"], r["workspace_id"], r["object_id"], r["us"]) for r in rows]
+
+    async def clear_repairs(self, repairs: Sequence[Repair]) -> None:
+        """Forget repairs applied to the cache, unless marked again since they were listed."""
+        await self._db.guard(
+            self._db.pool.execute(
+                "DELETE FROM cache_repairs r "
+                "USING unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS k(kind, ws, id, us) "
+                "WHERE r.kind = k.kind AND r.workspace_id = k.ws AND r.object_id = k.id "
+                f"AND r.create_time <= {TS.format(arg='k.us')}",
+                [r.kind for r in repairs],
+                [r.workspace_id for r in repairs],
+                [r.object_id for r in repairs],
+                [r.marked_us for r in repairs],
+            )
+        )
