@@ -10,7 +10,6 @@ from server.app import open_store, serve
 from server.auth import cli as keys_cli
 from server.config import Settings
 from server.observability.logs import configure_logging
-from server.storage.apikeys import KeyStore
 
 
 async def _migrate(settings: Settings) -> None:
@@ -26,9 +25,7 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     store = await open_store(settings)
     try:
         await store.migrate()
-        if not isinstance(store, KeyStore):
-            raise SystemExit(f"{type(store).__name__} cannot hold API keys")
-        return await keys_cli.run(args, store)
+        return await keys_cli.run(args, store.keys)
     finally:
         await store.close()
 

@@ -36,7 +36,8 @@ from server.services.preferences import PreferencesService
 from server.services.preferences import register as register_preferences
 from server.services.thread_memory import ThreadMemoryService
 from server.services.thread_memory import register as register_thread_memory
-from server.storage.protocols import Cache, Store
+from server.storage.erasure import Eraser
+from server.storage.protocols import Cache, RetentionStore, Stores
 from server.storage.redis.cache import RedisCache, build_redis_client
 from server.storage.redis.connection import PipelinedRedis
 from server.storage.redis.keys import KeySpace
@@ -56,7 +57,7 @@ SERVICE_NAMES = (
 )
 
 
-async def open_store(settings: Settings) -> Store:
+async def open_store(settings: Settings) -> Stores:
     """Open the durable store: PostgreSQL when DATABASE__URL is set, else the embedded SQLite file."""
     db = settings.database
     if db.url:
@@ -125,7 +126,7 @@ class App:
     server: grpc.aio.Server
     health: HealthServicer
     repository: Repository
-    store: Store
+    store: Stores
     cache: Cache | None
     flusher: Flusher | None
     port: int
@@ -194,7 +195,7 @@ class App:
 async def create_server(
     settings: Settings,
     *,
-    store: Store | None = None,
+    store: Stores | None = None,
     cache: Cache | None = None,
     use_configured_cache: bool = True,
     tracer_provider: Any = None,
@@ -226,7 +227,7 @@ async def create_server(
         flusher = Flusher(
             client,
             KeySpace(settings.redis.key_prefix),
-            store,
+            store.outbox,
             consumer=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
             batch_size=o.batch_size,
             block_ms=o.block_ms,
@@ -257,7 +258,7 @@ async def create_server(
     tracing = build_tracing_layer(settings.tracing.enabled, tracer_provider)
     if tracing is not None:
         layers.append(tracing)
-    auth = build_auth_layer(settings.auth, store)
+    auth = build_auth_layer(settings.auth, store.keys)
     if auth is not None:
         layers.append(auth)
     if admission is not None:
@@ -278,7 +279,7 @@ async def create_server(
     )
     register_thread_memory(ThreadMemoryService(repository, settings), server)
     register_preferences(PreferencesService(repository, settings), server)
-    register_admin(AdminService(repository, settings), server)
+    register_admin(AdminService(Eraser(repository, store.retention), settings), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if settings.reflection_enabled:
@@ -314,20 +315,20 @@ async def create_server(
         else None,
         sampler=sampler,
         admission=admission,
-        sweeper=sweeper_of(settings, repository, store),
+        sweeper=sweeper_of(settings, Eraser(repository, store.retention), store.retention),
         health_server=health_server,
         health_port=health_port,
     )
 
 
-def sweeper_of(settings: Settings, repository: Repository, store: Store) -> Sweeper | None:
+def sweeper_of(settings: Settings, eraser: Eraser, retention: RetentionStore) -> Sweeper | None:
     """Build the retention sweeper, or None when MEMORY__RETENTION_DAYS is unset (keep forever)."""
     m = settings.memory
     if m.retention_days is None:
         return None
     return Sweeper(
-        repository,
-        store,
+        eraser,
+        retention,
         retention_s=m.retention_days * 86400,
         interval_s=m.retention_sweep_interval_s,
         batch=m.retention_sweep_batch,

@@ -10,7 +10,7 @@ from server import audit
 from server.config import Settings
 from server.services import convert, registry
 from server.services.handler import unary
-from server.storage.repository import Repository
+from server.storage.erasure import Eraser
 from server.validation import Checker
 
 # Threads listed and deleted per page; small, so that each store call stays short.
@@ -30,8 +30,8 @@ class AdminService(pb_grpc.AdminServiceServicer):
         settings: the server settings.
     """
 
-    def __init__(self, repository: Repository, settings: Settings) -> None:
-        self._repo = repository
+    def __init__(self, eraser: Eraser, settings: Settings) -> None:
+        self._eraser = eraser
         self._limits = settings.limits
         self.default_timeout_s = settings.grpc.default_timeout_s
 
@@ -46,7 +46,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
         check.ident("request_id", request.request_id, required=False)
         check.done()
         try:
-            erased = await self._repo.delete_user(workspace, user, _USER_PAGE)
+            erased = await self._eraser.delete_user(workspace, user, _USER_PAGE)
         except Exception as exc:
             # Some threads may be gone already: the attempt is on record too (a retry finishes it).
             audit.record(

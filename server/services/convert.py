@@ -6,7 +6,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from chatmem.v1 import resources_pb2
 from server.storage.models import PreferenceValue, StoredMessage, ThreadInfo
-from server.storage.repository import Served
+from server.storage.results import Served
 
 
 def timestamp(us: int) -> timestamp_pb2.Timestamp:

@@ -49,7 +49,7 @@ class PreferencesService(pb_grpc.PreferencesServiceServicer):
         self._key_count(check, "keys", len(request.keys))
         check.keys("keys", request.keys)
         check.done()
-        found = await self._repo.get_preferences(workspace, user)
+        found = await self._repo.preferences.get(workspace, user)
         wanted = set(request.keys) if request.keys else None
         return pb.GetPreferencesResponse(
             preferences=[
@@ -73,7 +73,7 @@ class PreferencesService(pb_grpc.PreferencesServiceServicer):
             check.ident(f'preferences["{key[:64]}"]', key)
             check.text(f'preferences["{key[:64]}"]', value, self._limits.max_preference_value_bytes)
         check.done()
-        change, served = await self._repo.set_preferences(workspace, user, dict(request.preferences))
+        change, served = await self._repo.preferences.set(workspace, user, dict(request.preferences))
         return pb.SetPreferencesResponse(
             updated_count=change.affected,
             durability=int(Durability.PERSISTED),  # type: ignore[arg-type]
@@ -95,7 +95,7 @@ class PreferencesService(pb_grpc.PreferencesServiceServicer):
         self._key_count(check, "keys", len(request.keys))
         check.keys("keys", request.keys)
         check.done()
-        change, served = await self._repo.delete_preferences(
+        change, served = await self._repo.preferences.delete(
             workspace, user, None if request.all else list(request.keys)
         )
         return pb.DeletePreferencesResponse(deleted_count=change.affected, serving=convert.serving(served))

@@ -24,7 +24,8 @@ from server.storage.models import (
     ThreadPatch,
     Tier,
 )
-from server.storage.repository import Repository, Served
+from server.storage.repository import Repository
+from server.storage.results import Served
 from server.validation import Checker
 
 _MAX_TTL_S = 366 * 24 * 3600
@@ -215,7 +216,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
             messages = [(Role(m.role), m.content) for m in parsed.messages]
             tiers.append(window.served)
         if request.user_id:
-            found = await self._repo.get_preferences(workspace, request.user_id)
+            found = await self._repo.preferences.get(workspace, request.user_id)
             prefs = {k: v.value for k, v in found.values.items()}
             tiers.append(found.served)
         block, n_messages, n_prefs = context_block.render(messages, prefs, request.max_chars)

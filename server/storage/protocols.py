@@ -1,4 +1,4 @@
-"""The storage Protocols: what the repository needs from a durable store and from the cache."""
+"""The storage Protocols: one narrow Protocol per consumer of the durable store, and the cache's."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Protocol
 
+from server.storage.apikeys import KeyStore
 from server.storage.models import (
     AppendCommand,
     AppendResult,
@@ -38,16 +39,8 @@ class CacheUnavailableError(Exception):
     """Redis could not be reached or timed out."""
 
 
-class Store(Protocol):
-    """The durable tier (L2): PostgreSQL or SQLite. It assigns seqs in write_through mode."""
-
-    async def migrate(self) -> list[str]:
-        """Apply pending migrations; return the names applied."""
-        ...
-
-    async def close(self) -> None:
-        """Release connections."""
-        ...
+class MessageStore(Protocol):
+    """Messages (L2): group-committed appends (the seq authority in write_through), seeds and reads."""
 
     async def append_batch(
         self, commands: Sequence[AppendCommand], *, repair: bool = False, fallback_gap: int = 0
@@ -59,24 +52,8 @@ class Store(Protocol):
         """
         ...
 
-    async def apply_queued(self, entries: Sequence[QueuedAppend]) -> int:
-        """Write outbox entries idempotently, skipping deleted incarnations; return messages inserted."""
-        ...
-
     async def seed(self, key: ThreadKey, create: NewThreadOptions | None = None) -> Seed:
         """Return a thread's counters, or a fresh incarnation for an unknown thread (created if ``create``)."""
-        ...
-
-    async def mark_repairs(self, repairs: Sequence[Repair]) -> None:
-        """Mark cache entries as possibly stale (a write went around Redis, or Redis failed mid-write)."""
-        ...
-
-    async def list_repairs(self, limit: int) -> list[Repair]:
-        """Return cache entries marked as possibly stale, oldest first."""
-        ...
-
-    async def clear_repairs(self, repairs: Sequence[Repair]) -> None:
-        """Forget applied repairs (unless marked again since listed)."""
         ...
 
     async def tail(self, key: ThreadKey, limit: int) -> ThreadTail | None:
@@ -94,6 +71,10 @@ class Store(Protocol):
     async def encoded_page(self, key: ThreadKey, start_seq: int, limit: int) -> EncodedPage:
         """Return up to ``limit`` messages from ``start_seq`` (inclusive, ascending) as serialised Messages."""
         ...
+
+
+class ThreadStore(Protocol):
+    """Thread rows (L2): metadata, a user's listing, patches, and deletes that leave a tombstone."""
 
     async def get_thread(self, key: ThreadKey) -> ThreadInfo | None:
         """Return a thread's metadata, or None."""
@@ -119,20 +100,9 @@ class Store(Protocol):
         """
         ...
 
-    async def idle_threads(self, cutoff_us: int, after: ThreadInfo | None, limit: int) -> list[ThreadInfo]:
-        """Return threads last changed before ``cutoff_us``, oldest change first, after the cursor thread."""
-        ...
 
-    async def trim_messages(self, cutoff_us: int, limit: int) -> list[Trimmed]:
-        """Delete up to ``limit`` messages created before ``cutoff_us`` in one short transaction.
-
-        Lowers each thread's message count by what it lost. Returns the counts per thread.
-        """
-        ...
-
-    def retention_lease(self) -> contextlib.AbstractAsyncContextManager[bool]:
-        """Hold the right to sweep: yields True for one holder at a time across replicas, else False."""
-        ...
+class PreferenceStore(Protocol):
+    """A user's preferences (L2), versioned so that the cache applies changes in order."""
 
     async def get_preferences(self, workspace_id: str, user_id: str) -> PreferenceSet:
         """Return all of a user's preferences (version 0 and none for an unknown user)."""
@@ -148,6 +118,96 @@ class Store(Protocol):
         self, workspace_id: str, user_id: str, keys: Sequence[str] | None, *, repair: bool = False
     ) -> PreferenceChange:
         """Delete the keys (None: all of them) and bump the version."""
+        ...
+
+
+class RepairLog(Protocol):
+    """Cache entries that a write around Redis may have left stale, kept in the store."""
+
+    async def mark_repairs(self, repairs: Sequence[Repair]) -> None:
+        """Mark cache entries as possibly stale (a write went around Redis, or Redis failed mid-write)."""
+        ...
+
+    async def list_repairs(self, limit: int) -> list[Repair]:
+        """Return cache entries marked as possibly stale, oldest first."""
+        ...
+
+    async def clear_repairs(self, repairs: Sequence[Repair]) -> None:
+        """Forget applied repairs (unless marked again since listed)."""
+        ...
+
+
+class OutboxSink(Protocol):
+    """Where the write_behind flusher writes outbox entries."""
+
+    async def apply_queued(self, entries: Sequence[QueuedAppend]) -> int:
+        """Write outbox entries idempotently, skipping deleted incarnations; return messages inserted."""
+        ...
+
+
+class RetentionStore(Protocol):
+    """What the retention sweeper reads and trims."""
+
+    async def idle_threads(self, cutoff_us: int, after: ThreadInfo | None, limit: int) -> list[ThreadInfo]:
+        """Return threads last changed before ``cutoff_us``, oldest change first, after the cursor thread."""
+        ...
+
+    async def trim_messages(self, cutoff_us: int, limit: int) -> list[Trimmed]:
+        """Delete up to ``limit`` messages created before ``cutoff_us`` in one short transaction.
+
+        Lowers each thread's message count by what it lost. Returns the counts per thread.
+        """
+        ...
+
+    def retention_lease(self) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Hold the right to sweep: yields True for one holder at a time across replicas, else False."""
+        ...
+
+
+class Stores(Protocol):
+    """The durable tier (L2), PostgreSQL or SQLite: one part per consumer, sharing one connection pool."""
+
+    @property
+    def messages(self) -> MessageStore:
+        """Messages: appends, seeds and reads."""
+        ...
+
+    @property
+    def threads(self) -> ThreadStore:
+        """Thread rows."""
+        ...
+
+    @property
+    def preferences(self) -> PreferenceStore:
+        """Preferences."""
+        ...
+
+    @property
+    def repairs(self) -> RepairLog:
+        """The cache repair log."""
+        ...
+
+    @property
+    def outbox(self) -> OutboxSink:
+        """The flusher's sink."""
+        ...
+
+    @property
+    def retention(self) -> RetentionStore:
+        """The sweeper's reads and trims."""
+        ...
+
+    @property
+    def keys(self) -> KeyStore:
+        """API keys."""
+        ...
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations; return the names applied."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
         ...
 
 

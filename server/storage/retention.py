@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from server import audit
 from server.errors import UnavailableError
-from server.storage.protocols import Store, StoreUnavailableError
-from server.storage.repository import Repository
+from server.storage.erasure import Eraser
+from server.storage.protocols import RetentionStore, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +41,18 @@ class Sweeper:
     """Runs retention sweeps every ``interval_s``.
 
     Args:
-        repository: the consistency policy (deletes go through it).
-        store: the durable store (for the lease).
+        eraser: deletes through the consistency policy.
+        retention: the store's retention part (for the lease).
         retention_s: how old data may get, in seconds.
         interval_s: the time between sweeps.
         batch: the most rows per batch (per transaction).
     """
 
     def __init__(
-        self, repository: Repository, store: Store, *, retention_s: float, interval_s: float, batch: int
+        self, eraser: Eraser, retention: RetentionStore, *, retention_s: float, interval_s: float, batch: int
     ) -> None:
-        self._repo = repository
-        self._store = store
+        self._eraser = eraser
+        self._retention = retention
         self._retention_s = retention_s
         self._interval_s = interval_s
         self._batch = batch
@@ -100,11 +100,11 @@ class Sweeper:
         threads = thread_messages = messages = trimmed_threads = 0
         outcome = "failed"
         try:
-            async with self._store.retention_lease() as held:
+            async with self._retention.retention_lease() as held:
                 if not held:
                     return SweepResult(False, cutoff_us)
-                threads, thread_messages = await self._repo.expire_idle_threads(cutoff_us, self._batch)
-                messages, trimmed_threads = await self._repo.trim_old_messages(cutoff_us, self._batch)
+                threads, thread_messages = await self._eraser.expire_idle_threads(cutoff_us, self._batch)
+                messages, trimmed_threads = await self._eraser.trim_old_messages(cutoff_us, self._batch)
                 outcome = "done"
         finally:
             # A sweep cut short still records what its finished phases deleted.

@@ -49,8 +49,8 @@ def _retry_delay_s(exc: grpc.aio.AioRpcError) -> float:
 
 
 async def test_api_key_binds_the_workspace_and_refuses_missing_bad_and_foreign(keyed: Harness) -> None:
-    key, _ = await create_key(keyed.app.store, "acme", "write")
-    other, _ = await create_key(keyed.app.store, "globex", "admin")
+    key, _ = await create_key(keyed.app.store.keys, "acme", "write")
+    other, _ = await create_key(keyed.app.store.keys, "globex", "admin")
     target = f"127.0.0.1:{keyed.app.port}"
     async with MemoryClient.connect(target, api_key=key) as client:
         await client.append("t1", "user", "question 1")  # empty workspace: the key's
@@ -90,12 +90,12 @@ async def test_health_stays_open_and_reflection_is_off_by_default_with_auth(keye
 
 
 async def test_a_revoked_key_is_refused_once_the_cache_time_passes(keyed: Harness) -> None:
-    key, key_id = await create_key(keyed.app.store, "acme", "read")
+    key, key_id = await create_key(keyed.app.store.keys, "acme", "read")
     from chatmem.v1 import thread_memory_service_pb2 as t
 
     req = t.GetHistoryRequest(thread_id="t1")
     assert await code_of(keyed.threads.GetHistory(req, metadata=bearer(key))) == grpc.StatusCode.OK
-    store = keyed.app.store
+    store = keyed.app.store.keys
     assert isinstance(store, KeyStore)
     assert await store.revoke_api_key(key_id)
     assert not await store.revoke_api_key(key_id)  # already revoked
@@ -112,7 +112,7 @@ async def test_a_revoked_key_is_refused_once_the_cache_time_passes(keyed: Harnes
 
 
 async def test_roles_follow_the_table_for_every_rpc(keyed: Harness) -> None:
-    creds = {role: (await create_key(keyed.app.store, "acme", role.label))[0] for role in AccessRole}
+    creds = {role: (await create_key(keyed.app.store.keys, "acme", role.label))[0] for role in AccessRole}
     checked = 0
     for rpc in case_builders_cover_every_rpc():
         needed = required_role(rpc.path)

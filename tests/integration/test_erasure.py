@@ -166,7 +166,7 @@ def second_flusher(h: Harness, client: aioredis.Redis) -> Flusher:
     return Flusher(
         client,
         KeySpace(h.app.settings.redis.key_prefix),
-        h.app.store,
+        h.app.store.outbox,
         consumer="replica-2",
         batch_size=100,
         block_ms=20,

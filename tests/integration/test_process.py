@@ -148,7 +148,7 @@ async def test_sigterm_drains_in_flight_rpcs_then_exits_cleanly(
     try:
         for c, seqs in enumerate(acked):
             assert seqs == list(range(1, len(seqs) + 1))
-            stored = await store.list_messages(ThreadKey("default", f"c{c}"), 1, False, 10_000)
+            stored = await store.messages.list_messages(ThreadKey("default", f"c{c}"), 1, False, 10_000)
             assert [m.seq for m in stored][: len(seqs)] == seqs
             assert len(stored) - len(seqs) <= 2, "at most the one exchange in flight at the stop may land unacked"
     finally:

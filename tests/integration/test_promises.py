@@ -193,7 +193,7 @@ async def test_delete_removes_the_cached_window_and_fences_late_fills(
     await fill_thread(cached, "t", 5)
     await window(cached, "t")
     k = keys.thread(cached.ws, "t")
-    thread_before = await cached.app.store.get_thread(ThreadKey(cached.ws, "t"))
+    thread_before = await cached.app.store.threads.get_thread(ThreadKey(cached.ws, "t"))
     assert thread_before is not None
     await cached.threads.DeleteThread(pb.DeleteThreadRequest(workspace_id=cached.ws, thread_id="t"))
     assert not await redis_client.exists(k.msgs)

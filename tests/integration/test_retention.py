@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
+from server.storage.erasure import Eraser
 from server.storage.repository import Policy, Repository
 from server.storage.retention import Sweeper
 from server.storage.sql.postgres.store import PostgresStore
@@ -30,7 +31,13 @@ DAY_S = 86400.0
 
 def sweeper(h: Harness, batch: int = 2) -> Sweeper:
     """A sweeper over the server's own repository and store, keeping one day."""
-    return Sweeper(h.app.repository, h.app.store, retention_s=DAY_S, interval_s=3600, batch=batch)
+    return Sweeper(
+        Eraser(h.app.repository, h.app.store.retention),
+        h.app.store.retention,
+        retention_s=DAY_S,
+        interval_s=3600,
+        batch=batch,
+    )
 
 
 async def append(h: Harness, thread: str, n: int) -> pb.AppendMessagesResponse:
@@ -158,8 +165,14 @@ async def test_two_sweepers_at_once_on_postgres_neither_fail_nor_double_count(pg
             h.ws,
         )
         sweepers = [
-            Sweeper(h.app.repository, h.app.store, retention_s=DAY_S, interval_s=3600, batch=7),
-            Sweeper(replica, other, retention_s=DAY_S, interval_s=3600, batch=7),
+            Sweeper(
+                Eraser(h.app.repository, h.app.store.retention),
+                h.app.store.retention,
+                retention_s=DAY_S,
+                interval_s=3600,
+                batch=7,
+            ),
+            Sweeper(Eraser(replica, other.retention), other.retention, retention_s=DAY_S, interval_s=3600, batch=7),
         ]
         results = await asyncio.gather(*(s.sweep_once() for s in sweepers))
         assert any(res.swept for res in results)
@@ -176,7 +189,9 @@ async def test_two_sweepers_at_once_on_postgres_neither_fail_nor_double_count(pg
             h.ws,
         )
         cutoff_us = int((time.time() - DAY_S) * 1_000_000)
-        raced = await asyncio.gather(h.app.store.trim_messages(cutoff_us, 100), other.trim_messages(cutoff_us, 100))
+        raced = await asyncio.gather(
+            h.app.store.retention.trim_messages(cutoff_us, 100), other.retention.trim_messages(cutoff_us, 100)
+        )
         assert sum(t.count for batch in raced for t in batch) == 5
         counts = await store_rows.query(
             h, "SELECT message_count FROM threads WHERE workspace_id = ? AND thread_id LIKE 'trim%'", h.ws

@@ -123,9 +123,9 @@ async def test_a_dead_cache_degrades_to_the_store_and_says_so(store: SqliteStore
     window = await repo.history(KEY, 5)
     assert window.served.tier == Tier.STORE and window.served.degraded
     assert [m.seq for m in GetHistoryResponse.FromString(window.framed).messages] == [3, 4, 5, 6, 7]
-    prefs = await repo.get_preferences("w", "u")
+    prefs = await repo.preferences.get("w", "u")
     assert prefs.served.degraded
-    _, served = await repo.set_preferences("w", "u", {"a": "1"})
+    _, served = await repo.preferences.set("w", "u", {"a": "1"})
     assert served.degraded
     # The breaker: the first failure opens it and later requests bypass Redis without waiting on it.
     assert cache.calls == 1

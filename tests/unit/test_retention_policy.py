@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from server.storage.erasure import Eraser
 from server.storage.models import AppendCommand, NewMessage, Role, ThreadKey
 from server.storage.repository import Policy, Repository
 from server.storage.sql.sqlite.store import SqliteStore
@@ -26,20 +27,20 @@ async def store() -> AsyncIterator[SqliteStore]:
 
 async def backdate(store: SqliteStore, sql: str) -> None:
     def run() -> None:
-        store._db().execute(sql, (time.time_ns() // 1000 - 10 * DAY_US,))
+        store.db.connection().execute(sql, (time.time_ns() // 1000 - 10 * DAY_US,))
 
-    await store._call(run)
+    await store.db.call(run)
 
 
 async def test_trimming_with_redis_down_marks_the_window_for_repair(store: SqliteStore) -> None:
     repo = Repository(store, DownCache(), Policy(window=5))
     await repo.append(AppendCommand(KEY, tuple(NewMessage(Role.USER, f"m{i}") for i in range(4))))
-    await store.clear_repairs(await store.list_repairs(100))  # the append's own marks
+    await store.repairs.clear_repairs(await store.repairs.list_repairs(100))  # the append's own marks
     await backdate(store, "UPDATE messages SET create_time = ? WHERE seq <= 3")
     cutoff = time.time_ns() // 1000 - DAY_US
-    assert await repo.trim_old_messages(cutoff, batch=2) == (3, 1)
-    assert [(r.kind, r.workspace_id, r.object_id) for r in await store.list_repairs(100)] == [("t", "w", "t")]
-    thread = await store.get_thread(KEY)
+    assert await Eraser(repo, store.retention).trim_old_messages(cutoff, batch=2) == (3, 1)
+    assert [(r.kind, r.workspace_id, r.object_id) for r in await store.repairs.list_repairs(100)] == [("t", "w", "t")]
+    thread = await store.threads.get_thread(KEY)
     assert thread is not None and thread.message_count == 1
     await repo.close()
 
@@ -50,9 +51,11 @@ async def test_write_behind_expires_nothing_while_redis_is_down(store: SqliteSto
     await backdate(store, "UPDATE threads SET update_time = ?")
     cutoff = time.time_ns() // 1000 - DAY_US
     behind = Repository(store, DownCache(), Policy(window=5, write_behind=True))
-    assert await behind.expire_idle_threads(cutoff, batch=10) == (0, 0), "queued appends cannot be seen"
-    assert await store.get_thread(KEY) is not None
-    assert await writer.expire_idle_threads(cutoff, batch=10) == (1, 1)
-    assert await store.get_thread(KEY) is None
+    assert await Eraser(behind, store.retention).expire_idle_threads(cutoff, batch=10) == (0, 0), (
+        "queued appends cannot be seen"
+    )
+    assert await store.threads.get_thread(KEY) is not None
+    assert await Eraser(writer, store.retention).expire_idle_threads(cutoff, batch=10) == (1, 1)
+    assert await store.threads.get_thread(KEY) is None
     await behind.close()
     await writer.close()

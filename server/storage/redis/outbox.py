@@ -26,7 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 from server.storage.codec import decode_framed
 from server.storage.health import TierHealth
 from server.storage.models import NewThreadOptions, QueuedAppend, ThreadKey
-from server.storage.protocols import Store, StoreUnavailableError
+from server.storage.protocols import OutboxSink, StoreUnavailableError
 from server.storage.redis import scripts
 from server.storage.redis.keys import BUCKETS, KeySpace
 from server.storage.redis.scripts import Script
@@ -87,7 +87,7 @@ class Flusher:
         self,
         client: Any,
         keys: KeySpace,
-        store: Store,
+        store: OutboxSink,
         *,
         consumer: str,
         batch_size: int,

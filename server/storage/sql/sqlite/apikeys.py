@@ -1,13 +1,14 @@
-"""KeyStore on the embedded SQLite store: a mixin of SqliteStore, run on its single worker thread."""
+"""KeyStore on SQLite: API keys, stored as hashes, run on the store's single worker thread."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from server.storage.apikeys import ApiKeyRecord
+from server.storage.sql.sqlite.db import SqliteDatabase
 
 T = TypeVar("T")
 
@@ -19,15 +20,14 @@ def _record(row: Sequence[Any]) -> ApiKeyRecord:
 
 
 class SqliteApiKeys:
-    """The KeyStore methods of SqliteStore (which provides ``_call``, ``_tx`` and ``_db``)."""
+    """KeyStore on SQLite.
 
-    if TYPE_CHECKING:
+    Args:
+        db: the shared connection.
+    """
 
-        async def _call(self, fn: Callable[..., T], *args: Any) -> T: ...
-
-        def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
-
-        def _db(self) -> sqlite3.Connection: ...
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
 
     async def create_api_key(self, record: ApiKeyRecord) -> ApiKeyRecord:
         """Insert a new key; return it with its create time."""
@@ -39,32 +39,32 @@ class SqliteApiKeys:
                 (record.key_id, record.workspace_id, record.role, record.name, record.secret_hash, now_us),
             )
 
-        await self._call(self._tx, run)
+        await self._db.call(self._db.tx, run)
         return ApiKeyRecord(record.key_id, record.workspace_id, record.role, record.name, record.secret_hash, now_us)
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
         """Return the key with this id, or None."""
 
         def run() -> ApiKeyRecord | None:
-            row = self._db().execute(f"SELECT {_COLS} FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+            row = self._db.connection().execute(f"SELECT {_COLS} FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
             return _record(row) if row else None
 
-        return await self._call(run)
+        return await self._db.call(run)
 
     async def list_api_keys(self, workspace_id: str | None) -> Sequence[ApiKeyRecord]:
         """Return the keys of one workspace (None: all), oldest first."""
 
         def run() -> list[ApiKeyRecord]:
             if workspace_id is None:
-                rows = self._db().execute(f"SELECT {_COLS} FROM api_keys ORDER BY create_time, key_id")
+                rows = self._db.connection().execute(f"SELECT {_COLS} FROM api_keys ORDER BY create_time, key_id")
             else:
-                rows = self._db().execute(
+                rows = self._db.connection().execute(
                     f"SELECT {_COLS} FROM api_keys WHERE workspace_id = ? ORDER BY create_time, key_id",
                     (workspace_id,),
                 )
             return [_record(r) for r in rows]
 
-        return await self._call(run)
+        return await self._db.call(run)
 
     async def revoke_api_key(self, key_id: str) -> bool:
         """Revoke a live key; False when there is none with this id."""
@@ -76,4 +76,4 @@ class SqliteApiKeys:
             )
             return cur.rowcount > 0
 
-        return await self._call(self._tx, run)
+        return await self._db.call(self._db.tx, run)
