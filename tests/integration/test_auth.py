@@ -136,8 +136,8 @@ async def test_the_failed_attempt_limiter_trips_and_recovers(tmp_path: pathlib.P
     )
     h = await start_harness(settings)
     try:
-        key, _ = await create_key(h.app.store, "acme", "read")
-        warm, _ = await create_key(h.app.store, "acme", "read")
+        key, _ = await create_key(h.app.store.keys, "acme", "read")
+        warm, _ = await create_key(h.app.store.keys, "acme", "read")
         from chatmem.v1 import thread_memory_service_pb2 as t
 
         req = t.GetThreadRequest(thread_id="t")

@@ -120,8 +120,8 @@ async def test_a_credential_of_workspace_a_never_touches_workspace_b(
         a, b = f"ws-a-{uuid.uuid4().hex[:8]}", f"ws-b-{uuid.uuid4().hex[:8]}"
         if mode == "api_key":
             a_cred, b_cred = (
-                (await create_key(h.app.store, a, "admin"))[0],
-                (await create_key(h.app.store, b, "admin"))[0],
+                (await create_key(h.app.store.keys, a, "admin"))[0],
+                (await create_key(h.app.store.keys, b, "admin"))[0],
             )
         else:
             a_cred, b_cred = make_jwt(a, "admin"), make_jwt(b, "admin")

@@ -26,7 +26,7 @@ MALFORMED = [b"\xff\xff\xff", b"\x0a\x05abc", b"\x12\x02\xff\xfe", b"\x18\xff"]
 async def keyed_api(tmp_path: pathlib.Path) -> AsyncIterator[tuple[Harness, tuple[tuple[str, str], ...]]]:
     """A server in api_key mode, and the metadata of an admin key (every RPC's role)."""
     h = await start_harness(with_auth(make_settings(sqlite_path=str(tmp_path / "k.db")), mode="api_key"))
-    key, _ = await create_key(h.app.store, "acme", "admin")
+    key, _ = await create_key(h.app.store.keys, "acme", "admin")
     yield h, (("authorization", f"Bearer {key}"),)
     await h.close()
 
