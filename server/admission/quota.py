@@ -8,8 +8,8 @@ from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError
 
+from server.admission import scripts
 from server.storage.protocols import CacheUnavailableError
-from server.storage.redis import scripts
 from server.storage.redis.keys import KeySpace
 from server.storage.redis.scripts import Script
 

@@ -1,12 +1,14 @@
-"""The consistency policy: the only place that knows the order of cache, outbox and store.
+"""The consistency policy for threads: the only place that knows the order of cache, outbox and store.
+
+Preferences follow the same rules in preferences.py; erasure and retention in erasure.py.
 
 Write paths (MEMORY__WRITE_MODE):
 - write_through: the store commits first and assigns seqs (PERSISTED); the cache window is then
   extended in commit order, or invalidated when it is not contiguous. Concurrent appends are
-  group-committed.
+  group-committed (storewrite.py).
 - write_behind: one script on the thread's slot checks the request id, assigns seqs from the Redis
   counter, extends the window and adds the messages to the bucket's outbox stream (QUEUED). The
-  flusher (outbox.py) moves them to the store.
+  flusher (redis/outbox.py) moves them to the store.
 
 Seq authority. In write_behind the counter in the thread's Redis metadata is the authority while it
 exists. When it does not (a new thread, an expired or evicted key, Redis restarted empty, or a repair
@@ -28,7 +30,7 @@ fenced script, so a stale read can never overwrite a newer write. Full-history r
 StreamHistory, GetThread) in write_behind first wait until the thread's queued messages are flushed,
 bounded by the RPC deadline: they return every message acknowledged before the read began.
 
-Degradation: a cache that cannot answer trips a breaker (health.py) and requests bypass Redis, with
+Degradation: a cache that cannot answer trips a breaker (tiers.py, health.py) and requests bypass Redis, with
 ``degraded`` set; a store that cannot answer fails the request with UNAVAILABLE unless the cache can
 serve it alone (cached windows, write_behind appends to threads Redis already counts).
 """
@@ -40,23 +42,19 @@ import dataclasses
 import json
 import logging
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from server.errors import AbortedError, NotFoundError, UnavailableError
-from server.storage.codec import encode_messages, encode_unsequenced, frame_repeated
-from server.storage.groupcommit import GroupCommitter
+from server.storage.codec import encode_unsequenced, frame_repeated
 from server.storage.health import CacheBreaker, TierHealth
 from server.storage.models import (
     AppendCommand,
-    AppendResult,
     Durability,
     EncodedPage,
     EncodedTail,
     QueuedRequest,
-    Repair,
     StoredMessage,
     ThreadCursor,
     ThreadInfo,
@@ -66,8 +64,9 @@ from server.storage.models import (
 )
 from server.storage.observer import NoObserver, StorageObserver
 from server.storage.preferences import PreferenceRepository
-from server.storage.protocols import Cache, CacheUnavailableError, Stores, StoreUnavailableError
+from server.storage.protocols import Cache, Stores
 from server.storage.results import AppendOutcome, QueueProbe, Served, Window
+from server.storage.storewrite import StoreWriter
 from server.storage.tiers import Tiers
 
 log = logging.getLogger(__name__)
@@ -123,14 +122,17 @@ class Repository:
     ) -> None:
         self._messages = stores.messages
         self._threads = stores.threads
-        self._prefs = stores.preferences
-        self._repairs = stores.repairs
         self._policy = policy
         self._observer = observer or NoObserver()
         self.tiers = Tiers(cache, stores.repairs, stores.messages, policy.probe_interval_s)
         self.preferences = PreferenceRepository(self.tiers, stores.preferences, self._observer)
-        self._committer: GroupCommitter[AppendCommand, tuple[AppendResult, bool]] = GroupCommitter(
-            self._commit_group, policy.max_group
+        # In write_behind the store path runs only around Redis, so it always leaves the fallback gap.
+        self._store_writes = StoreWriter(
+            self.tiers,
+            stores.messages,
+            push=not self.write_behind,
+            fallback_gap=policy.max_unflushed if self.write_behind else 0,
+            max_group=policy.max_group,
         )
         self._hydrations: dict[ThreadKey, asyncio.Future[EncodedTail | None]] = {}
         self._background: set[asyncio.Future[object]] = set()
@@ -157,7 +159,7 @@ class Repository:
 
     async def close(self) -> None:
         """Finish the group commit in flight and the cache fills under way, and stop probing Redis."""
-        await self._committer.close()
+        await self._store_writes.close()
         if self._background:
             await asyncio.wait(set(self._background), timeout=_BACKGROUND_GRACE_S)
             for task in set(self._background):  # the cache closes next: fills still running are abandoned
@@ -203,7 +205,7 @@ class Repository:
             if used and outcome is not None:
                 return outcome
         async with self.tiers.bypassing():
-            result, degraded = await self.tiers.on_store(self._committer.submit(command))
+            result, degraded = await self.tiers.on_store(self._store_writes.submit(command))
         return AppendOutcome(
             result.first_seq,
             result.count,
@@ -263,58 +265,6 @@ class Repository:
     async def _thread_known(self, key: ThreadKey) -> bool:
         seed = await self.tiers.on_store(self._messages.seed(key))
         return seed.exists
-
-    async def _commit_group(self, commands: Sequence[AppendCommand]) -> list[tuple[AppendResult, bool] | Exception]:
-        cache = None if self.write_behind else await self.tiers.usable_cache()
-        bypassed = self.tiers.cache is not None and cache is None
-        # In write_behind mode this path runs only around Redis, so it always leaves the fallback gap.
-        gap = self._policy.max_unflushed if self.write_behind else 0
-        try:
-            results = await self._messages.append_batch(commands, repair=bypassed, fallback_gap=gap)
-        except StoreUnavailableError:
-            raise
-        except Exception:
-            if len(commands) == 1:
-                raise
-            # One request the store rejects must not fail the others that shared its transaction.
-            log.exception("a group commit failed; committing its %d appends one by one", len(commands))
-            results = []
-            for command in commands:
-                try:
-                    results += await self._messages.append_batch([command], repair=bypassed, fallback_gap=gap)
-                except StoreUnavailableError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - reported to that request's caller as INTERNAL
-                    results.append(exc)
-        failed: set[ThreadKey] = set()
-        if cache is not None:
-            failed = await self._push_windows(cache, results)
-        return [r if isinstance(r, Exception) else (r, bypassed or r.thread_key in failed) for r in results]
-
-    async def _push_windows(self, cache: Cache, results: Sequence[AppendResult | Exception]) -> set[ThreadKey]:
-        # One push per thread with all of the group's new messages of that thread, in seq order,
-        # so that a group never invalidates its own window; threads go to Redis concurrently.
-        per_thread: dict[ThreadKey, list[AppendResult]] = defaultdict(list)
-        for r in results:
-            if isinstance(r, AppendResult) and r.stored:
-                per_thread[r.thread_key].append(r)
-        failed: set[ThreadKey] = set()
-
-        async def push(key: ThreadKey, group: list[AppendResult]) -> None:
-            messages = [m for r in group for m in r.stored]
-            try:
-                await cache.push_window(
-                    group[-1].thread, group[0].first_seq, encode_messages(key.workspace_id, key.thread_id, messages)
-                )
-            except CacheUnavailableError as exc:
-                self.tiers.trip(exc)
-                failed.add(key)
-
-        await asyncio.gather(*(push(k, g) for k, g in per_thread.items()))
-        if failed:
-            # The push may have landed or not: mark the windows for repair before Redis is used again.
-            await self.tiers.mark([Repair("t", k.workspace_id, k.thread_id) for k in failed])
-        return failed
 
     async def update_thread(self, key: ThreadKey, patch: ThreadPatch) -> tuple[ThreadInfo, Served]:
         """Change a thread's title, TTL or pin, then retune its cached window."""

@@ -1,8 +1,8 @@
 """Every Redis key chatmem uses, built in one place so that each script's keys share one hash tag.
 
 A thread's keys carry the tag ``{b:N}`` where N is a stable hash of workspace and thread modulo
-BUCKETS, so that a script over a thread's window, its metadata and (later) its outbox stream runs on
-one Redis Cluster slot. Ids reach this module only after validation (a safe character set with no
+BUCKETS, so that a script over a thread's window, its metadata, its request ids and its bucket's outbox
+stream runs on one Redis Cluster slot. Ids reach this module only after validation (a safe character set with no
 braces), so no client text can change a key's hash tag.
 """
 
@@ -42,7 +42,7 @@ class KeySpace:
     prefix: str = "chatmem"
 
     def thread(self, workspace_id: str, thread_id: str) -> ThreadKeys:
-        """Return the window list and metadata hash keys of a thread."""
+        """Return every key of a thread: window, metadata, request ids, and its bucket's outbox and pending hash."""
         bucket = bucket_of(workspace_id, thread_id)
         base = f"{self.prefix}:{{b:{bucket}}}:t:{workspace_id}/{thread_id}"
         return ThreadKeys(
