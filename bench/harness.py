@@ -31,12 +31,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import IO, Any
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
-from bench.latency import machine_info, percentile  # noqa: E402
-from bench.redis_modules import ModuleRedisProcess, find_module_redis, server_version  # noqa: E402
-from bench.workload import (  # noqa: E402
+from bench.latency import machine_info, percentile
+from bench.redis_modules import ModuleRedisProcess, find_module_redis, server_version
+from bench.workload import (
     ALL_TARGETS,
     APPEND,
     CHATMEM,
@@ -58,7 +56,10 @@ from bench.workload import (  # noqa: E402
     is_chat,
     supported_ops,
 )
-from tests.procs import PostgresProcess, RedisProcess, ServerProcess, free_port  # noqa: E402
+from devtools.ports import free_port
+from devtools.postgres import PostgresProcess
+from devtools.redis import RedisProcess
+from devtools.server import ServerProcess
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 DATABASES = {
@@ -457,7 +458,7 @@ class Harness:
         self.pg.start()
         names = [DATABASES[t] for t in DATABASES if self.active(t)]
         asyncio.run(create_databases(self.pg.url, names))
-        self.setup["postgres"] = "fsync=off, full_page_writes=off, shared_buffers=128MB (tests/procs.py)"
+        self.setup["postgres"] = "fsync=off, full_page_writes=off, shared_buffers=128MB (devtools/postgres.py)"
 
     def start_servers(self) -> None:
         """Start the chatmem servers and limit-grpc as processes of their own."""

@@ -29,7 +29,8 @@ import grpc
 from bench.limit_grpc import METHOD, SERVICE, window_response
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
-from tests.procs import RedisProcess, free_port
+from devtools.ports import free_port
+from devtools.redis import RedisProcess
 
 VARIANTS = ("none", "sleep0", "redis-py", "pipelined")
 

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from devtools.postgres import PostgresProcess
+from devtools.redis import RedisProcess
 from server.storage.keys import KeySpace
 from tests.conftest import Harness, make_settings, start_harness
-from tests.procs import PostgresProcess, RedisProcess
 
 # "+redis" runs the default write mode with Redis (write_behind); ":wt" forces write_through.
 BACKENDS = ["sqlite", "postgres", "sqlite+redis", "postgres+redis", "postgres+redis:wt"]

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from devtools.redis import RedisProcess
 from server.storage.cache import RedisCache
 from server.storage.codec import frame_item
 from server.storage.keys import KeySpace
@@ -22,7 +23,6 @@ from server.storage.models import (
     ThreadKey,
     WindowRead,
 )
-from tests.procs import RedisProcess
 
 pytestmark = pytest.mark.integration
 
