@@ -21,17 +21,7 @@ import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.workload import (
-    APPEND,
-    HYDRATE,
-    READ,
-    RPC,
-    STREAM,
-    ThreadSet,
-    Workload,
-    is_chat,
-    worker_threads,
-)
+from bench.workload import APPEND, HYDRATE, READ, RPC, STREAM, ThreadSet, Workload, is_chat, worker_threads
 from chatmem.v1 import resources_pb2
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
