@@ -83,8 +83,11 @@ class ClusterNode(RedisProcess):
     def replication(self) -> dict[str, str]:
         """Return ``INFO replication`` as a dict of its fields."""
         reply = self.command("INFO", "replication")
-        if isinstance(reply, dict):  # redis-py parses INFO
-            return {str(k): str(v) for k, v in reply.items()}
+        if isinstance(reply, dict):  # redis-py parses INFO, and each slaveN line into a dict of its own
+            return {
+                str(k): ",".join(f"{a}={b}" for a, b in v.items()) if isinstance(v, dict) else str(v)
+                for k, v in reply.items()
+            }
         return dict(line.split(":", 1) for line in str(reply).splitlines() if ":" in line)
 
     def start(self) -> None:
