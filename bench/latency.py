@@ -28,13 +28,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from chatmem.v1 import resources_pb2
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
+from devtools.ports import free_port
+from devtools.postgres import PostgresProcess
+from devtools.redis import RedisProcess
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from tests.procs import PostgresProcess, RedisProcess, free_port  # noqa: E402
-
 WORKSPACE = "bench"
 CALL_TIMEOUT_S = 10.0
 HEALTH_TIMEOUT_S = 30.0
@@ -51,6 +49,7 @@ WORDS = (
     "message", "context", "history", "answer", "because", "request", "server", "token", "model", "prompt",
     "summary", "and", "then", "with", "from", "while", "every", "recent", "durable", "postgres", "redis",
 )  # fmt: skip
+
 Sample = tuple[int, tuple[str, ...]]
 Operation = Callable[[int], Awaitable[Sample]]
 
@@ -731,7 +730,7 @@ def run(config: BenchConfig, argv: Sequence[str] = ()) -> tuple[dict[str, Any], 
         "setup": {
             "topology": "one client, one grpc.aio channel, server/redis/postgres as separate processes on 127.0.0.1",
             "write_mode": config.write_mode,
-            "postgres_settings": "fsync=off, full_page_writes=off (tests/procs.py)",
+            "postgres_settings": "fsync=off, full_page_writes=off (devtools/postgres.py)",
             "redis_settings": "appendonly no, save ''",
             **{k: v for k, v in measured.items() if k != "phases"},
         },

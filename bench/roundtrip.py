@@ -6,7 +6,7 @@ process, whose handler first awaits something:
 - ``none``: nothing (limit-grpc itself);
 - ``sleep0``: ``asyncio.sleep(0)`` (one trip through the event loop);
 - ``redis-py``: a GET through redis.asyncio (hiredis), as chatmem's cache did before REDIS__AUTOPIPELINE;
-- ``pipelined``: the same GET through chatmem's ``PipelinedRedis`` (server/storage/resp.py).
+- ``pipelined``: the same GET through chatmem's ``PipelinedRedis`` (server/storage/redis/connection.py).
 
 One client (a separate process, the generated stub's serializers) calls it ``--calls`` times after
 ``--warmup`` calls; the figure is the server process's CPU time per call (utime+stime from /proc).
@@ -29,7 +29,8 @@ import grpc
 from bench.limit_grpc import METHOD, SERVICE, window_response
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
-from tests.procs import RedisProcess, free_port
+from devtools.ports import free_port
+from devtools.redis import RedisProcess
 
 VARIANTS = ("none", "sleep0", "redis-py", "pipelined")
 
@@ -38,7 +39,7 @@ async def serve(port: int, redis_port: int, variant: str) -> None:
     """Serve the fixed response on 127.0.0.1:``port``, awaiting ``variant`` first, until SIGTERM."""
     import redis.asyncio as aioredis
 
-    from server.storage.resp import PipelinedRedis
+    from server.storage.redis.connection import PipelinedRedis
 
     payload = window_response()
     client = aioredis.Redis(port=redis_port)

@@ -21,13 +21,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import RedisError
+
+from devtools.postgres import PostgresProcess
+from devtools.redis import RedisProcess
+from devtools.server import ServerProcess
+from tests import chaos
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from redis.exceptions import RedisError  # noqa: E402
-
-from tests import chaos  # noqa: E402
-from tests.procs import PostgresProcess, RedisProcess, ServerProcess  # noqa: E402
 
 
 async def measure_backlog_drain(redis_url: str, prefix: str, clients: int, limit_s: float) -> dict[str, float]:

@@ -21,17 +21,7 @@ import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.workload import (
-    APPEND,
-    HYDRATE,
-    READ,
-    RPC,
-    STREAM,
-    ThreadSet,
-    Workload,
-    is_chat,
-    worker_threads,
-)
+from bench.workload import APPEND, HYDRATE, READ, RPC, STREAM, ThreadSet, Workload, is_chat, worker_threads
 from chatmem.v1 import resources_pb2
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
@@ -319,7 +309,7 @@ class Chatmem(Target):
     """The chatmem server (one write mode), through the generated stubs on one channel per process."""
 
     async def open(self, max_workers: int) -> None:
-        from server.storage.keys import KeySpace
+        from server.storage.redis.keys import KeySpace
 
         # More than one channel only for a server with several worker processes: SO_REUSEPORT spreads
         # connections, not calls, so each channel gets its own connection (a local subchannel pool).

@@ -12,16 +12,13 @@ import asyncio
 import json
 import multiprocessing
 import os
-import pathlib
-import sys
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests import chaos  # noqa: E402
-from tests.procs import PostgresProcess, RedisProcess, ServerProcess  # noqa: E402
+from devtools.postgres import PostgresProcess
+from devtools.redis import RedisProcess
+from devtools.server import ServerProcess
+from tests import chaos
 
 THREADS = 20
 

@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from devtools.cluster import RedisCluster
+from devtools.postgres import PostgresProcess
+from devtools.redis import RedisProcess
 from server.storage.redis.keys import KeySpace
 from tests.conftest import Harness, make_settings, start_harness
-from tests.procs import PostgresProcess, RedisProcess
 
 # "+redis" runs the default write mode with Redis (write_behind); ":wt" forces write_through.
 BACKENDS = ["sqlite", "postgres", "sqlite+redis", "postgres+redis", "postgres+redis:wt"]
@@ -34,6 +36,28 @@ def pg_proc() -> Iterator[PostgresProcess]:
     proc.start()
     yield proc
     proc.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster of 3 masters without replicas, for the whole session (tests must not kill its nodes)."""
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_replicas() -> Iterator[RedisCluster]:
+    """A Redis Cluster of 3 masters with 1 replica each, for one module: its tests may kill and restart nodes."""
+    cluster = RedisCluster(replicas=1)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pathlib
 import pytest
 
 from bench import harness
+from bench.config import peer_status
 from bench.redis_modules import find_module_redis
 from bench.workload import ALL_TARGETS, LANGCHAIN_REDIS, PEERS, supported_ops
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.integration
 def expected_targets() -> set[str]:
     targets = set(ALL_TARGETS)
     for peer in PEERS:
-        if harness.peer_status(peer):
+        if peer_status(peer):
             targets.discard(peer)
     if isinstance(find_module_redis(), str):
         targets.discard(LANGCHAIN_REDIS)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from devtools.redis import RedisProcess
 from server.storage.codec import frame_item
 from server.storage.models import (
     PreferenceChange,
@@ -22,7 +23,6 @@ from server.storage.models import (
 )
 from server.storage.redis.cache import RedisCache
 from server.storage.redis.keys import KeySpace
-from tests.procs import RedisProcess
 
 pytestmark = pytest.mark.integration
 

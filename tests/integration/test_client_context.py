@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from chatmem import InvalidArgumentError, MemoryClient, RetryPolicy, ThreadContextProvider
+from devtools.ports import free_port
 from tests.conftest import Harness, make_settings, start_harness
-from tests.procs import free_port
 
 pytestmark = pytest.mark.integration
 

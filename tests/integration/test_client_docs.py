@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from devtools.ports import free_port
 from tests.conftest import make_settings, start_harness
-from tests.procs import free_port
 
 pytestmark = pytest.mark.integration
 

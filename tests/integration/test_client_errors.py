@@ -27,10 +27,11 @@ from chatmem import (
 )
 from chatmem.errors import from_grpc_error
 from chatmem.v1 import resources_pb2, thread_memory_service_pb2, thread_memory_service_pb2_grpc
+from devtools.ports import free_port
+from devtools.postgres import PostgresProcess
 from server.app import App, create_server
 from server.config import GrpcSettings, Settings
 from tests.conftest import Harness, make_settings, start_harness
-from tests.procs import PostgresProcess, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -20,11 +20,11 @@ from chatmem import (
     UnavailableError,
 )
 from chatmem.v1 import resources_pb2, thread_memory_service_pb2, thread_memory_service_pb2_grpc
+from devtools.ports import free_port
 from server.app import App, create_server
 from server.config import GrpcSettings, Settings
 from tests.conftest import make_settings
 from tests.integration.conftest import backend_settings
-from tests.procs import free_port
 
 pytestmark = pytest.mark.integration
 

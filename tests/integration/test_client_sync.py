@@ -14,8 +14,8 @@ import pytest
 
 from chatmem import NotFoundError, SyncMemoryClient, UnavailableError
 from chatmem.v1 import thread_memory_service_pb2 as pb
+from devtools.ports import free_port
 from tests.conftest import Harness
-from tests.procs import free_port
 
 pytestmark = pytest.mark.integration
 

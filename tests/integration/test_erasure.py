@@ -18,12 +18,13 @@ from chatmem.v1 import admin_service_pb2_grpc
 from chatmem.v1 import preferences_service_pb2 as ppb
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
+from devtools.postgres import PostgresProcess
+from devtools.redis import RedisProcess
 from server.storage.redis.keys import KeySpace
 from server.storage.redis.outbox import Flusher
 from tests import store_rows
 from tests.conftest import Harness, exchange, make_settings, msg, start_harness
 from tests.integration.conftest import backend_settings
-from tests.procs import PostgresProcess, RedisProcess
 
 pytestmark = pytest.mark.integration
 

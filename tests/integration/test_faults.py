@@ -16,8 +16,10 @@ import pytest
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
+from devtools.postgres import PostgresProcess
+from devtools.redis import RedisProcess
+from devtools.server import ServerProcess
 from tests import chaos
-from tests.procs import PostgresProcess, RedisProcess, ServerProcess
 
 pytestmark = pytest.mark.integration
 

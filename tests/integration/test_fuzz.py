@@ -39,6 +39,9 @@ from hypothesis import HealthCheck, given, settings
 from chatmem.v1 import preferences_service_pb2 as pp
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
+from devtools.postgres import PostgresProcess
+from devtools.redis import RedisProcess
+from devtools.server import ServerProcess
 from server.storage.redis.keys import BUCKETS, KeySpace
 from tests.fuzz_strategies import (
     ID_FIELDS,
@@ -53,7 +56,6 @@ from tests.fuzz_strategies import (
     is_valid_id,
     requests,
 )
-from tests.procs import PostgresProcess, RedisProcess, ServerProcess
 from tests.rpcs import Rpc, chatmem_methods
 
 pytestmark = pytest.mark.integration

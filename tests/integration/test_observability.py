@@ -21,13 +21,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chatmem.v1 import preferences_service_pb2 as pp
 from chatmem.v1 import thread_memory_service_pb2 as pb
+from devtools.ports import free_port
+from devtools.postgres import PostgresProcess
+from devtools.redis import RedisProcess
+from devtools.server import ServerProcess
 from server.app import create_server
 from server.config import MetricsSettings, QuotaSettings, TracingSettings
 from server.storage.health import TierHealth
 from server.storage.redis.keys import KeySpace
 from server.storage.redis.outbox import Flusher
 from tests.conftest import Harness, exchange, make_settings, msg, start_harness
-from tests.procs import PostgresProcess, RedisProcess, ServerProcess, free_port
 
 pytestmark = pytest.mark.integration
 

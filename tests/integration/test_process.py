@@ -17,10 +17,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
+from devtools.ports import free_port
+from devtools.postgres import PostgresProcess
 from server.storage.models import ThreadKey
 from server.storage.sql.sqlite.store import SqliteStore
 from tests.conftest import exchange, msg
-from tests.procs import PostgresProcess, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -13,10 +13,11 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from chatmem.v1 import thread_memory_service_pb2 as pb
+from devtools.postgres import PostgresProcess
+from devtools.redis import RedisProcess
 from server.config import QuotaSettings, Settings
 from server.storage.redis.keys import KeySpace
 from tests.conftest import Harness, make_settings, msg, start_harness
-from tests.procs import PostgresProcess, RedisProcess
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from devtools.redis import RedisProcess
 from server.storage.redis.connection import PipelinedRedis
-from tests.procs import RedisProcess
 
 pytestmark = pytest.mark.integration
 

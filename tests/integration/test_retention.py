@@ -14,6 +14,8 @@ import redis.asyncio as aioredis
 
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
+from devtools.postgres import PostgresProcess
+from devtools.redis import RedisProcess
 from server.storage.erasure import Eraser
 from server.storage.repository import Policy, Repository
 from server.storage.retention import Sweeper
@@ -22,7 +24,6 @@ from tests import store_rows
 from tests.conftest import Harness, exchange, make_settings, msg, start_harness
 from tests.integration.conftest import backend_settings
 from tests.integration.test_erasure import second_flusher
-from tests.procs import PostgresProcess, RedisProcess
 
 pytestmark = pytest.mark.integration
 

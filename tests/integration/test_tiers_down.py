@@ -12,8 +12,9 @@ import pytest
 from chatmem.v1 import preferences_service_pb2 as pp
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
+from devtools.postgres import PostgresProcess
+from devtools.redis import RedisProcess
 from tests.conftest import Harness, exchange, make_settings, start_harness
-from tests.procs import PostgresProcess, RedisProcess
 
 pytestmark = pytest.mark.integration
 

@@ -19,12 +19,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from chatmem import MemoryClient
 from chatmem.v1 import resources_pb2
 from chatmem.v1 import thread_memory_service_pb2 as t
+from devtools.postgres import PostgresProcess
+from devtools.redis import RedisProcess
 from server.app import create_server
 from server.storage.protocols import StoreUnavailableError
 from tests.authkit import with_grpc
 from tests.conftest import make_settings, start_harness
 from tests.pki import CertificateAuthority, serial_of
-from tests.procs import PostgresProcess, RedisProcess
 
 pytestmark = pytest.mark.integration
 
