@@ -39,7 +39,7 @@ from server.services.thread_memory import register as register_thread_memory
 from server.storage.erasure import Eraser
 from server.storage.protocols import Cache, RetentionStore, Stores
 from server.storage.redis.cache import RedisCache, build_redis_client
-from server.storage.redis.connection import PipelinedRedis
+from server.storage.redis.connection import ConnectCounter, PipelinedRedis
 from server.storage.redis.keys import KeySpace
 from server.storage.redis.outbox import Flusher
 from server.storage.repository import Policy, Repository
@@ -71,7 +71,7 @@ async def open_store(settings: Settings) -> Stores:
     return SqliteStore(db.sqlite_path)
 
 
-def open_redis(settings: Settings) -> Any:
+def open_redis(settings: Settings, connects: ConnectCounter | None = None) -> Any:
     """Build the redis.asyncio client (it connects lazily), or None when no Redis is configured."""
     r = settings.redis
     if not r.enabled:
@@ -83,16 +83,20 @@ def open_redis(settings: Settings) -> Any:
         connect_timeout_s=r.connect_timeout_s,
         cluster=r.cluster,
         ssl=r.ssl_options(),
+        connects=connects,
     )
 
 
-def open_cache(settings: Settings, client: Any) -> RedisCache:
+def open_cache(settings: Settings, client: Any, connects: ConnectCounter | None = None) -> RedisCache:
     """Build the Redis cache over a client (its scripts auto-pipelined unless REDIS__AUTOPIPELINE is off)."""
     r = settings.redis
     scripts_client = None
     if r.autopipeline and not r.cluster:
         scripts_client = PipelinedRedis.like(
-            client, timeout_s=r.socket_timeout_s, connect_timeout_s=r.connect_timeout_s
+            client,
+            timeout_s=r.socket_timeout_s,
+            connect_timeout_s=r.connect_timeout_s,
+            on_connect=None if connects is None else connects.bump,
         )
     return RedisCache(
         client,
@@ -101,6 +105,8 @@ def open_cache(settings: Settings, client: Any) -> RedisCache:
         thread_ttl_s=int(settings.memory.thread_ttl_hours * 3600),
         prefs_ttl_s=int(settings.memory.user_ttl_days * 86400),
         scripts_client=scripts_client,
+        cluster=r.cluster,
+        connects=connects,
     )
 
 
@@ -114,6 +120,7 @@ def policy_of(settings: Settings) -> Policy:
         request_ttl_s=int(m.request_id_ttl_hours * 3600),
         max_unflushed=settings.outbox.max_unflushed_per_thread,
         probe_interval_s=settings.redis.probe_interval_s,
+        silence_s=settings.redis.socket_timeout_s,
         max_group=m.group_commit_max,
     )
 
@@ -216,9 +223,10 @@ async def create_server(
     applied = await store.migrate()
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
-    client = open_redis(settings) if cache is None and use_configured_cache else None
+    connects = ConnectCounter()
+    client = open_redis(settings, connects) if cache is None and use_configured_cache else None
     if client is not None:
-        cache = open_cache(settings, client)
+        cache = open_cache(settings, client, connects)
     metrics = Metrics() if settings.metrics.address else None
     repository = Repository(store, cache, policy_of(settings), observer=metrics)
     flusher = None
@@ -242,12 +250,12 @@ async def create_server(
     if metrics is not None:
         interval = settings.metrics.sample_interval_s
         sampler = build_sampler(metrics, interval, repository=repository, flusher=flusher, cache=cache, store=store)
-    breaker = repository.breaker
+    redis_health = repository.redis_health
     admission = build_admission(
         settings.quota,
         redis_client=client,
         keys=KeySpace(settings.redis.key_prefix),
-        redis_usable=lambda: breaker is not None and not breaker.health.down,
+        redis_usable=lambda: redis_health is not None and not redis_health.down,
         retry_redis_s=settings.redis.probe_interval_s,
         observer=metrics,
     )

@@ -94,9 +94,9 @@ def build_sampler(
 ) -> Sampler:
     """Build the sampler over a server's repository, flusher and pools."""
     tiers: dict[str, Callable[[], bool]] = {"store": lambda: not repository.store_health.down}
-    breaker = repository.breaker
-    if breaker is not None:
-        tiers["cache"] = lambda: not breaker.health.down
+    redis_health = repository.redis_health
+    if redis_health is not None:
+        tiers["cache"] = lambda: not redis_health.down
     return Sampler(
         metrics,
         interval_s,

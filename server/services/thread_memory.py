@@ -148,7 +148,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         if request.page_token:
             start = pagination.require_int(pagination.decode(request.page_token, "messages", scope), "next", low=0)
             if request.reverse and start == 0:
-                return pb.ListMessagesResponse(serving=convert.serving(self._repo.served_by_store()))
+                return pb.ListMessagesResponse(serving=convert.serving(self._repo.served_by_store(key)))
         page = await self._repo.list_messages(key, start, request.reverse, size + 1)
         more = len(page) > size
         page = page[:size]
@@ -159,7 +159,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         return pb.ListMessagesResponse(
             messages=[convert.message(key.workspace_id, key.thread_id, m) for m in page],
             next_page_token=token,
-            serving=convert.serving(self._repo.served_by_store()),
+            serving=convert.serving(self._repo.served_by_store(key)),
         )
 
     @server_stream
@@ -238,7 +238,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         check.done()
         thread = await self._repo.get_thread(key)
         return pb.GetThreadResponse(
-            thread=convert.thread(thread, self._default_ttl_s), serving=convert.serving(self._repo.served_by_store())
+            thread=convert.thread(thread, self._default_ttl_s), serving=convert.serving(self._repo.served_by_store(key))
         )
 
     @unary
@@ -304,7 +304,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         deleted = await self._repo.delete_thread(key)
         if deleted is None:
             if request.allow_missing:
-                return pb.DeleteThreadResponse(serving=convert.serving(self._repo.served_by_store()))
+                return pb.DeleteThreadResponse(serving=convert.serving(self._repo.served_by_store(key)))
             raise NotFoundError(f"thread {key.thread_id!r} not found")
         count, served = deleted
         return pb.DeleteThreadResponse(deleted_messages=count, serving=convert.serving(served))

@@ -59,10 +59,8 @@ class Eraser:
 
         Each goes through ``delete_thread`` (tombstone, then Redis), re-checked as idle inside the store's
         delete. In write_behind a thread with appends still queued in the outbox is active and is skipped,
-        and nothing is expired while Redis cannot be asked, since its queued appends would be invisible.
+        and so is a thread whose Redis cannot be asked, since its queued appends would be invisible.
         """
-        if self._repo.write_behind and await self._tiers.usable_cache() is None:
-            return 0, 0
         threads = messages = 0
         after: ThreadInfo | None = None
         while True:
@@ -71,9 +69,7 @@ class Eraser:
                 key = ThreadKey(t.workspace_id, t.thread_id)
                 if self._repo.write_behind:
                     used, pending = await self._pending(key)
-                    if not used:
-                        return threads, messages
-                    if pending is not None:
+                    if not used or pending is not None:
                         continue
                 deleted = await self._repo.delete_thread(key, idle_before_us=cutoff_us)
                 if deleted is not None:
@@ -103,10 +99,12 @@ class Eraser:
                 return messages, len(touched)
 
     async def _pending(self, key: ThreadKey) -> tuple[bool, tuple[int, int] | None]:
-        return await self._tiers.on_cache(lambda c: c.pending_seq(key))
+        return await self._tiers.on_cache(key.bucket, lambda c: c.pending_seq(key))
 
     async def _trim_cached(self, trimmed: Trimmed) -> None:
-        done, _ = await self._tiers.on_cache(lambda c: c.trim_thread(trimmed.key, trimmed.incarnation, trimmed.count))
+        done, _ = await self._tiers.on_cache(
+            trimmed.key.bucket, lambda c: c.trim_thread(trimmed.key, trimmed.incarnation, trimmed.count)
+        )
         if not done:
             key = trimmed.key
             await self._tiers.mark_thread(key)

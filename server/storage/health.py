@@ -8,8 +8,6 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable
 
-from server.storage.protocols import CacheUnavailableError
-
 log = logging.getLogger(__name__)
 
 
@@ -38,81 +36,153 @@ class TierHealth:
 
 
 class BreakerState(enum.Enum):
-    """CLOSED uses Redis; OPEN bypasses it; RECOVERING repairs the cache before use resumes."""
+    """UNVERIFIED checks the repair log before use; CLOSED uses Redis; OPEN bypasses it; RECOVERING repairs."""
 
+    UNVERIFIED = "unverified"
     CLOSED = "closed"
     OPEN = "open"
     RECOVERING = "recovering"
 
 
 class CacheBreaker:
-    """Circuit breaker for Redis: a dead or hung Redis costs one timeout per probe interval, not per request.
+    """Circuit breaker for one shard of Redis: a dead or hung Redis costs one timeout per probe interval.
 
-    The first failure opens it. While open, requests bypass Redis and a background task probes every
-    ``interval_s``. When a probe answers, ``recover`` runs (it repairs what went stale meanwhile) while
-    new requests wait, and only then does the breaker close.
+    A breaker starts UNVERIFIED: before its shard is first used (and again whenever ``unverify`` says the
+    shard may have been written around, e.g. after a reconnect or a long silence), ``check`` runs: it
+    repairs the shard if the store's repair log holds anything for it. The first failure opens the
+    breaker. While open, requests bypass Redis and a background task probes every ``interval_s``. When a
+    probe answers, ``recover`` runs (it repairs what went stale meanwhile) while new requests wait, and
+    only then does the breaker close.
 
     Args:
         probe: a cheap Redis round trip that raises CacheUnavailableError.
-        recover: repairs the cache; runs before the breaker closes.
+        check: pings the shard and repairs it if the repair log says so (run before use); may raise.
+        recover: repairs the shard unconditionally, fencing writes around Redis first; may raise.
         interval_s: the probe interval.
-        health: the Redis tier's health record.
+        on_change: told True when the breaker opens and False when it closes again.
     """
 
     def __init__(
         self,
         probe: Callable[[], Awaitable[None]],
+        check: Callable[[], Awaitable[None]],
         recover: Callable[[], Awaitable[None]],
         interval_s: float,
-        health: TierHealth,
+        on_change: Callable[[bool, str], None],
     ) -> None:
         self._probe = probe
+        self._check = check
         self._recover = recover
         self._interval_s = interval_s
-        self.health = health
-        self.state = BreakerState.CLOSED
+        self._on_change = on_change
+        self.state = BreakerState.UNVERIFIED
+        # Set whenever the state is not RECOVERING; each recovery gets a fresh one, so a waiter that
+        # arrives after the recovery ended never waits on a cleared event.
         self._ready = asyncio.Event()
         self._ready.set()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._down = False
+
+    @property
+    def open(self) -> bool:
+        """True from the failure that opened the breaker until its repair is done."""
+        return self._down
 
     async def usable(self) -> bool:
-        """Return True when requests may use Redis (waiting out a recovery in progress)."""
+        """Return True when requests may use Redis (verifying it, or waiting out a repair, first)."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.UNVERIFIED and not self._closed:
+            self._recovering()
+            self._task = asyncio.get_running_loop().create_task(self._verify())
         if self.state is BreakerState.RECOVERING:
-            await self._ready.wait()
+            await asyncio.shield(self._ready.wait())
         return self.state is BreakerState.CLOSED
 
+    def _recovering(self) -> None:
+        self.state = BreakerState.RECOVERING
+        if self._ready.is_set():
+            self._ready = asyncio.Event()
+
+    def unverify(self) -> None:
+        """Ask for a check of the repair log before the next use (a closed breaker only)."""
+        if self.state is BreakerState.CLOSED:
+            self.state = BreakerState.UNVERIFIED
+
     def trip(self, reason: str) -> None:
-        """Open the breaker after a failure (no-op unless closed) and start probing."""
-        if self.state is not BreakerState.CLOSED:
+        """Open the breaker after a failure (no-op unless closed or unverified) and start probing."""
+        if self.state not in (BreakerState.CLOSED, BreakerState.UNVERIFIED) or self._closed:
             return
+        self._open(reason)
+
+    def _open(self, reason: str) -> None:
         self.state = BreakerState.OPEN
-        self._ready.clear()
-        self.health.mark_down(reason)
+        self._ready.set()  # wake requests that waited for a check: they bypass Redis
+        if not self._down:
+            self._down = True
+            self._on_change(True, reason)
         self._task = asyncio.get_running_loop().create_task(self._probe_until_recovered())
 
-    async def _probe_until_recovered(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
+    async def _verify(self) -> None:
+        try:
+            await self._check()
+        except Exception as exc:  # noqa: BLE001 - any failure of the check keeps Redis bypassed
+            self._task = None
+            self._open(f"{type(exc).__name__}: {exc}")
+            return
+        self._close()
+
+    def _close(self) -> None:
+        self.state = BreakerState.CLOSED
+        self._task = None
+        self._ready.set()
+        if self._down:
+            self._down = False
+            self._on_change(False, "")
+
+    async def attempt(self) -> bool:
+        """Probe and recover now instead of at the next interval (an open breaker); True once usable."""
+        if self.state is BreakerState.OPEN and not self._closed:
             try:
                 await self._probe()
-            except CacheUnavailableError:
+            except Exception:  # noqa: BLE001 - a probe that fails in any way keeps the breaker open
+                return False
+            if self.state is BreakerState.OPEN and self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+                self._recovering()  # callers wait for this attempt's outcome
+                self._task = asyncio.get_running_loop().create_task(self._probe_until_recovered(first_wait=False))
+        return await self.usable()
+
+    async def _probe_until_recovered(self, first_wait: bool = True) -> None:
+        wait = first_wait
+        while True:
+            if wait:
+                await asyncio.sleep(self._interval_s)
+            wait = True
+            try:
+                await self._probe()
+            except Exception:  # noqa: BLE001 - a probe that fails in any way keeps the breaker open
+                if self.state is BreakerState.RECOVERING:
+                    self.state = BreakerState.OPEN
+                    self._ready.set()
                 continue
-            self.state = BreakerState.RECOVERING
+            self._recovering()
             try:
                 await self._recover()
             except Exception as exc:  # noqa: BLE001 - any failure of the repair keeps Redis bypassed
                 log.warning("cache repair failed, still bypassing redis: %s", exc)
                 self.state = BreakerState.OPEN
                 self._ready.set()  # wake the requests that waited for the repair: they bypass Redis
-                self._ready.clear()
                 continue
-            self.state = BreakerState.CLOSED
-            self.health.mark_up()
-            self._ready.set()
+            self._close()
             return
 
     async def close(self) -> None:
         """Stop probing (at shutdown) and release any waiters."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from server.storage.buckets import bucket_of
+
 
 class Role(enum.IntEnum):
     """Message author; the values equal chatmem.v1.Role so that they cross the wire unchanged."""
@@ -35,6 +37,11 @@ class ThreadKey:
 
     workspace_id: str
     thread_id: str
+
+    @property
+    def bucket(self) -> int:
+        """The thread's bucket (its Redis keys' slot group)."""
+        return bucket_of(self.workspace_id, self.thread_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +261,11 @@ class Repair:
     object_id: str
     marked_us: int = 0
 
+    @property
+    def bucket(self) -> int:
+        """The bucket of the cache entry (the Redis slot group it lives on)."""
+        return bucket_of(self.workspace_id, self.object_id)
+
 
 @dataclass(frozen=True, slots=True)
 class QueuedRequest:
@@ -280,3 +292,7 @@ class QueuedReply:
     message_count: int = 0
     incarnation: int = 0
     value: int = 0
+
+
+Fence = dict[int, int]
+"""The repair epoch of each bucket a write around Redis was made under (see RepairLog.begin_recovery)."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
-from server.storage.models import PreferenceChange, PreferenceValue, Repair, Tier
+from server.storage.buckets import bucket_of
+from server.storage.models import Fence, PreferenceChange, PreferenceValue, Repair, Tier
 from server.storage.observer import StorageObserver
 from server.storage.protocols import PreferenceStore
 from server.storage.results import Preferences, Served
@@ -32,48 +33,55 @@ class PreferenceRepository:
 
     async def get(self, workspace_id: str, user_id: str) -> Preferences:
         """Return a user's preferences, from the cache when it holds them."""
-        used, cached = await self.tiers.on_cache(lambda c: c.read_preferences(workspace_id, user_id))
+        bucket = bucket_of(workspace_id, user_id)
+        used, cached = await self.tiers.on_cache(bucket, lambda c: c.read_preferences(workspace_id, user_id))
         if cached is not None:
             self._observer.cache_hit("preferences")
             values = {k: PreferenceValue(v, us) for k, (v, us) in cached.items()}
-            return Preferences(values, Served(Tier.CACHE, self.tiers.degraded()))
+            return Preferences(values, Served(Tier.CACHE, self.tiers.degraded(bucket)))
         if used:
             self._observer.cache_miss("preferences")
         prefs = await self.tiers.on_store(self._store.get_preferences(workspace_id, user_id))
         skipped = self.tiers.cache is not None and not used
         if not skipped:
-            filled, _ = await self.tiers.on_cache(lambda c: c.fill_preferences(workspace_id, user_id, prefs))
+            filled, _ = await self.tiers.on_cache(bucket, lambda c: c.fill_preferences(workspace_id, user_id, prefs))
             skipped = self.tiers.cache is not None and not filled
-        return Preferences(prefs.values, Served(Tier.STORE, self.tiers.degraded(skipped)))
+        return Preferences(prefs.values, Served(Tier.STORE, self.tiers.degraded(bucket, skipped)))
 
     async def set(self, workspace_id: str, user_id: str, values: dict[str, str]) -> tuple[PreferenceChange, Served]:
         """Upsert preferences in the store, then in the cache."""
-        return await self._write_preferences(
-            workspace_id,
-            user_id,
-            lambda repair: self._store.set_preferences(workspace_id, user_id, values, repair=repair),
+        return await self.tiers.fenced(
+            lambda: self._write(
+                workspace_id,
+                user_id,
+                lambda fence: self._store.set_preferences(workspace_id, user_id, values, repair=fence),
+            )
         )
 
     async def delete(
         self, workspace_id: str, user_id: str, keys: Sequence[str] | None
     ) -> tuple[PreferenceChange, Served]:
         """Delete some or all preferences in the store, then in the cache."""
-        return await self._write_preferences(
-            workspace_id,
-            user_id,
-            lambda repair: self._store.delete_preferences(workspace_id, user_id, keys, repair=repair),
+        return await self.tiers.fenced(
+            lambda: self._write(
+                workspace_id,
+                user_id,
+                lambda fence: self._store.delete_preferences(workspace_id, user_id, keys, repair=fence),
+            )
         )
 
-    async def _write_preferences(
-        self, workspace_id: str, user_id: str, write: Callable[[bool], Awaitable[PreferenceChange]]
+    async def _write(
+        self, workspace_id: str, user_id: str, write: Callable[[Fence | None], Awaitable[PreferenceChange]]
     ) -> tuple[PreferenceChange, Served]:
-        cache = await self.tiers.usable_cache()
+        bucket = bucket_of(workspace_id, user_id)
+        cache = await self.tiers.usable_cache(bucket)
         bypassed = self.tiers.cache is not None and cache is None
+        fence = await self.tiers.fence([bucket]) if bypassed else None
         async with self.tiers.bypassing() if bypassed else contextlib.nullcontext():
-            change = await self.tiers.on_store(write(bypassed))
+            change = await self.tiers.on_store(write(fence))
         if not bypassed and self.tiers.cache is not None:
-            applied, _ = await self.tiers.on_cache(lambda c: c.apply_preferences(workspace_id, user_id, change))
+            applied, _ = await self.tiers.on_cache(bucket, lambda c: c.apply_preferences(workspace_id, user_id, change))
             if not applied:
                 await self.tiers.mark([Repair("u", workspace_id, user_id)])
                 bypassed = True
-        return change, Served(Tier.STORE, self.tiers.degraded(bypassed))
+        return change, Served(Tier.STORE, self.tiers.degraded(bucket, bypassed))

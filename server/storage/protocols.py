@@ -12,6 +12,7 @@ from server.storage.models import (
     AppendResult,
     EncodedPage,
     EncodedTail,
+    Fence,
     NewThreadOptions,
     PreferenceChange,
     PreferenceSet,
@@ -36,19 +37,32 @@ class StoreUnavailableError(Exception):
 
 
 class CacheUnavailableError(Exception):
-    """Redis could not be reached or timed out."""
+    """Redis could not be reached or timed out, or its client failed in any other way."""
+
+
+class CacheFencedError(Exception):
+    """A write around Redis was refused: another replica repaired these buckets and uses Redis for them again.
+
+    Args:
+        buckets: the buckets whose epoch moved on.
+    """
+
+    def __init__(self, buckets: Sequence[int]) -> None:
+        super().__init__(f"buckets {sorted(buckets)[:8]} are in use through Redis again")
+        self.buckets = list(buckets)
 
 
 class MessageStore(Protocol):
     """Messages (L2): group-committed appends (the seq authority in write_through), seeds and reads."""
 
     async def append_batch(
-        self, commands: Sequence[AppendCommand], *, repair: bool = False, fallback_gap: int = 0
+        self, commands: Sequence[AppendCommand], *, repair: Fence | None = None, fallback_gap: int = 0
     ) -> list[AppendResult | Exception]:
         """Commit several appends in one transaction; a per-command domain error fails only that command.
 
-        With ``repair`` (the cache was bypassed) the threads are marked for repair in the same transaction,
-        and a thread not yet marked first skips ``fallback_gap`` seqs.
+        With ``repair`` (the epochs of the buckets whose cache was bypassed) the threads in those buckets
+        are marked for repair in the same transaction, and such a thread not yet marked first skips
+        ``fallback_gap`` seqs. CacheFencedError if one of those epochs moved on.
         """
         ...
 
@@ -86,12 +100,19 @@ class ThreadStore(Protocol):
         """Return a user's threads, newest first, after the cursor."""
         ...
 
-    async def update_thread(self, key: ThreadKey, patch: ThreadPatch, *, repair: bool = False) -> ThreadInfo | None:
+    async def update_thread(
+        self, key: ThreadKey, patch: ThreadPatch, *, repair: Fence | None = None
+    ) -> ThreadInfo | None:
         """Apply the patch; return the updated thread, or None if unknown."""
         ...
 
     async def delete_thread(
-        self, key: ThreadKey, *, tombstone_incarnation: int = 0, repair: bool = False, idle_before_us: int | None = None
+        self,
+        key: ThreadKey,
+        *,
+        tombstone_incarnation: int = 0,
+        repair: Fence | None = None,
+        idle_before_us: int | None = None,
     ) -> tuple[ThreadInfo | None, int]:
         """Delete a thread and its messages, leaving a tombstone; return (the row or None, messages deleted).
 
@@ -109,13 +130,13 @@ class PreferenceStore(Protocol):
         ...
 
     async def set_preferences(
-        self, workspace_id: str, user_id: str, values: dict[str, str], *, repair: bool = False
+        self, workspace_id: str, user_id: str, values: dict[str, str], *, repair: Fence | None = None
     ) -> PreferenceChange:
         """Upsert keys and bump the version."""
         ...
 
     async def delete_preferences(
-        self, workspace_id: str, user_id: str, keys: Sequence[str] | None, *, repair: bool = False
+        self, workspace_id: str, user_id: str, keys: Sequence[str] | None, *, repair: Fence | None = None
     ) -> PreferenceChange:
         """Delete the keys (None: all of them) and bump the version."""
         ...
@@ -128,12 +149,24 @@ class RepairLog(Protocol):
         """Mark cache entries as possibly stale (a write went around Redis, or Redis failed mid-write)."""
         ...
 
-    async def list_repairs(self, limit: int) -> list[Repair]:
-        """Return cache entries marked as possibly stale, oldest first."""
+    async def list_repairs(self, limit: int, buckets: Sequence[int] | None = None) -> list[Repair]:
+        """Return cache entries marked as possibly stale in the buckets (None: all), oldest first."""
         ...
 
     async def clear_repairs(self, repairs: Sequence[Repair]) -> None:
         """Forget applied repairs (unless marked again since listed)."""
+        ...
+
+    async def epochs(self, buckets: Sequence[int] | None = None) -> Fence:
+        """Return the repair epoch of each bucket (None: all): the fence for writes around Redis."""
+        ...
+
+    async def begin_recovery(self, buckets: Sequence[int] | None = None) -> Fence:
+        """Bump the buckets' epochs (None: all) before their repairs are applied and Redis is used again.
+
+        A write around Redis made under an older epoch then fails with CacheFencedError, so no replica
+        numbers a thread through the store while another numbers it through Redis.
+        """
         ...
 
 
@@ -218,8 +251,18 @@ class Cache(Protocol):
         """Release connections."""
         ...
 
-    async def ping(self) -> None:
-        """Round-trip to Redis."""
+    @property
+    def sharded(self) -> bool:
+        """True on Redis Cluster: each bucket may fail (and is degraded and repaired) on its own."""
+        ...
+
+    @property
+    def connects(self) -> int:
+        """How many connections to Redis were opened so far (a new one may follow a Redis restart)."""
+        ...
+
+    async def ping(self, bucket: int | None = None, fresh: bool = False) -> None:
+        """Round-trip to Redis (on a cluster, to the bucket's master); ``fresh``: on a new connection."""
         ...
 
     async def read_window(self, key: ThreadKey, limit: int) -> list[bytes] | None:

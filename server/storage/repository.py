@@ -38,6 +38,7 @@ serve it alone (cached windows, write_behind appends to threads Redis already co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -48,7 +49,7 @@ from typing import Any, TypeVar
 
 from server.errors import AbortedError, NotFoundError, UnavailableError
 from server.storage.codec import encode_unsequenced, frame_repeated
-from server.storage.health import CacheBreaker, TierHealth
+from server.storage.health import TierHealth
 from server.storage.models import (
     AppendCommand,
     Durability,
@@ -95,6 +96,8 @@ class Policy:
         request_ttl_s: how long Redis remembers request ids (write_behind).
         max_unflushed: the most queued, unflushed messages per thread; also the fallback seq gap.
         probe_interval_s: how often a bypassed Redis is probed.
+        silence_s: a shard of Redis unused for longer is checked against the repair log before its next use
+            (REDIS__SOCKET_TIMEOUT_S: a stall shorter than that makes no replica give up on Redis).
         max_group: the most appends in one group commit.
     """
 
@@ -104,6 +107,7 @@ class Policy:
     request_ttl_s: int = 24 * 3600
     max_unflushed: int = 100_000
     probe_interval_s: float = 1.0
+    silence_s: float = 0.5
     max_group: int = 256
 
 
@@ -124,7 +128,7 @@ class Repository:
         self._threads = stores.threads
         self._policy = policy
         self._observer = observer or NoObserver()
-        self.tiers = Tiers(cache, stores.repairs, stores.messages, policy.probe_interval_s)
+        self.tiers = Tiers(cache, stores.repairs, stores.messages, policy.probe_interval_s, policy.silence_s)
         self.preferences = PreferenceRepository(self.tiers, stores.preferences, self._observer)
         # In write_behind the store path runs only around Redis, so it always leaves the fallback gap.
         self._store_writes = StoreWriter(
@@ -148,9 +152,9 @@ class Repository:
         return self._policy.write_behind and self.tiers.cache is not None
 
     @property
-    def breaker(self) -> CacheBreaker | None:
-        """The breaker in front of Redis (None without a cache)."""
-        return self.tiers.breaker
+    def redis_health(self) -> TierHealth | None:
+        """Redis's health record: down while any shard of it is bypassed (None without a cache)."""
+        return self.tiers.redis_health
 
     @property
     def store_health(self) -> TierHealth:
@@ -177,7 +181,7 @@ class Repository:
         target = None
         while True:
             if probe is None:
-                used, state = await self.tiers.on_cache(lambda c: c.pending_seq(key))
+                used, state = await self.tiers.on_cache(key.bucket, lambda c: c.pending_seq(key))
             else:
                 used, state, probe = True, probe.pending, None
             if not used or state is None:
@@ -194,14 +198,14 @@ class Repository:
 
     async def append(self, command: AppendCommand) -> AppendOutcome:
         """Append messages, by the configured write path (falling back to the store without Redis)."""
-        outcome = await self._append(command)
+        outcome = await self.tiers.fenced(lambda: self._append(command))
         # A load that started before this write must not answer a read that starts after it.
         self._hydrations.pop(command.key, None)
         return outcome
 
     async def _append(self, command: AppendCommand) -> AppendOutcome:
         if self.write_behind:
-            used, outcome = await self.tiers.on_cache(lambda c: self._append_queued(c, command))
+            used, outcome = await self.tiers.on_cache(command.key.bucket, lambda c: self._append_queued(c, command))
             if used and outcome is not None:
                 return outcome
         async with self.tiers.bypassing():
@@ -212,7 +216,7 @@ class Repository:
             result.message_count,
             result.replayed,
             Durability.PERSISTED,
-            Served(Tier.STORE, self.tiers.degraded(degraded)),
+            Served(Tier.STORE, self.tiers.degraded(command.key.bucket, degraded)),
         )
 
     async def _append_queued(self, cache: Cache, command: AppendCommand) -> AppendOutcome:
@@ -259,7 +263,7 @@ class Repository:
             reply.message_count,
             reply.kind == "dup",
             Durability.QUEUED,
-            Served(Tier.CACHE, self.tiers.degraded()),
+            Served(Tier.CACHE, self.tiers.degraded(key.bucket)),
         )
 
     async def _thread_known(self, key: ThreadKey) -> bool:
@@ -269,17 +273,20 @@ class Repository:
     async def update_thread(self, key: ThreadKey, patch: ThreadPatch) -> tuple[ThreadInfo, Served]:
         """Change a thread's title, TTL or pin, then retune its cached window."""
         await self._await_flushed(key)
-        cache = await self.tiers.usable_cache()
-        thread = await self.tiers.on_store(
-            self._threads.update_thread(key, patch, repair=self.tiers.cache is not None and cache is None)
-        )
+        return await self.tiers.fenced(lambda: self._update_thread(key, patch))
+
+    async def _update_thread(self, key: ThreadKey, patch: ThreadPatch) -> tuple[ThreadInfo, Served]:
+        cache = await self.tiers.usable_cache(key.bucket)
+        skipped = cache is None and self.tiers.cache is not None
+        fence = await self.tiers.fence([key.bucket]) if skipped else None
+        async with self.tiers.bypassing() if skipped else contextlib.nullcontext():
+            thread = await self.tiers.on_store(self._threads.update_thread(key, patch, repair=fence))
         if thread is None:
             raise NotFoundError(f"thread {key.thread_id!r} not found")
-        skipped = cache is None and self.tiers.cache is not None
         if cache is not None and (patch.ttl_seconds is not None or patch.pinned is not None):
-            used, _ = await self.tiers.on_cache(lambda c: c.retune_window(thread))
+            used, _ = await self.tiers.on_cache(key.bucket, lambda c: c.retune_window(thread))
             skipped = not used
-        return thread, Served(Tier.STORE, self.tiers.degraded(skipped))
+        return thread, Served(Tier.STORE, self.tiers.degraded(key.bucket, skipped))
 
     async def delete_thread(self, key: ThreadKey, *, idle_before_us: int | None = None) -> tuple[int, Served] | None:
         """Delete a thread from the store (with a tombstone), then from Redis, outbox marker included.
@@ -291,22 +298,27 @@ class Repository:
         Returns:
             (messages deleted from the store, how it was served), or None if nothing was deleted.
         """
-        used, incarnation = await self.tiers.on_cache(lambda c: c.thread_incarnation(key))
+        return await self.tiers.fenced(lambda: self._delete_thread(key, idle_before_us))
+
+    async def _delete_thread(self, key: ThreadKey, idle_before_us: int | None) -> tuple[int, Served] | None:
+        used, incarnation = await self.tiers.on_cache(key.bucket, lambda c: c.thread_incarnation(key))
         bypassed = self.tiers.cache is not None and not used
-        thread, count = await self.tiers.on_store(
-            self._threads.delete_thread(
-                key, tombstone_incarnation=incarnation or 0, repair=bypassed, idle_before_us=idle_before_us
+        fence = await self.tiers.fence([key.bucket]) if bypassed else None
+        async with self.tiers.bypassing() if bypassed else contextlib.nullcontext():
+            thread, count = await self.tiers.on_store(
+                self._threads.delete_thread(
+                    key, tombstone_incarnation=incarnation or 0, repair=fence, idle_before_us=idle_before_us
+                )
             )
-        )
         if thread is None and (not incarnation or idle_before_us is not None):
             return None
         dead = max(incarnation or 0, thread.incarnation if thread else 0)
         if not bypassed:
-            dropped, _ = await self.tiers.on_cache(lambda c: c.drop_thread(key, dead))
+            dropped, _ = await self.tiers.on_cache(key.bucket, lambda c: c.drop_thread(key, dead))
             if not dropped:
                 await self.tiers.mark_thread(key)
                 bypassed = True
-        return count, Served(Tier.STORE, self.tiers.degraded(bypassed))
+        return count, Served(Tier.STORE, self.tiers.degraded(key.bucket, bypassed))
 
     # --- threads: reads --------------------------------------------------------------------------
 
@@ -318,20 +330,22 @@ class Repository:
         if limit <= self._policy.window:
             # One round trip answers a hit, or tells a miss the fence its fill must pass back and (in
             # write_behind) what is still queued for this thread.
-            used, read = await self.tiers.on_cache(lambda c: c.read_window_or_pending(key, limit))
+            used, read = await self.tiers.on_cache(key.bucket, lambda c: c.read_window_or_pending(key, limit))
             items = None if read is None else read.items
             if read is not None and items is None:
                 fence = read.fence
                 probe = QueueProbe(read.pending) if self.write_behind else None
             if items is not None:
                 self._observer.cache_hit("window")
-                return Window(b"".join(items), Served(Tier.CACHE, self.tiers.degraded()))
+                return Window(b"".join(items), Served(Tier.CACHE, self.tiers.degraded(key.bucket)))
             if used:
                 self._observer.cache_miss("window")
         await self._await_flushed(key, probe)
-        skipped = self.tiers.cache is not None and not used
-        loaded = await self._hydrate(key, max(limit, self._policy.window), fill=not skipped, fence=fence)
-        served = Served(Tier.STORE, self.tiers.degraded(skipped))
+        # Reading past the window from the store is the plan, not a fallback: only a window read that
+        # could not use the cache is degraded.
+        skipped = limit <= self._policy.window and self.tiers.cache is not None and not used
+        loaded = await self._hydrate(key, max(limit, self._policy.window), fill=used, fence=fence)
+        served = Served(Tier.STORE, self.tiers.degraded(key.bucket, skipped))
         if loaded is None:
             return Window(b"", served)
         encoded = loaded.items[-limit:] if limit else []
@@ -370,7 +384,7 @@ class Repository:
             # delete or a retention trim refuses it), so landing late is safe, and a read before it
             # lands hydrates again.
             window = tail.items[-self._policy.window :]
-            self._in_background(self.tiers.on_cache(lambda c: c.fill_window(tail.thread, window, fence)))
+            self._in_background(self.tiers.on_cache(key.bucket, lambda c: c.fill_window(tail.thread, window, fence)))
         return tail
 
     def _in_background(self, work: Awaitable[object]) -> None:
@@ -428,6 +442,6 @@ class Repository:
         """Return a page of a user's threads, newest first (threads still only queued appear once flushed)."""
         return await self.tiers.on_store(self._threads.list_threads(workspace_id, user_id, after, limit))
 
-    def served_by_store(self) -> Served:
-        """How a store-only read is reported (degraded while a tier is down)."""
-        return Served(Tier.STORE, self.tiers.degraded())
+    def served_by_store(self, key: ThreadKey | None = None) -> Served:
+        """How a store-only read is reported: degraded while its tier (no key: any tier) is down."""
+        return Served(Tier.STORE, self.tiers.degraded(None if key is None else key.bucket))

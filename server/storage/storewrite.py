@@ -15,10 +15,20 @@ from collections.abc import Sequence
 from server.storage.codec import encode_messages
 from server.storage.groupcommit import GroupCommitter
 from server.storage.models import AppendCommand, AppendResult, Repair, ThreadKey
-from server.storage.protocols import Cache, CacheUnavailableError, MessageStore, StoreUnavailableError
+from server.storage.protocols import (
+    Cache,
+    CacheFencedError,
+    CacheUnavailableError,
+    MessageStore,
+    StoreUnavailableError,
+)
 from server.storage.tiers import Tiers
 
 log = logging.getLogger(__name__)
+
+
+def _pushable(result: AppendResult | Exception, usable: set[int]) -> bool:
+    return isinstance(result, AppendResult) and result.thread_key.bucket in usable
 
 
 class StoreWriter:
@@ -51,30 +61,38 @@ class StoreWriter:
         await self._committer.close()
 
     async def _commit_group(self, commands: Sequence[AppendCommand]) -> list[tuple[AppendResult, bool] | Exception]:
-        cache = await self._tiers.usable_cache() if self._push else None
-        bypassed = self._tiers.cache is not None and cache is None
+        buckets = {c.key.bucket for c in commands}
+        usable: set[int] = set()
+        if self._push:
+            usable = {b for b in buckets if await self._tiers.usable_cache(b) is not None}
+        around = [b for b in buckets if b not in usable] if self._tiers.cache is not None else []
+        fence = await self._tiers.fence(around) if around else None
         gap = self._fallback_gap
         try:
-            results = await self._messages.append_batch(commands, repair=bypassed, fallback_gap=gap)
+            results = await self._messages.append_batch(commands, repair=fence, fallback_gap=gap)
         except StoreUnavailableError:
             raise
-        except Exception:
+        except Exception as exc:
             if len(commands) == 1:
                 raise
-            # One request the store rejects must not fail the others that shared its transaction.
-            log.exception("a group commit failed; committing its %d appends one by one", len(commands))
+            if not isinstance(exc, CacheFencedError):
+                # One request the store rejects must not fail the others that shared its transaction.
+                log.exception("a group commit failed; committing its %d appends one by one", len(commands))
             results = []
             for command in commands:
                 try:
-                    results += await self._messages.append_batch([command], repair=bypassed, fallback_gap=gap)
+                    results += await self._messages.append_batch([command], repair=fence, fallback_gap=gap)
                 except StoreUnavailableError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - reported to that request's caller as INTERNAL
-                    results.append(exc)
+                except Exception as one:  # noqa: BLE001 - reported to that request's caller (INTERNAL unless fenced)
+                    results.append(one)
         failed: set[ThreadKey] = set()
-        if cache is not None:
-            failed = await self._push_windows(cache, results)
-        return [r if isinstance(r, Exception) else (r, bypassed or r.thread_key in failed) for r in results]
+        if self._tiers.cache is not None and usable:
+            failed = await self._push_windows(self._tiers.cache, [r for r in results if _pushable(r, usable)])
+        return [
+            r if isinstance(r, Exception) else (r, r.thread_key.bucket in around or r.thread_key in failed)
+            for r in results
+        ]
 
     async def _push_windows(self, cache: Cache, results: Sequence[AppendResult | Exception]) -> set[ThreadKey]:
         # One push per thread with all of the group's new messages of that thread, in seq order,
@@ -92,7 +110,7 @@ class StoreWriter:
                     group[-1].thread, group[0].first_seq, encode_messages(key.workspace_id, key.thread_id, messages)
                 )
             except CacheUnavailableError as exc:
-                self._tiers.trip(exc)
+                self._tiers.trip(key.bucket, exc)
                 failed.add(key)
 
         await asyncio.gather(*(push(k, g) for k, g in per_thread.items()))

@@ -1,76 +1,191 @@
-"""Tier plumbing shared by the repository and erasure: which tier is usable, and the cache repair sweep.
+"""Tier plumbing shared by the repository, preferences and erasure: which tier is usable, and cache repairs.
 
-A cache call that fails trips the breaker (health.py) and the request bypasses Redis, with ``degraded``
-set; a store call that fails marks the store down and becomes UNAVAILABLE. Writes that go around Redis
-are recorded in the store's repair log, and every recorded entry is repaired (its window and counter
-dropped, so the next use reseeds from the store) before Redis is used again.
+Redis is used per shard: the whole of Redis, or on Redis Cluster one bucket (the slot group of a thread's
+or a user's keys), so that a master that is down degrades only the buckets whose slots it holds. Each
+shard has a breaker (health.py). A cache call that fails opens it and the request bypasses Redis, with
+``degraded`` set; a store call that fails marks the store down and becomes UNAVAILABLE.
+
+Repairs. A write that goes around Redis records its thread or user in the store's repair log, in the same
+transaction, fenced by its bucket's epoch. Before a process uses a shard of Redis (at start-up, after
+the shard's breaker was open, after a new connection to Redis, or after a silence longer than the
+socket timeout, in which a stalled Redis could have made another replica give up on it) the repair log
+is read for that shard. When it holds entries, the shard is recovered: its buckets' epochs are bumped
+(from then on, a write around Redis made by a replica that still cannot reach it fails and does not
+race the cache), then every entry is repaired (its window dropped and its counter raised to the store's,
+so the next append seeds above every seq the store handed out), and only then is Redis used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from server.errors import UnavailableError
+from server.storage.buckets import BUCKETS
 from server.storage.health import CacheBreaker, TierHealth
-from server.storage.models import Repair, ThreadKey
-from server.storage.protocols import Cache, CacheUnavailableError, MessageStore, RepairLog, StoreUnavailableError
+from server.storage.models import Fence, Repair, ThreadKey
+from server.storage.protocols import (
+    Cache,
+    CacheFencedError,
+    CacheUnavailableError,
+    MessageStore,
+    RepairLog,
+    StoreUnavailableError,
+)
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 _REPAIR_PAGE = 500
 _REPAIR_PAGES = 10_000
+ALL = -1  # the shard of every bucket when Redis is one node
 
 
 class Tiers:
-    """The cache (optional) and the store, their health, and the breaker in front of Redis.
+    """The cache (optional) and the store, their health, and a breaker per shard of Redis.
 
     Args:
         cache: the Redis tier, or None to run without L1.
         repairs: the store's repair log.
         messages: the store's messages (a repair reseeds a thread from them).
-        probe_interval_s: how often a bypassed Redis is probed.
+        probe_interval_s: how often a bypassed shard is probed.
+        silence_s: a shard unused for longer is checked against the repair log before its next use.
     """
 
     def __init__(
-        self, cache: Cache | None, repairs: RepairLog, messages: MessageStore, probe_interval_s: float
+        self,
+        cache: Cache | None,
+        repairs: RepairLog,
+        messages: MessageStore,
+        probe_interval_s: float,
+        silence_s: float = 0.5,
     ) -> None:
         self.cache = cache
         self._repairs = repairs
         self._messages = messages
+        self._probe_interval_s = probe_interval_s
+        self._silence_s = silence_s
         self.store_health = TierHealth("store")
-        self.breaker = (
-            CacheBreaker(cache.ping, self._repair_cache, probe_interval_s, TierHealth("redis"))
-            if cache is not None
-            else None
-        )
+        self.redis_health = TierHealth("redis") if cache is not None else None
+        self._sharded = cache is not None and cache.sharded
+        self._breakers: dict[int, CacheBreaker] = {}
+        self._down: set[int] = set()
+        self._last_ok: dict[int, float] = {}
+        self._connects: dict[int, int] = {}
+        self._epochs: Fence = {}
         self._bypassing = 0
         self._bypass_idle = asyncio.Event()
         self._bypass_idle.set()
 
-    async def usable_cache(self) -> Cache | None:
-        """Return the cache if requests may use it now, else None (none configured, or bypassed)."""
-        if self.cache is None or self.breaker is None or not await self.breaker.usable():
+    # --- shards and breakers ---------------------------------------------------------------------
+
+    def shard(self, bucket: int) -> int:
+        """Return the shard of a bucket: the bucket itself on Redis Cluster, else ALL."""
+        return bucket if self._sharded else ALL
+
+    def _buckets(self, shard: int) -> list[int] | None:
+        return None if shard == ALL else [shard]
+
+    def breaker(self, shard: int) -> CacheBreaker:
+        """Return the shard's breaker (created on first use, UNVERIFIED)."""
+        b = self._breakers.get(shard)
+        if b is None:
+            assert self.cache is not None
+            cache = self.cache
+            bucket = None if shard == ALL else shard
+            b = CacheBreaker(
+                lambda: cache.ping(bucket, fresh=True),
+                lambda: self._check(shard),
+                lambda: self._recover(shard),
+                self._probe_interval_s,
+                lambda down, reason: self._changed(shard, down, reason),
+            )
+            self._breakers[shard] = b
+        return b
+
+    def _changed(self, shard: int, down: bool, reason: str) -> None:
+        assert self.redis_health is not None
+        if down:
+            self._down.add(shard)
+            where = "" if shard == ALL else f" (bucket {shard})"
+            self.redis_health.mark_down(f"{reason}{where}")
+        else:
+            self._down.discard(shard)
+            if not self._down:
+                self.redis_health.mark_up()
+
+    async def usable_cache(self, bucket: int) -> Cache | None:
+        """Return the cache if requests for this bucket may use it now, else None (none configured, or bypassed)."""
+        if self.cache is None:
+            return None
+        shard = self.shard(bucket)
+        breaker = self.breaker(shard)
+        # A new connection (Redis may have restarted) or a long silence (Redis may have stalled long
+        # enough for another replica to write around it): check the repair log before the next use.
+        now = time.monotonic()
+        connects = self.cache.connects
+        if self._connects.get(shard) != connects or now - self._last_ok.get(shard, 0.0) > self._silence_s:
+            breaker.unverify()
+            self._connects[shard] = connects
+        if not await breaker.usable():
             return None
         return self.cache
 
-    async def on_cache(self, call: Callable[[Cache], Awaitable[T]]) -> tuple[bool, T | None]:
-        """Run a cache call if Redis is usable; (False, None) if it is bypassed or just failed."""
-        cache = await self.usable_cache()
+    async def on_cache(self, bucket: int, call: Callable[[Cache], Awaitable[T]]) -> tuple[bool, T | None]:
+        """Run a cache call if the bucket's shard is usable; (False, None) if it is bypassed or just failed."""
+        cache = await self.usable_cache(bucket)
         if cache is None:
             return False, None
         try:
-            return True, await call(cache)
+            out = await call(cache)
         except CacheUnavailableError as exc:
-            self.trip(exc)
+            self.trip(bucket, exc)
             return False, None
+        self._last_ok[self.shard(bucket)] = time.monotonic()
+        return True, out
 
-    def trip(self, exc: CacheUnavailableError) -> None:
-        """Record a cache failure: requests bypass Redis until it answers and is repaired."""
-        assert self.breaker is not None
-        self.breaker.trip(str(exc))
+    def trip(self, bucket: int, exc: CacheUnavailableError) -> None:
+        """Record a cache failure: requests for the shard bypass Redis until it answers and is repaired."""
+        self.breaker(self.shard(bucket)).trip(str(exc))
+
+    def cache_down(self, bucket: int | None = None) -> bool:
+        """Tell whether the bucket's shard (None: any shard) is bypassed."""
+        if bucket is None:
+            return bool(self._down)
+        return self.shard(bucket) in self._down
+
+    async def retry_cache(self, buckets: Sequence[int]) -> bool:
+        """After a fenced write: probe and recover the buckets' shards now; True if all can be used."""
+        ok = True
+        for shard in {self.shard(b) for b in buckets}:
+            ok = await self.breaker(shard).attempt() and ok
+        return ok
+
+    async def fenced(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run a write; if its write around Redis was fenced, recover those buckets here and run it again.
+
+        A fence means another replica repaired the buckets and uses Redis for them again: this process
+        must not number or change them through the store. If Redis answers here too, the write goes
+        through it; if not, this replica alone cannot reach it, and the write is UNAVAILABLE.
+        """
+        try:
+            return await op()
+        except CacheFencedError as exc:
+            if not await self.retry_cache(exc.buckets):
+                raise UnavailableError(
+                    "Redis serves this thread again for other replicas, but this one cannot reach it"
+                ) from exc
+        try:
+            return await op()
+        except CacheFencedError as exc:
+            raise UnavailableError("Redis recovered for this thread only for other replicas; retry") from exc
+
+    # --- the store -------------------------------------------------------------------------------
 
     async def on_store(self, call: Awaitable[T]) -> T:
         """Await a store call; a store that cannot answer becomes UNAVAILABLE and is marked down."""
@@ -82,14 +197,20 @@ class Tiers:
         self.store_health.mark_up()
         return out
 
-    def degraded(self, cache_skipped: bool = False) -> bool:
-        """Tell whether a response is degraded: this request skipped the cache, or a tier is down."""
-        redis_down = self.breaker is not None and self.breaker.health.down
-        return cache_skipped or redis_down or self.store_health.down
+    def degraded(self, bucket: int | None, cache_skipped: bool = False) -> bool:
+        """Tell whether a response is degraded: it skipped the cache, or its tier (None: any tier) is down."""
+        return cache_skipped or self.cache_down(bucket) or self.store_health.down
+
+    async def fence(self, buckets: Sequence[int]) -> Fence:
+        """Return the epochs a write around Redis for these buckets is made under."""
+        missing = [b for b in set(buckets) if b not in self._epochs]
+        if missing:
+            self._epochs.update(await self.on_store(self._repairs.epochs(missing)))
+        return {b: self._epochs[b] for b in set(buckets)}
 
     @contextlib.asynccontextmanager
     async def bypassing(self) -> AsyncIterator[None]:
-        """Hold while a write goes around Redis: the repair sweep waits for such writes to land."""
+        """Hold while a write goes around Redis: a recovery waits for such writes to land."""
         self._bypassing += 1
         self._bypass_idle.clear()
         try:
@@ -107,13 +228,35 @@ class Tiers:
         """Record a thread's cached window and counter as possibly stale."""
         await self.mark([Repair("t", key.workspace_id, key.thread_id)])
 
-    async def _repair_cache(self) -> None:
-        """Drop every cache entry that a write around Redis may have left stale (runs before Redis is used again)."""
+    # --- repairs ---------------------------------------------------------------------------------
+
+    async def _check(self, shard: int) -> None:
+        """Before a shard is used: recover it if the repair log holds anything for it."""
         assert self.cache is not None
-        await self._bypass_idle.wait()  # writes that chose the store path must land before the sweep
+        await self.cache.ping(None if shard == ALL else shard)
+        self._last_ok[shard] = time.monotonic()
+        if self.store_health.down:
+            return  # nothing can be written around Redis while the store is down: use the cache alone
+        buckets = self._buckets(shard)
+        try:
+            pending = await self.on_store(self._repairs.list_repairs(1, buckets))
+            if not pending:
+                self._epochs.update(await self.on_store(self._repairs.epochs(buckets)))
+                return
+        except UnavailableError:
+            return
+        await self._recover(shard)
+
+    async def _recover(self, shard: int) -> None:
+        """Fence writes around Redis for the shard, then drop every entry they may have left stale."""
+        assert self.cache is not None
+        await self._bypass_idle.wait()  # this process's writes that chose the store path land first
+        buckets = self._buckets(shard)
+        self._epochs.update(await self.on_store(self._repairs.begin_recovery(buckets)))
         for _ in range(_REPAIR_PAGES):
-            repairs = await self.on_store(self._repairs.list_repairs(_REPAIR_PAGE))
+            repairs = await self.on_store(self._repairs.list_repairs(_REPAIR_PAGE, buckets))
             if not repairs:
+                self._last_ok[shard] = time.monotonic()
                 return
             for r in repairs:
                 await self._repair_one(self.cache, r)
@@ -133,5 +276,8 @@ class Tiers:
 
     async def close(self) -> None:
         """Stop probing Redis."""
-        if self.breaker is not None:
-            await self.breaker.close()
+        for b in self._breakers.values():
+            await b.close()
+
+
+__all__ = ["ALL", "BUCKETS", "Tiers"]

@@ -44,10 +44,10 @@ async def h(own_redis: RedisProcess, own_pg: PostgresProcess, mode: str) -> Asyn
 
 
 async def until_recovered(h: Harness) -> None:
-    breaker = h.app.repository.breaker
-    assert breaker is not None
+    redis_health = h.app.repository.redis_health
+    assert redis_health is not None
     for _ in range(250):
-        if not breaker.health.down:
+        if not redis_health.down:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the server never started using Redis again")

@@ -42,7 +42,10 @@ class DownCache:
     async def close(self) -> None:
         return None
 
-    async def ping(self) -> None:
+    sharded = False
+    connects = 0
+
+    async def ping(self, bucket: int | None = None, fresh: bool = False) -> None:
         await self._down()
 
     async def read_window(self, key: ThreadKey, limit: int) -> list[bytes] | None:

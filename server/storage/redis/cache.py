@@ -9,7 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from server.storage.codec import frame_item
 from server.storage.models import (
@@ -24,6 +24,7 @@ from server.storage.models import (
 )
 from server.storage.protocols import CacheUnavailableError
 from server.storage.redis import scripts
+from server.storage.redis.connection import ConnectCounter
 from server.storage.redis.keys import KeySpace
 from server.storage.redis.scripts import Script
 
@@ -43,6 +44,8 @@ class RedisCache:
         prefs_ttl_s: TTL of a preferences hash.
         tombstone_ttl_s: how long a deleted thread's tombstone fences out late writes.
         scripts_client: the client that runs the Lua scripts (default: ``client``), e.g. a PipelinedRedis.
+        cluster: ``client`` is a Redis Cluster client (each bucket is degraded and repaired on its own).
+        connects: counts the connections the clients open (see ConnectCounter).
     """
 
     def __init__(
@@ -55,8 +58,12 @@ class RedisCache:
         prefs_ttl_s: int,
         tombstone_ttl_s: int = 120,
         scripts_client: Any = None,
+        cluster: bool = False,
+        connects: ConnectCounter | None = None,
     ) -> None:
         self._client = client
+        self._cluster = cluster
+        self._connects = connects
         # The scripts (every request's one command) may go through a lean pipelined connection.
         self._scripts_client = scripts_client if scripts_client is not None else client
         self._keys = keys
@@ -95,7 +102,9 @@ class RedisCache:
         except ResponseError as exc:
             log.error("redis rejected a cache script: %s", exc)
             raise CacheUnavailableError(str(exc)) from exc
-        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+        except Exception as exc:
+            # Any failure of the cache tier degrades; none may become INTERNAL (redis-py's cluster client
+            # has raised AttributeError on a connection that a failover closed under it).
             raise CacheUnavailableError(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
@@ -115,19 +124,33 @@ class RedisCache:
         free, busy = len(available), len(in_use)
         return {"created": free + busy, "in_use": busy, "available": free, "max": int(pool.max_connections)}
 
-    async def ping(self) -> None:
-        """Round-trip to Redis on a fresh connection (the breaker's probe).
+    @property
+    def sharded(self) -> bool:
+        """True on Redis Cluster: each bucket may fail (and is degraded and repaired) on its own."""
+        return self._cluster
 
-        Idle pooled connections are dropped first: after Redis restarts they are all dead, and a probe
-        that succeeded on a new one would hand requests the old ones.
+    @property
+    def connects(self) -> int:
+        """How many connections to Redis the clients opened so far."""
+        return 0 if self._connects is None else self._connects.count
+
+    async def ping(self, bucket: int | None = None, fresh: bool = False) -> None:
+        """Round-trip to Redis (on Redis Cluster, to the master of the bucket's slot).
+
+        With ``fresh`` (the probe of a breaker that is open), idle pooled connections are dropped first:
+        after Redis restarts they are all dead, and a probe that succeeded on a new one would hand
+        requests the old ones.
         """
         try:
             pool = getattr(self._client, "connection_pool", None)
-            if pool is not None:
+            if fresh and pool is not None:
                 await pool.disconnect(inuse_connections=False)
-            await self._client.ping()
-        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
-            raise CacheUnavailableError(str(exc)) from exc
+            if bucket is None or not self._cluster:
+                await self._client.ping()
+            else:
+                await self._client.exists(self._keys.probe(bucket))
+        except Exception as exc:
+            raise CacheUnavailableError(f"{type(exc).__name__}: {exc}") from exc
 
     async def read_window(self, key: ThreadKey, limit: int) -> list[bytes] | None:
         """Return the newest ``limit`` messages of a valid window (framed items), refreshing its TTL."""
@@ -187,8 +210,8 @@ class RedisCache:
         """Forget a user's cached preferences (they may be stale)."""
         try:
             await self._client.delete(self._keys.preferences(workspace_id, user_id))
-        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
-            raise CacheUnavailableError(str(exc)) from exc
+        except Exception as exc:
+            raise CacheUnavailableError(f"{type(exc).__name__}: {exc}") from exc
 
     async def thread_incarnation(self, key: ThreadKey) -> int | None:
         """Return the incarnation Redis holds for a live thread (queued or cached), or None."""
@@ -237,7 +260,7 @@ class RedisCache:
         """Tell whether Redis persists with AOF; None when CONFIG GET is not allowed (managed services)."""
         try:
             found = await self._client.config_get("appendonly")
-        except (RedisError, OSError, TimeoutError):
+        except Exception:  # noqa: BLE001 - only a start-up warning depends on it
             return None
         value = found.get("appendonly") or found.get(b"appendonly")
         if value is None:
@@ -297,6 +320,7 @@ def build_redis_client(
     connect_timeout_s: float,
     cluster: bool,
     ssl: dict[str, str] | None = None,
+    connects: ConnectCounter | None = None,
 ) -> Any:
     """Build a redis.asyncio client (single node or cluster) with bounded pool and timeouts.
 
@@ -306,6 +330,7 @@ def build_redis_client(
     Retries are off: every script is safe to re-run, but a retry inside the client would multiply a
     dead Redis's cost per request; the repository falls back to the store instead.
     """
+    hook: dict[str, Any] = {} if connects is None else {"redis_connect_func": connects.redis_py_hook}
     if cluster:
         return aioredis.RedisCluster.from_url(
             url,
@@ -314,6 +339,7 @@ def build_redis_client(
             socket_connect_timeout=connect_timeout_s,
             max_connections=max_connections,
             retry=Retry(NoBackoff(), 0),
+            **hook,
             **(ssl or {}),
         )
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -325,6 +351,7 @@ def build_redis_client(
         socket_connect_timeout=connect_timeout_s,
         health_check_interval=30,
         retry=Retry(NoBackoff(), 0),
+        **hook,
         **(ssl or {}),
     )
     return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
@@ -131,6 +132,22 @@ class _Link(asyncio.Protocol):
         self._outgoing = []
 
 
+class ConnectCounter:
+    """Counts the connections opened to Redis: a new one may follow a Redis restart, which repairs must see."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def bump(self) -> None:
+        """Count one connection opened."""
+        self.count += 1
+
+    async def redis_py_hook(self, connection: Any) -> None:
+        """Do the usual handshake, then count the connection (a redis-py ``redis_connect_func``)."""
+        await connection.on_connect()
+        self.count += 1
+
+
 class PipelinedRedis:
     """A Redis client for scripts whose concurrent commands share one connection and one write per tick.
 
@@ -160,7 +177,9 @@ class PipelinedRedis:
         server_hostname: str | None = None,
         timeout_s: float,
         connect_timeout_s: float,
+        on_connect: Callable[[], None] | None = None,
     ) -> None:
+        self._on_connect = on_connect
         self._host, self._port, self._path, self._db = host, port, path, db
         self._username, self._password = username, password
         self._ssl, self._server_hostname = ssl_context, server_hostname
@@ -169,7 +188,9 @@ class PipelinedRedis:
         self._connecting: asyncio.Future[_Link] | None = None
 
     @classmethod
-    def like(cls, client: Any, *, timeout_s: float, connect_timeout_s: float) -> PipelinedRedis | None:
+    def like(
+        cls, client: Any, *, timeout_s: float, connect_timeout_s: float, on_connect: Callable[[], None] | None = None
+    ) -> PipelinedRedis | None:
         """Build one that connects as a redis.asyncio client's pool does, or None if that is not possible.
 
         A cluster client, or a connection class this does not know, keeps using redis-py alone.
@@ -200,6 +221,7 @@ class PipelinedRedis:
             server_hostname=kwargs.get("host") if context is not None else None,
             timeout_s=timeout_s,
             connect_timeout_s=connect_timeout_s,
+            on_connect=on_connect,
         )
 
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
@@ -254,6 +276,8 @@ class PipelinedRedis:
         except OSError as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
         self._link = link
+        if self._on_connect is not None:
+            self._on_connect()
         return link
 
     async def _handshake(self, link: _Link) -> None:

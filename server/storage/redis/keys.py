@@ -8,15 +8,11 @@ braces), so no client text can change a key's hash tag.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
-BUCKETS = 256
+from server.storage.buckets import BUCKETS, bucket_of
 
-
-def bucket_of(workspace_id: str, object_id: str) -> int:
-    """Return the stable bucket (0..BUCKETS-1) of an object within a workspace."""
-    return zlib.crc32(f"{workspace_id}/{object_id}".encode()) % BUCKETS
+__all__ = ["BUCKETS", "KeySpace", "ThreadKeys", "bucket_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +71,10 @@ class KeySpace:
     def streams(self, workspace_id: str) -> str:
         """Return the sorted set of a workspace's open StreamHistory leases."""
         return f"{self.prefix}:{{q:{workspace_id}}}:streams"
+
+    def probe(self, bucket: int) -> str:
+        """Return a key on a bucket's slot, never written: the breaker of that bucket reads it to probe."""
+        return f"{self.prefix}:{{b:{bucket}}}:probe"
 
     def preferences(self, workspace_id: str, user_id: str) -> str:
         """Return the preferences hash key of a user."""

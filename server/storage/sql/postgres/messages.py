@@ -15,6 +15,7 @@ from server.storage.models import (
     AppendResult,
     EncodedPage,
     EncodedTail,
+    Fence,
     NewThreadOptions,
     Repair,
     Seed,
@@ -55,7 +56,7 @@ class PostgresMessages:
         self._db = db
 
     async def append_batch(
-        self, commands: Sequence[AppendCommand], *, repair: bool = False, fallback_gap: int = 0
+        self, commands: Sequence[AppendCommand], *, repair: Fence | None = None, fallback_gap: int = 0
     ) -> list[AppendResult | Exception]:
         """Commit a group of appends in one transaction (see planner for the rules).
 
@@ -72,7 +73,7 @@ class PostgresMessages:
         raise AssertionError("unreachable")
 
     async def _append_batch(
-        self, commands: Sequence[AppendCommand], repair: bool, fallback_gap: int
+        self, commands: Sequence[AppendCommand], repair: Fence | None, fallback_gap: int
     ) -> list[AppendResult | Exception]:
         keys = sorted({c.key for c in commands}, key=lambda k: (k.workspace_id, k.thread_id))
         first_opts: dict[ThreadKey, NewThreadOptions] = {}
@@ -119,12 +120,14 @@ class PostgresMessages:
                     key = ThreadKey(r["workspace_id"], r["thread_id"])
                     replays[(key, r["request_id"])] = Replay(r["first_seq"], r["count"], r["message_count"])
             gaps: dict[ThreadKey, int] = {}
-            if repair:
-                already = await marked(conn, "a", keys)
-                gaps = {k: fallback_gap for k in keys if k not in already}
+            around = [k for k in keys if repair is not None and k.bucket in repair]
+            if around:
+                already = await marked(conn, "a", around)
+                gaps = {k: fallback_gap for k in around if k not in already}
             plan = plan_appends(commands, threads, replays, time.time_ns() // 1000, gaps)
-            if repair and plan.touched:
-                await mark(conn, [Repair("a", k.workspace_id, k.thread_id) for k in plan.touched])
+            written = [Repair("a", k.workspace_id, k.thread_id) for k in plan.touched if k in around]
+            if written:
+                await mark(conn, written, repair)
             if plan.message_rows:
                 await conn.execute(INSERT_MESSAGES, *message_columns(plan.message_rows))
             if plan.request_rows:

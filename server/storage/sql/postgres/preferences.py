@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from server.storage.models import (
+    Fence,
     PreferenceChange,
     PreferenceSet,
     PreferenceValue,
@@ -62,7 +63,7 @@ class PostgresPreferences:
         return version
 
     async def set_preferences(
-        self, workspace_id: str, user_id: str, values: dict[str, str], *, repair: bool = False
+        self, workspace_id: str, user_id: str, values: dict[str, str], *, repair: Fence | None = None
     ) -> PreferenceChange:
         """Upsert keys and bump the version."""
         now_us = time.time_ns() // 1000
@@ -82,15 +83,15 @@ class PostgresPreferences:
                     list(values.values()),
                     now_us,
                 )
-                if repair:
-                    await mark(conn, [Repair("u", workspace_id, user_id)])
+                if repair is not None:
+                    await mark(conn, [Repair("u", workspace_id, user_id)], repair)
             set_values = {k: PreferenceValue(v, now_us) for k, v in values.items()}
             return PreferenceChange(version, set_values, (), False, len(values))
 
         return await self._db.guard(run())  # type: ignore[no-any-return]
 
     async def delete_preferences(
-        self, workspace_id: str, user_id: str, keys: Sequence[str] | None, *, repair: bool = False
+        self, workspace_id: str, user_id: str, keys: Sequence[str] | None, *, repair: Fence | None = None
     ) -> PreferenceChange:
         """Delete some keys (None: all) and bump the version."""
 
@@ -108,8 +109,8 @@ class PostgresPreferences:
                         user_id,
                         list(keys),
                     )
-                if repair:
-                    await mark(conn, [Repair("u", workspace_id, user_id)])
+                if repair is not None:
+                    await mark(conn, [Repair("u", workspace_id, user_id)], repair)
             return PreferenceChange(version, {}, tuple(keys or ()), keys is None, int(status.split()[-1]))
 
         return await self._db.guard(run())  # type: ignore[no-any-return]

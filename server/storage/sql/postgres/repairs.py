@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from server.storage.models import Repair, ThreadKey
+from server.storage.models import Fence, Repair, ThreadKey
+from server.storage.protocols import CacheFencedError
 from server.storage.sql.postgres.db import TS, US, PgDatabase
 
 
@@ -22,15 +23,29 @@ async def marked(conn: Any, kind: str, keys: Sequence[ThreadKey]) -> set[ThreadK
     return {ThreadKey(r["workspace_id"], r["object_id"]) for r in rows}
 
 
-async def mark(conn: Any, repairs: Sequence[Repair]) -> None:
-    """Mark entries for repair inside the caller's transaction (a write around Redis marks what it wrote)."""
+async def mark(conn: Any, repairs: Sequence[Repair], fence: Fence | None = None) -> None:
+    """Mark entries for repair inside the caller's transaction (a write around Redis marks what it wrote).
+
+    With ``fence``, the buckets' epochs are checked first under a shared lock (a recovery bumping them
+    waits for this transaction, and this one for a recovery): CacheFencedError if one moved on.
+    """
+    if fence is not None:
+        buckets = sorted({r.bucket for r in repairs})
+        rows = await conn.fetch(
+            "SELECT bucket, epoch FROM cache_epochs WHERE bucket = ANY($1::int[]) ORDER BY bucket FOR SHARE", buckets
+        )
+        moved = [r["bucket"] for r in rows if fence.get(r["bucket"]) != r["epoch"]]
+        if moved:
+            raise CacheFencedError(moved)
     await conn.execute(
-        "INSERT INTO cache_repairs (kind, workspace_id, object_id) "
-        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) "
-        "ON CONFLICT (kind, workspace_id, object_id) DO UPDATE SET create_time = clock_timestamp()",
+        "INSERT INTO cache_repairs (kind, workspace_id, object_id, bucket) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) "
+        "ON CONFLICT (kind, workspace_id, object_id) DO UPDATE SET create_time = clock_timestamp(), "
+        "bucket = excluded.bucket",
         [r.kind for r in repairs],
         [r.workspace_id for r in repairs],
         [r.object_id for r in repairs],
+        [r.bucket for r in repairs],
     )
 
 
@@ -53,13 +68,15 @@ class PostgresRepairLog:
 
         await self._db.guard(run())
 
-    async def list_repairs(self, limit: int) -> list[Repair]:
-        """Return cache entries marked as possibly stale, oldest first."""
+    async def list_repairs(self, limit: int, buckets: Sequence[int] | None = None) -> list[Repair]:
+        """Return cache entries marked as possibly stale in the buckets (None: all), oldest first."""
         rows = await self._db.guard(
             self._db.pool.fetch(
                 f"SELECT kind, workspace_id, object_id, {US.format(col='create_time')} AS us "
-                "FROM cache_repairs ORDER BY create_time LIMIT $1",
+                "FROM cache_repairs WHERE $2::int[] IS NULL OR bucket = ANY($2::int[]) "
+                "ORDER BY create_time LIMIT $1",
                 limit,
+                None if buckets is None else list(buckets),
             )
         )
         return [Repair(r["kind"], r["workspace_id"], r["object_id"], r["us"]) for r in rows]
@@ -78,3 +95,38 @@ class PostgresRepairLog:
                 [r.marked_us for r in repairs],
             )
         )
+
+    async def epochs(self, buckets: Sequence[int] | None = None) -> Fence:
+        """Return the repair epoch of each bucket (None: all)."""
+        rows = await self._db.guard(
+            self._db.pool.fetch(
+                "SELECT bucket, epoch FROM cache_epochs WHERE $1::int[] IS NULL OR bucket = ANY($1::int[])",
+                None if buckets is None else list(buckets),
+            )
+        )
+        return {r["bucket"]: r["epoch"] for r in rows}
+
+    async def begin_recovery(self, buckets: Sequence[int] | None = None) -> Fence:
+        """Bump the buckets' epochs (None: all), fencing out writes around Redis made under the old ones."""
+        rows = await self._db.guard(
+            self._db.pool.fetch(
+                "UPDATE cache_epochs SET epoch = epoch + 1 WHERE $1::int[] IS NULL OR bucket = ANY($1::int[]) "
+                "RETURNING bucket, epoch",
+                None if buckets is None else list(buckets),
+            )
+        )
+        return {r["bucket"]: r["epoch"] for r in rows}
+
+    async def backfill_buckets(self) -> None:
+        """Give repairs recorded before migration 0006 their bucket (computed here: SQL has no crc32)."""
+        rows = await self._db.guard(
+            self._db.pool.fetch("SELECT kind, workspace_id, object_id FROM cache_repairs WHERE bucket < 0")
+        )
+        if rows:
+            repairs = [Repair(r["kind"], r["workspace_id"], r["object_id"]) for r in rows]
+            await self._db.guard(
+                self._db.pool.executemany(
+                    "UPDATE cache_repairs SET bucket = $4 WHERE kind = $1 AND workspace_id = $2 AND object_id = $3",
+                    [(r.kind, r.workspace_id, r.object_id, r.bucket) for r in repairs],
+                )
+            )

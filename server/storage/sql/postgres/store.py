@@ -52,7 +52,9 @@ class PostgresStore:
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations; return the names applied."""
-        return await self.db.migrate()
+        applied = await self.db.migrate()
+        await self.repairs.backfill_buckets()
+        return applied
 
     async def close(self) -> None:
         """Close the pool, waiting for connections in use."""

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from server.storage.models import (
+    Fence,
     Repair,
     ThreadCursor,
     ThreadInfo,
@@ -62,7 +63,9 @@ class PostgresThreads:
         )
         return [thread_of(r) for r in rows]
 
-    async def update_thread(self, key: ThreadKey, patch: ThreadPatch, *, repair: bool = False) -> ThreadInfo | None:
+    async def update_thread(
+        self, key: ThreadKey, patch: ThreadPatch, *, repair: Fence | None = None
+    ) -> ThreadInfo | None:
         """Apply a patch; ttl_seconds 0 restores the default TTL."""
 
         async def run() -> ThreadInfo | None:
@@ -79,14 +82,19 @@ class PostgresThreads:
                     patch.ttl_seconds,
                     patch.pinned,
                 )
-                if row is not None and repair:
-                    await mark(conn, [Repair("t", key.workspace_id, key.thread_id)])
+                if row is not None and repair is not None:
+                    await mark(conn, [Repair("t", key.workspace_id, key.thread_id)], repair)
                 return thread_of(row) if row else None
 
         return await self._db.guard(run())  # type: ignore[no-any-return]
 
     async def delete_thread(
-        self, key: ThreadKey, *, tombstone_incarnation: int = 0, repair: bool = False, idle_before_us: int | None = None
+        self,
+        key: ThreadKey,
+        *,
+        tombstone_incarnation: int = 0,
+        repair: Fence | None = None,
+        idle_before_us: int | None = None,
     ) -> tuple[ThreadInfo | None, int]:
         """Delete a thread, its messages and request records, and leave a tombstone.
 
@@ -137,8 +145,8 @@ class PostgresThreads:
                         key.thread_id,
                         incarnation,
                     )
-                if repair:
-                    await mark(conn, [Repair("t", key.workspace_id, key.thread_id)])
+                if repair is not None:
+                    await mark(conn, [Repair("t", key.workspace_id, key.thread_id)], repair)
                 return thread, count
 
         return await self._db.guard(run())  # type: ignore[no-any-return]

@@ -12,6 +12,7 @@ from server.storage.models import (
     AppendResult,
     EncodedPage,
     EncodedTail,
+    Fence,
     NewThreadOptions,
     Repair,
     Seed,
@@ -45,7 +46,7 @@ class SqliteMessages:
         self._db = db
 
     async def append_batch(
-        self, commands: Sequence[AppendCommand], *, repair: bool = False, fallback_gap: int = 0
+        self, commands: Sequence[AppendCommand], *, repair: Fence | None = None, fallback_gap: int = 0
     ) -> list[AppendResult | Exception]:
         """Commit a group of appends in one transaction (see planner for the rules).
 
@@ -55,7 +56,7 @@ class SqliteMessages:
         return await self._db.call(self._db.tx, functools.partial(self._append_batch, commands, repair, fallback_gap))
 
     def _append_batch(
-        self, commands: Sequence[AppendCommand], repair: bool, fallback_gap: int, db: sqlite3.Connection
+        self, commands: Sequence[AppendCommand], repair: Fence | None, fallback_gap: int, db: sqlite3.Connection
     ) -> list[AppendResult | Exception]:
         now_us = clock_us()
         threads: dict[ThreadKey, ThreadInfo] = {}
@@ -85,11 +86,12 @@ class SqliteMessages:
                 if r is not None:
                     replays[(cmd.key, cmd.request_id)] = Replay(r[0], r[1], r[2])
         gaps: dict[ThreadKey, int] = {}
-        if repair:
-            gaps = {k: fallback_gap for k in threads if not is_marked(db, "a", k.workspace_id, k.thread_id)}
+        around = [k for k in threads if repair is not None and k.bucket in repair]
+        gaps = {k: fallback_gap for k in around if not is_marked(db, "a", k.workspace_id, k.thread_id)}
         plan = plan_appends(commands, threads, replays, now_us, gaps)
-        if repair:
-            mark(db, [Repair("a", k.workspace_id, k.thread_id) for k in plan.touched])
+        written = [Repair("a", k.workspace_id, k.thread_id) for k in plan.touched if k in around]
+        if written:
+            mark(db, written, repair)
         db.executemany(INSERT_MESSAGE, [message_row(k, m) for k, m in plan.message_rows])
         db.executemany(
             "INSERT INTO append_requests VALUES (?, ?, ?, ?, ?, ?)",

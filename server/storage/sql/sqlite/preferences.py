@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from server.storage.models import (
+    Fence,
     PreferenceChange,
     PreferenceSet,
     PreferenceValue,
@@ -55,7 +56,7 @@ class SqlitePreferences:
         return int(row[0])
 
     async def set_preferences(
-        self, workspace_id: str, user_id: str, values: dict[str, str], *, repair: bool = False
+        self, workspace_id: str, user_id: str, values: dict[str, str], *, repair: Fence | None = None
     ) -> PreferenceChange:
         """Upsert keys and bump the version."""
         now_us = clock_us()
@@ -67,15 +68,15 @@ class SqlitePreferences:
                 "DO UPDATE SET value = excluded.value, update_time = excluded.update_time",
                 [(workspace_id, user_id, k, v, now_us) for k, v in values.items()],
             )
-            if repair:
-                mark(db, [Repair("u", workspace_id, user_id)])
+            if repair is not None:
+                mark(db, [Repair("u", workspace_id, user_id)], repair)
             set_values = {k: PreferenceValue(v, now_us) for k, v in values.items()}
             return PreferenceChange(version, set_values, (), False, len(values))
 
         return await self._db.call(self._db.tx, run)
 
     async def delete_preferences(
-        self, workspace_id: str, user_id: str, keys: Sequence[str] | None, *, repair: bool = False
+        self, workspace_id: str, user_id: str, keys: Sequence[str] | None, *, repair: Fence | None = None
     ) -> PreferenceChange:
         """Delete some keys (None: all) and bump the version."""
 
@@ -93,8 +94,8 @@ class SqlitePreferences:
                     ).rowcount
                     for k in keys
                 )
-            if repair:
-                mark(db, [Repair("u", workspace_id, user_id)])
+            if repair is not None:
+                mark(db, [Repair("u", workspace_id, user_id)], repair)
             return PreferenceChange(version, {}, tuple(keys or ()), keys is None, count)
 
         return await self._db.call(self._db.tx, run)

@@ -31,7 +31,9 @@ class SqliteStore:
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations; return the names applied."""
-        return await self.db.migrate()
+        applied = await self.db.migrate()
+        await self.repairs.backfill_buckets()
+        return applied
 
     async def close(self) -> None:
         """Close the connection and the worker thread (idempotent)."""

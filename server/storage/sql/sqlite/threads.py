@@ -6,6 +6,7 @@ import sqlite3
 from typing import Any
 
 from server.storage.models import (
+    Fence,
     Repair,
     ThreadCursor,
     ThreadInfo,
@@ -67,7 +68,9 @@ class SqliteThreads:
 
         return await self._db.call(run)
 
-    async def update_thread(self, key: ThreadKey, patch: ThreadPatch, *, repair: bool = False) -> ThreadInfo | None:
+    async def update_thread(
+        self, key: ThreadKey, patch: ThreadPatch, *, repair: Fence | None = None
+    ) -> ThreadInfo | None:
         """Apply a patch; ttl_seconds 0 restores the default TTL."""
 
         def run(db: sqlite3.Connection) -> ThreadInfo | None:
@@ -92,14 +95,19 @@ class SqliteThreads:
                 f"SELECT {THREAD_COLS} FROM threads WHERE workspace_id = ? AND thread_id = ?",
                 (key.workspace_id, key.thread_id),
             ).fetchone()
-            if row is not None and repair:
-                mark(db, [Repair("t", key.workspace_id, key.thread_id)])
+            if row is not None and repair is not None:
+                mark(db, [Repair("t", key.workspace_id, key.thread_id)], repair)
             return thread_of(row) if row else None
 
         return await self._db.call(self._db.tx, run)
 
     async def delete_thread(
-        self, key: ThreadKey, *, tombstone_incarnation: int = 0, repair: bool = False, idle_before_us: int | None = None
+        self,
+        key: ThreadKey,
+        *,
+        tombstone_incarnation: int = 0,
+        repair: Fence | None = None,
+        idle_before_us: int | None = None,
     ) -> tuple[ThreadInfo | None, int]:
         """Delete a thread, its messages and request records, and leave a tombstone.
 
@@ -130,8 +138,8 @@ class SqliteThreads:
                     "delete_time = excluded.delete_time",
                     (*where, incarnation, clock_us()),
                 )
-            if repair:
-                mark(db, [Repair("t", key.workspace_id, key.thread_id)])
+            if repair is not None:
+                mark(db, [Repair("t", key.workspace_id, key.thread_id)], repair)
             return thread, count
 
         return await self._db.call(self._db.tx, run)
