@@ -98,6 +98,10 @@ class CacheBreaker:
             self._task = asyncio.get_running_loop().create_task(self._verify())
         if self.state is BreakerState.RECOVERING:
             await asyncio.shield(self._ready.wait())
+        return self._usable_now()
+
+    def _usable_now(self) -> bool:
+        # A method, not an inline test, so that type narrowing before the await does not apply.
         return self.state is BreakerState.CLOSED
 
     def _recovering(self) -> None:
