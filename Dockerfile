@@ -3,11 +3,22 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-COPY clients/python clients/python
+ENV PATH=/opt/venv/bin:$PATH \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# Dependencies first, in a layer of their own, so that a source edit does not download them again: only
+# the metadata is copied, with empty packages standing in for the sources while pip resolves it.
 COPY pyproject.toml README.md ./
+COPY clients/python/pyproject.toml clients/python/README.md clients/python/
+RUN mkdir -p server clients/python/src/chatmem \
+    && touch server/__init__.py clients/python/src/chatmem/__init__.py \
+    && pip install ./clients/python . \
+    && pip uninstall --yes chatmem chatmem-server \
+    && rm -rf server clients/python/src build clients/python/build ./*.egg-info
+# Then the sources: this layer installs the two packages only.
+COPY clients/python/src clients/python/src
 COPY server server
-RUN pip install --no-cache-dir ./clients/python .
+RUN pip install --no-deps ./clients/python .
 
 # Runtime stage: the virtualenv only, run as an unprivileged user.
 FROM python:3.11-slim
@@ -20,8 +31,10 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER chatmem
 WORKDIR /var/lib/chatmem
 EXPOSE 50051 9464
+# The probe reads the same settings as the server (GRPC__ADDRESS or GRPC__HEALTH_ADDRESS, GRPC__TLS_*,
+# GRPC__HEALTH_CHECK_*), so it follows the listener wherever it is configured, with TLS or without.
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
-    CMD ["python", "-c", "import grpc, sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; c = grpc.insecure_channel('127.0.0.1:50051'); r = g.HealthStub(c).Check(h.HealthCheckRequest(), timeout=2); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]
+    CMD ["chatmem-server", "health", "--timeout", "2"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["chatmem-server"]
 CMD ["serve"]

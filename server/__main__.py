@@ -1,4 +1,4 @@
-"""Entry point: ``chatmem-server [serve|migrate|keys ...]`` (or ``python -m server``); builds Settings once."""
+"""Entry point: ``chatmem-server [serve|migrate|keys ...|health]`` (or ``python -m server``); builds Settings once."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 
+from server import healthcheck
 from server.app import open_store, serve
 from server.auth import cli as keys_cli
 from server.config import Settings
@@ -37,7 +38,11 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("serve", help="run the server (the default)")
     commands.add_parser("migrate", help="apply the store's migrations and exit")
     keys_cli.add_parser(commands)
+    healthcheck.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "health":
+        # Before logging is configured and Settings built: a probe prints one word and its exit code says the rest.
+        sys.exit(healthcheck.run(args))
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "migrate":

@@ -13,8 +13,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from chatmem.v1 import (
     admin_service_pb2,
@@ -36,6 +34,7 @@ from server.services.preferences import PreferencesService
 from server.services.preferences import register as register_preferences
 from server.services.thread_memory import ThreadMemoryService
 from server.services.thread_memory import register as register_thread_memory
+from server.standard_services import HealthService, enable_reflection
 from server.storage.erasure import Eraser
 from server.storage.protocols import Cache, RetentionStore, Stores
 from server.storage.redis.cache import RedisCache, build_redis_client
@@ -131,7 +130,7 @@ class App:
 
     settings: Settings
     server: grpc.aio.Server
-    health: HealthServicer
+    health: HealthService
     repository: Repository
     store: Stores
     cache: Cache | None
@@ -288,10 +287,10 @@ async def create_server(
     register_thread_memory(ThreadMemoryService(repository, settings), server)
     register_preferences(PreferencesService(repository, settings), server)
     register_admin(AdminService(Eraser(repository, store.retention), settings), server)
-    health = HealthServicer()
+    health = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if settings.reflection_enabled:
-        reflection.enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME), server)
+        enable_reflection((*SERVICE_NAMES, "grpc.health.v1.Health"), server)
     if g.tls_cert_file and g.tls_key_file:
         reloader = CertificateReloader(
             g.tls_cert_file, g.tls_key_file, g.tls_client_ca_file, require_client_auth=g.tls_require_client_auth

@@ -29,6 +29,18 @@ class GrpcSettings(BaseModel):
     )
     tls_require_client_auth: bool = Field(default=False, description="mTLS: refuse clients without a valid certificate")
     health_address: str | None = Field(default=None, description="extra plaintext listener serving only grpc.health.v1")
+    # For `chatmem-server health`, which dials the main listener over TLS when no health_address is set.
+    health_check_ca_file: str | None = Field(
+        default=None, description="chatmem-server health: PEM CA bundle that verifies the server (unset: system roots)"
+    )
+    health_check_cert_file: str | None = Field(
+        default=None, description="chatmem-server health: client certificate for mTLS"
+    )
+    health_check_key_file: str | None = None
+    health_check_server_name: str | None = Field(
+        default=None,
+        description="chatmem-server health: name to verify (unset: the server certificate's first DNS name)",
+    )
 
     @model_validator(mode="after")
     def _tls_complete(self) -> GrpcSettings:
@@ -38,6 +50,8 @@ class GrpcSettings(BaseModel):
             raise ValueError("GRPC__TLS_CLIENT_CA_FILE needs GRPC__TLS_CERT_FILE and GRPC__TLS_KEY_FILE")
         if self.tls_require_client_auth and not self.tls_client_ca_file:
             raise ValueError("GRPC__TLS_REQUIRE_CLIENT_AUTH needs GRPC__TLS_CLIENT_CA_FILE")
+        if bool(self.health_check_cert_file) != bool(self.health_check_key_file):
+            raise ValueError("GRPC__HEALTH_CHECK_CERT_FILE and GRPC__HEALTH_CHECK_KEY_FILE go together")
         return self
 
     @property
@@ -229,7 +243,7 @@ class Settings(BaseSettings):
     tracing: TracingSettings = TracingSettings()
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
-    echo_request_id: bool = Field(default=True, description="send x-request-id back in initial metadata")
+    echo_request_id: bool = Field(default=True, description="send x-request-id back in trailing metadata")
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

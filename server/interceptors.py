@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -87,6 +87,30 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
         if isinstance(value, str):
             found.setdefault(key.lower(), value)
     return found
+
+
+# How long a stream whose write failed waits for gRPC to report the client's cancel (it comes within
+# milliseconds); a write that failed for any other reason is re-raised after it.
+CLOSE_WAIT_S = 2.0
+
+
+async def _write(context: grpc.aio.ServicerContext, item: Any) -> None:
+    """Send one stream response; a send that failed because the client went away ends the RPC quietly.
+
+    A client that cancels mid-stream fails the pending send (grpc's internal ExecuteBatchError) and
+    closes the call. Both reach the event loop, in either order. Raised before the close is seen,
+    grpc logs the failed send as an ERROR with a traceback, although a cancelled stream is normal
+    (the cancel-and-resume pattern). So wait here for the close: gRPC then cancels this task, which it
+    logs at DEBUG only.
+    """
+    try:
+        await context.write(item)
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        if not context.done():
+            await asyncio.sleep(CLOSE_WAIT_S)  # cancelled here when the client's close arrives
+        raise
 
 
 class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no stubs for aio
@@ -171,12 +195,15 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships 
         if handler.unary_stream is not None:
             stream = handler.unary_stream
 
-            async def stream_behaviour(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            # A coroutine that writes each response itself (grpc's reader-writer form), not an async
+            # generator: a write that fails because the client cancelled is then seen here (see _write).
+            async def stream_behaviour(request: Any, context: grpc.aio.ServicerContext) -> None:
                 call = call_of(request, context, True)
                 entered = await self._enter(call)
                 try:
-                    async for item in stream(request, context):
-                        yield item
+                    async with contextlib.aclosing(stream(request, context)) as responses:
+                        async for item in responses:
+                            await _write(context, item)
                 except BaseException as exc:
                     await self._leave(entered, exc, call)
                     raise AssertionError("unreachable: _leave re-raises") from exc

@@ -27,10 +27,12 @@ def render(
     Returns:
         (block, messages included, preferences included).
     """
-    budget = max_chars if max_chars > 0 else None
+    # Each line below is charged its length plus one for a newline after it, but the block's last line
+    # has none: the allowance is one more than the budget, so a block of exactly max_chars fits.
+    allowance = max_chars + 1 if max_chars > 0 else None
 
     def fits(cost: int) -> bool:
-        return budget is None or used + cost <= budget
+        return allowance is None or used + cost <= allowance
 
     used = 0
     pref_lines: list[str] = []

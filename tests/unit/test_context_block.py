@@ -34,3 +34,11 @@ def test_the_budget_is_never_exceeded_and_lines_are_never_cut(budget: int) -> No
         assert line in full_lines or line.endswith(":") or line == ""
     if n:
         assert block.rstrip().split("\n\n")[0].endswith(MESSAGES[-1][1])  # newest kept first
+
+
+@pytest.mark.parametrize("prefs", [{}, {"name": "Ada"}], ids=["messages", "with-preferences"])
+@pytest.mark.parametrize("kept", [1, 2, 3])
+def test_a_block_of_exactly_max_chars_fits_and_one_less_does_not(prefs: dict[str, str], kept: int) -> None:
+    block, n, _p = render(MESSAGES[-kept:], prefs)
+    assert render(MESSAGES, prefs, max_chars=len(block)) == (block, n, len(prefs))
+    assert render(MESSAGES, prefs, max_chars=len(block) - 1)[1] == kept - 1

@@ -31,3 +31,24 @@ def test_dockerfile_is_multi_stage_and_runs_unprivileged() -> None:
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1] not in {"root", "0"}
     assert "HEALTHCHECK" in text
+
+
+def test_the_healthchecks_run_the_health_subcommand() -> None:
+    # The subcommand reads the server's own settings (address, TLS); a hard-coded plaintext dial does not.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    check = re.search(r"^HEALTHCHECK .*?CMD (.*)$", dockerfile, re.M | re.S)
+    assert check and '["chatmem-server", "health"' in check.group(1)
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert compose["services"]["chatmem"]["healthcheck"]["test"][:3] == ["CMD", "chatmem-server", "health"]
+
+
+def test_dependencies_are_installed_before_the_sources_are_copied() -> None:
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    first_install = next(i for i, line in enumerate(lines) if "pip install" in line)
+    copies = [i for i, line in enumerate(lines) if line.startswith("COPY ") and "--from" not in line]
+    metadata = [i for i in copies if "pyproject.toml" in lines[i]]
+    sources = [i for i in copies if i not in metadata]
+    assert metadata and all(i < first_install for i in metadata)
+    assert sources and all(i > first_install for i in sources)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "bench/results", "*.db"} <= set(ignored)
