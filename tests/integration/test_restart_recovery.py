@@ -227,3 +227,46 @@ async def test_replica_that_never_saw_the_outage_repairs_before_using_redis(
         f"acknowledged {acked}"
     )
     assert seqs_of(got) == sorted(seqs_of(got))
+
+
+async def test_server_started_while_redis_is_down_serves_from_the_store_then_uses_redis(
+    stack: tuple[RedisProcess, PostgresProcess], servers: Servers
+) -> None:
+    """Redis down -> reads and writes go to the store (DESIGN.md §3), also for a process that starts then.
+
+    The first server writes 3 messages through Redis and is killed with Redis; a new server starts while
+    Redis is still down and must serve; once Redis returns its window must not be stale either.
+    """
+    redis, pg = stack
+    prefix, ws = ids()
+    env = server_env(redis_url=redis.url, pg_url=pg.url, prefix=prefix)
+    first = await servers.start(env)
+    acked = [
+        (s, c)
+        for (s, _), c in zip(
+            await through_outage(first.target, ws, "T", ["m1", "m2", "m3"]), ["m1", "m2", "m3"], strict=True
+        )
+    ]
+    await chaos.wait_drained(redis.url, prefix, 20)
+    first.kill()
+    redis.kill()
+    server = ServerProcess(env, servers.cwd)
+    server.start()
+    servers.started.append(server)
+    try:
+        await chaos.wait_serving(server.target, 15)
+    except Exception as exc:  # noqa: BLE001 - any failure to serve is the finding
+        lines = [line for line in server.log().splitlines() if line.strip()]
+        raise AssertionError(
+            f"a server started while Redis is down does not serve: {exc!r}; log: {lines[-3:]}"
+        ) from None
+    during = await through_outage(server.target, ws, "T", ["m4", "m5"])
+    assert [d for _, d in during] == [r.DURABILITY_PERSISTED] * 2, during
+    acked += [(s, c) for (s, _), c in zip(during, ["m4", "m5"], strict=True)]
+    redis.start()
+    await asyncio.sleep(1.0)  # a few probe intervals: the server notices Redis is back
+    resp = await append_retrying(server.target, ws, "T", "m6")
+    assert resp.seqs[0] > max(s for s, _ in acked), f"append after Redis returned got {resp.seqs[0]} after {acked}"
+    acked.append((resp.seqs[0], "m6"))
+    got = await history(server.target, ws, "T")
+    assert [(m.seq, m.content) for m in got.messages] == acked, f"history: {served(got)}; acknowledged {acked}"
