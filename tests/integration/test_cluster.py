@@ -330,3 +330,56 @@ async def test_master_down_without_replica_degrades_only_its_threads(
         assert not seen, "\n".join(seen)
     finally:
         pair.close()
+
+
+async def test_server_started_while_the_cluster_is_down_serves_from_the_store(
+    own_cluster: RedisCluster, module_pg: PostgresProcess, tmp_path: pathlib.Path
+) -> None:
+    """Redis down -> the store serves (DESIGN.md §3), also for a replica that starts while every node is frozen;
+    once the cluster resumes, the replica uses it again (QUEUED) and serves the full history."""
+    cluster = own_cluster
+    prefix, ws = f"cm{uuid.uuid4().hex[:6]}", f"ws-{uuid.uuid4().hex[:8]}"
+    env = server_env(redis_url=cluster.url, pg_url=module_pg.url, prefix=prefix, cluster=True)
+    first = await start_server(env, str(tmp_path))
+    acked = []
+    try:
+        for c in ["m1", "m2"]:
+            acked.append(((await append_retrying(first.target, ws, "T", c)).seqs[0], c))
+        await cluster_wait_drained(cluster, prefix, 20)
+    finally:
+        first.kill()
+    for n in cluster.live_nodes():
+        n.pause()
+    server = ServerProcess(env, str(tmp_path))
+    try:
+        server.start()
+        try:
+            await chaos.wait_serving(server.target, 15)
+            during = await append_retrying(server.target, ws, "T", "m3", attempts=30)
+        except (grpc.aio.AioRpcError, AssertionError, RuntimeError, TimeoutError) as exc:
+            exited = server.proc is not None and server.proc.poll() is not None
+            lines = [line for line in server.log().splitlines() if line.strip()]
+            raise AssertionError(
+                f"a server started while the cluster is down does not serve (exited={exited}): "
+                f"{exc.__class__.__name__}; log: {lines[-1:]}"
+            ) from None
+        finally:
+            for n in cluster.live_nodes():
+                n.resume()
+        assert during.durability == r.DURABILITY_PERSISTED, during
+        acked.append((during.seqs[0], "m3"))
+        await asyncio.to_thread(cluster.wait_ready, 30)
+        last = None
+        for i in range(50):  # bounded: the server returns to the cache within a few probe intervals
+            last = await append_retrying(server.target, ws, "T", f"n{i}")
+            acked.append((last.seqs[0], f"n{i}"))
+            if last.durability == r.DURABILITY_QUEUED:
+                break
+            await asyncio.sleep(0.1)
+        assert last is not None and last.durability == r.DURABILITY_QUEUED, "the server never used the cluster again"
+        got = await history(server.target, ws, "T")
+        assert [(m.seq, m.content) for m in got.messages] == acked, (
+            f"history {[(m.seq, m.content) for m in got.messages]} degraded={got.serving.degraded}; acked {acked}"
+        )
+    finally:
+        server.kill()
