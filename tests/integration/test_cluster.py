@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -233,6 +234,9 @@ async def master_outage(
     problems = await verify(cluster, pg, pair, recorder)
     if calls.broken:
         problems.append(f"INTERNAL/UNKNOWN calls: {dict(calls.codes)}; e.g. {calls.internal[:5]}")
+        for s in (pair.a, pair.b):
+            errors = [line for line in s.log().splitlines() if re.match(r"[\w.]*(Error|Exception)\b", line)]
+            problems += [f"  {s.target} log: {line[:300]}" for line in errors[-3:]]
     print(f"master outage: {len(recorder.acks)} acks, calls {dict(calls.codes)}, victim {victim_port}")
     assert not problems + probes.problems, "\n".join(problems + probes.problems)
 
