@@ -141,7 +141,7 @@ async def test_healthy_cluster_write_behind_promises(
 async def test_killed_server_replica_pending_entries_are_claimed_by_the_other(
     redis_cluster: RedisCluster, own_pg: PostgresProcess, tmp_path: pathlib.Path
 ) -> None:
-    pair = await start_pair(redis_cluster, own_pg, tmp_path)
+    pair = await start_pair(redis_cluster, own_pg, tmp_path, LOG_LEVEL="INFO")  # INFO: the claim is logged
     try:
         spread = threads_by_master(redis_cluster, pair.prefix, pair.workspace, 4)
         threads = [t for ts in spread.values() for t in ts]
@@ -159,7 +159,10 @@ async def test_killed_server_replica_pending_entries_are_claimed_by_the_other(
         problems = await verify(redis_cluster, own_pg, pair, recorder)
         if calls.broken:
             problems.append(f"INTERNAL/UNKNOWN calls: {calls.codes} {calls.internal[:5]}")
-        print(f"replica kill: {len(recorder.acks)} acks, calls {dict(calls.codes)}")
+        claims = [line for line in pair.b.log().splitlines() if "claimed" in line]
+        if not claims:
+            problems.append("B never claimed A's pending outbox entries (no 'claimed' line in its log)")
+        print(f"replica kill: {len(recorder.acks)} acks, calls {dict(calls.codes)}, B: {claims[:3]}")
         assert not problems, "\n".join(problems)
     finally:
         pair.close()
