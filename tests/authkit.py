@@ -39,7 +39,7 @@ def make_jwt(
     *,
     key: Any = JWT_SECRET,
     algorithm: str = "HS256",
-    exp_in_s: float | None = 600,
+    exp_in_s: float | None = 86400,  # tokens made at collection must outlive a long run
     **claims: Any,
 ) -> str:
     """Sign a token with the workspace and role claims (None leaves a claim out)."""

@@ -70,6 +70,7 @@ class Tiers:
         self._messages = messages
         self._probe_interval_s = probe_interval_s
         self._silence_s = silence_s
+        self._check_timeout_s = max(0.2, silence_s)
         self.store_health = TierHealth("store")
         self.redis_health = TierHealth("redis") if cache is not None else None
         self._sharded = cache is not None and cache.sharded
@@ -239,11 +240,15 @@ class Tiers:
             return  # nothing can be written around Redis while the store is down: use the cache alone
         buckets = self._buckets(shard)
         try:
-            pending = await self.on_store(self._repairs.list_repairs(1, buckets))
-            if not pending:
-                self._epochs.update(await self.on_store(self._repairs.epochs(buckets)))
-                return
-        except UnavailableError:
+            # A store that cannot answer quickly cannot be taking writes around Redis either: rather
+            # than hold requests on it, use the cache (the check runs again after the next silence).
+            async with asyncio.timeout(self._check_timeout_s):
+                pending = await self.on_store(self._repairs.list_repairs(1, buckets))
+                if not pending:
+                    self._epochs.update(await self.on_store(self._repairs.epochs(buckets)))
+                    return
+        except (UnavailableError, TimeoutError) as exc:
+            log.warning("repair log not read before using redis: %s", exc)
             return
         await self._recover(shard)
 
