@@ -205,6 +205,29 @@ def _scan_outboxes(node_port: int, prefix: str) -> int:
         client.close()
 
 
+def _pending_consumers(node_port: int, prefix: str) -> Counter[str]:
+    client = redis.Redis(host="127.0.0.1", port=node_port, socket_timeout=2.0, decode_responses=True)
+    try:
+        owned: Counter[str] = Counter()
+        for n, key in enumerate(client.scan_iter(match=f"{prefix}:*:outbox", count=1000)):
+            if n > 10_000:
+                raise RuntimeError("too many outbox keys")
+            summary = client.xpending(key, "chatmem-flusher")
+            for c in summary.get("consumers") or []:
+                owned[c["name"]] += int(c["pending"])
+        return owned
+    finally:
+        client.close()
+
+
+def cluster_pending_by_consumer(cluster: RedisCluster, prefix: str) -> Counter[str]:
+    """Outbox entries read but not yet acknowledged, per flusher consumer, over every master."""
+    total: Counter[str] = Counter()
+    for m in cluster.masters():
+        total.update(_pending_consumers(m.port, prefix))
+    return total
+
+
 def cluster_outbox_depths(cluster: RedisCluster, prefix: str) -> dict[int, int]:
     """Entries in every outbox stream, per master (by port), read from each master itself."""
     return {m.port: _scan_outboxes(m.port, prefix) for m in cluster.masters()}

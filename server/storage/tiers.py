@@ -235,7 +235,8 @@ class Tiers:
         """Before a shard is used: recover it if the repair log holds anything for it."""
         assert self.cache is not None
         await self.cache.ping(None if shard == ALL else shard)
-        self._last_ok[shard] = time.monotonic()
+        now = time.monotonic()
+        self._last_ok[shard] = now
         if self.store_health.down:
             return  # nothing can be written around Redis while the store is down: use the cache alone
         buckets = self._buckets(shard)
@@ -243,8 +244,17 @@ class Tiers:
             # A store that cannot answer quickly cannot be taking writes around Redis either: rather
             # than hold requests on it, use the cache (the check runs again after the next silence).
             async with asyncio.timeout(self._check_timeout_s):
-                pending = await self.on_store(self._repairs.list_repairs(1, buckets))
-                if not pending:
+                # The whole log first: it is empty unless an outage is being repaired, and then one
+                # read clears every shard (a new connection on Redis Cluster would otherwise cost a
+                # read per bucket).
+                if not await self.on_store(self._repairs.list_repairs(1, None)):
+                    self._epochs.update(await self.on_store(self._repairs.epochs(None)))
+                    connects = self.cache.connects
+                    for s in self._breakers:
+                        self._last_ok[s] = now
+                        self._connects[s] = connects
+                    return
+                if buckets is not None and not await self.on_store(self._repairs.list_repairs(1, buckets)):
                     self._epochs.update(await self.on_store(self._repairs.epochs(buckets)))
                     return
         except (UnavailableError, TimeoutError) as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import re
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -29,6 +30,7 @@ from tests import chaos
 from tests.faultkit import (
     append_retrying,
     cluster_outbox_depths,
+    cluster_pending_by_consumer,
     cluster_wait_drained,
     get_prefs,
     history,
@@ -147,11 +149,25 @@ async def test_killed_server_replica_pending_entries_are_claimed_by_the_other(
         threads = [t for ts in spread.values() for t in ts]
         await seed(pair, threads)
 
+        owned_by_a: list[int] = []
+
         def freeze_store_then_kill_a() -> None:
             own_pg.pause()  # the flushers cannot commit: entries stay pending in their consumers
-            time.sleep(1.0)
-            pair.a.kill()
-            own_pg.resume()
+            try:
+                # A's consumer is named after its host and pid: wait (bounded) until it holds entries.
+                assert pair.a.proc is not None
+                mine = f"{socket.gethostname()}-{pair.a.proc.pid}-"
+                deadline = time.monotonic() + 5.0
+                while time.monotonic() < deadline:
+                    owned = cluster_pending_by_consumer(redis_cluster, pair.prefix)
+                    held = sum(n for name, n in owned.items() if name.startswith(mine))
+                    if held:
+                        owned_by_a.append(held)
+                        break
+                    time.sleep(0.05)
+                pair.a.kill()
+            finally:
+                own_pg.resume()
 
         recorder, calls = await run_load(
             pair.targets, pair.workspace, threads, CLIENTS, 4.0, [(1.0, freeze_store_then_kill_a)]
@@ -160,7 +176,9 @@ async def test_killed_server_replica_pending_entries_are_claimed_by_the_other(
         if calls.broken:
             problems.append(f"INTERNAL/UNKNOWN calls: {calls.codes} {calls.internal[:5]}")
         claims = [line for line in pair.b.log().splitlines() if "claimed" in line]
-        if not claims:
+        if not owned_by_a:
+            problems.append("A held no pending outbox entries when it was killed: nothing to claim was set up")
+        elif not claims:
             problems.append("B never claimed A's pending outbox entries (no 'claimed' line in its log)")
         print(f"replica kill: {len(recorder.acks)} acks, calls {dict(calls.codes)}, B: {claims[:3]}")
         assert not problems, "\n".join(problems)

@@ -332,16 +332,22 @@ def build_redis_client(
     """
     hook: dict[str, Any] = {} if connects is None else {"redis_connect_func": connects.redis_py_hook}
     if cluster:
-        return aioredis.RedisCluster.from_url(
+        client = aioredis.RedisCluster.from_url(
             url,
             decode_responses=False,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=connect_timeout_s,
             max_connections=max_connections,
             retry=Retry(NoBackoff(), 0),
-            **hook,
             **(ssl or {}),
         )
+        if connects is not None:
+            # RedisCluster takes no redis_connect_func argument; the nodes' connections read it from the
+            # connection kwargs that every ClusterNode (startup or discovered) is built from.
+            client.nodes_manager.connection_kwargs["redis_connect_func"] = connects.redis_py_hook
+            for node in client.startup_nodes:
+                node.connection_kwargs["redis_connect_func"] = connects.redis_py_hook
+        return client
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         decode_responses=False,

@@ -119,8 +119,10 @@ class Flusher:
 
     async def start(self) -> None:
         """Create the consumer groups (idempotent) and start flushing."""
-        with contextlib.suppress(RedisError, OSError, TimeoutError):  # Redis may be down: _run retries
+        try:
             await self._ensure_groups()
+        except Exception as exc:  # noqa: BLE001 - Redis (or a cluster node) may be down: _run retries
+            log.warning("outbox groups not created yet (%s: %s); retrying while flushing", type(exc).__name__, exc)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _ensure_groups(self) -> None:
