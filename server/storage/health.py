@@ -83,6 +83,8 @@ class CacheBreaker:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._down = False
+        self._kick = asyncio.Event()
+        self._attempted = asyncio.Event()
 
     @property
     def open(self) -> bool:
@@ -126,6 +128,7 @@ class CacheBreaker:
         if not self._down:
             self._down = True
             self._on_change(True, reason)
+        self._kick.clear()
         self._task = asyncio.get_running_loop().create_task(self._probe_until_recovered())
 
     async def _verify(self) -> None:
@@ -147,31 +150,26 @@ class CacheBreaker:
 
     async def attempt(self) -> bool:
         """Probe and recover now instead of at the next interval (an open breaker); True once usable."""
-        if self.state is BreakerState.OPEN and not self._closed:
-            try:
-                await self._probe()
-            except Exception:  # noqa: BLE001 - a probe that fails in any way keeps the breaker open
-                return False
-            if self.state is BreakerState.OPEN and self._task is not None:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-                self._recovering()  # callers wait for this attempt's outcome
-                self._task = asyncio.get_running_loop().create_task(self._probe_until_recovered(first_wait=False))
+        if self.state is BreakerState.OPEN and not self._closed and self._task is not None:
+            done = self._attempted  # replaced after each attempt, so this waits for the next one
+            self._kick.set()
+            await asyncio.shield(done.wait())
         return await self.usable()
 
-    async def _probe_until_recovered(self, first_wait: bool = True) -> None:
-        wait = first_wait
+    def _attempt_ended(self) -> None:
+        self._attempted.set()
+        self._attempted = asyncio.Event()
+
+    async def _probe_until_recovered(self) -> None:
         while True:
-            if wait:
-                await asyncio.sleep(self._interval_s)
-            wait = True
+            # Sleep one interval, or less if a caller asks for an attempt now (attempt()).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self._interval_s)
+            self._kick.clear()
             try:
                 await self._probe()
             except Exception:  # noqa: BLE001 - a probe that fails in any way keeps the breaker open
-                if self.state is BreakerState.RECOVERING:
-                    self.state = BreakerState.OPEN
-                    self._ready.set()
+                self._attempt_ended()
                 continue
             self._recovering()
             try:
@@ -180,8 +178,10 @@ class CacheBreaker:
                 log.warning("cache repair failed, still bypassing redis: %s", exc)
                 self.state = BreakerState.OPEN
                 self._ready.set()  # wake the requests that waited for the repair: they bypass Redis
+                self._attempt_ended()
                 continue
             self._close()
+            self._attempt_ended()
             return
 
     async def close(self) -> None:
@@ -192,3 +192,4 @@ class CacheBreaker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._ready.set()
+        self._attempted.set()

@@ -6,7 +6,6 @@ the version before it, and drops its copy otherwise, so a cached copy is never o
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 from server.storage.buckets import bucket_of
@@ -77,8 +76,7 @@ class PreferenceRepository:
         cache = await self.tiers.usable_cache(bucket)
         bypassed = self.tiers.cache is not None and cache is None
         fence = await self.tiers.fence([bucket]) if bypassed else None
-        async with self.tiers.bypassing() if bypassed else contextlib.nullcontext():
-            change = await self.tiers.on_store(write(fence))
+        change = await self.tiers.on_store(write(fence))
         if not bypassed and self.tiers.cache is not None:
             applied, _ = await self.tiers.on_cache(bucket, lambda c: c.apply_preferences(workspace_id, user_id, change))
             if not applied:

@@ -38,7 +38,6 @@ serve it alone (cached windows, write_behind appends to threads Redis already co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -208,8 +207,7 @@ class Repository:
             used, outcome = await self.tiers.on_cache(command.key.bucket, lambda c: self._append_queued(c, command))
             if used and outcome is not None:
                 return outcome
-        async with self.tiers.bypassing():
-            result, degraded = await self.tiers.on_store(self._store_writes.submit(command))
+        result, degraded = await self.tiers.on_store(self._store_writes.submit(command))
         return AppendOutcome(
             result.first_seq,
             result.count,
@@ -279,8 +277,7 @@ class Repository:
         cache = await self.tiers.usable_cache(key.bucket)
         skipped = cache is None and self.tiers.cache is not None
         fence = await self.tiers.fence([key.bucket]) if skipped else None
-        async with self.tiers.bypassing() if skipped else contextlib.nullcontext():
-            thread = await self.tiers.on_store(self._threads.update_thread(key, patch, repair=fence))
+        thread = await self.tiers.on_store(self._threads.update_thread(key, patch, repair=fence))
         if thread is None:
             raise NotFoundError(f"thread {key.thread_id!r} not found")
         if cache is not None and (patch.ttl_seconds is not None or patch.pinned is not None):
@@ -304,12 +301,11 @@ class Repository:
         used, incarnation = await self.tiers.on_cache(key.bucket, lambda c: c.thread_incarnation(key))
         bypassed = self.tiers.cache is not None and not used
         fence = await self.tiers.fence([key.bucket]) if bypassed else None
-        async with self.tiers.bypassing() if bypassed else contextlib.nullcontext():
-            thread, count = await self.tiers.on_store(
-                self._threads.delete_thread(
-                    key, tombstone_incarnation=incarnation or 0, repair=fence, idle_before_us=idle_before_us
-                )
+        thread, count = await self.tiers.on_store(
+            self._threads.delete_thread(
+                key, tombstone_incarnation=incarnation or 0, repair=fence, idle_before_us=idle_before_us
             )
+        )
         if thread is None and (not incarnation or idle_before_us is not None):
             return None
         dead = max(incarnation or 0, thread.incarnation if thread else 0)

@@ -18,10 +18,9 @@ so the next append seeds above every seq the store handed out), and only then is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from server.errors import UnavailableError
@@ -79,9 +78,7 @@ class Tiers:
         self._last_ok: dict[int, float] = {}
         self._connects: dict[int, int] = {}
         self._epochs: Fence = {}
-        self._bypassing = 0
-        self._bypass_idle = asyncio.Event()
-        self._bypass_idle.set()
+        self._verified: set[int] = set()
 
     # --- shards and breakers ---------------------------------------------------------------------
 
@@ -102,7 +99,7 @@ class Tiers:
             b = CacheBreaker(
                 lambda: cache.ping(bucket, fresh=True),
                 lambda: self._check(shard),
-                lambda: self._recover(shard),
+                lambda: self._recover(shard, None),
                 self._probe_interval_s,
                 lambda down, reason: self._changed(shard, down, reason),
             )
@@ -128,11 +125,11 @@ class Tiers:
         breaker = self.breaker(shard)
         # A new connection (Redis may have restarted) or a long silence (Redis may have stalled long
         # enough for another replica to write around it): check the repair log before the next use.
-        now = time.monotonic()
-        connects = self.cache.connects
-        if self._connects.get(shard) != connects or now - self._last_ok.get(shard, 0.0) > self._silence_s:
+        if (
+            self._connects.get(shard) != self.cache.connects
+            or time.monotonic() - self._last_ok.get(shard, 0.0) > self._silence_s
+        ):
             breaker.unverify()
-            self._connects[shard] = connects
         if not await breaker.usable():
             return None
         return self.cache
@@ -142,12 +139,16 @@ class Tiers:
         cache = await self.usable_cache(bucket)
         if cache is None:
             return False, None
+        # The call's start, not its end, counts as contact: a reply that arrives after a stall says
+        # nothing about what other replicas did during it.
+        started = time.monotonic()
         try:
             out = await call(cache)
         except CacheUnavailableError as exc:
             self.trip(bucket, exc)
             return False, None
-        self._last_ok[self.shard(bucket)] = time.monotonic()
+        shard = self.shard(bucket)
+        self._last_ok[shard] = max(started, self._last_ok.get(shard, 0.0))
         return True, out
 
     def trip(self, bucket: int, exc: CacheUnavailableError) -> None:
@@ -203,23 +204,16 @@ class Tiers:
         return cache_skipped or self.cache_down(bucket) or self.store_health.down
 
     async def fence(self, buckets: Sequence[int]) -> Fence:
-        """Return the epochs a write around Redis for these buckets is made under."""
+        """Return the epochs a write around Redis for these buckets is made under.
+
+        They are the epochs this process saw when it last checked or repaired the buckets' shards, so
+        that a recovery by another replica since then fences the write out. A process that has never
+        checked them (it started while Redis was down) reads the current ones.
+        """
         missing = [b for b in set(buckets) if b not in self._epochs]
         if missing:
             self._epochs.update(await self.on_store(self._repairs.epochs(missing)))
         return {b: self._epochs[b] for b in set(buckets)}
-
-    @contextlib.asynccontextmanager
-    async def bypassing(self) -> AsyncIterator[None]:
-        """Hold while a write goes around Redis: a recovery waits for such writes to land."""
-        self._bypassing += 1
-        self._bypass_idle.clear()
-        try:
-            yield
-        finally:
-            self._bypassing -= 1
-            if self._bypassing == 0:
-                self._bypass_idle.set()
 
     async def mark(self, repairs: Sequence[Repair]) -> None:
         """Record cache entries as possibly stale (a cache write may or may not have landed)."""
@@ -232,46 +226,67 @@ class Tiers:
     # --- repairs ---------------------------------------------------------------------------------
 
     async def _check(self, shard: int) -> None:
-        """Before a shard is used: recover it if the repair log holds anything for it."""
+        """Before a shard is used: ping it, then recover it if the repair log holds anything for it.
+
+        Raises (the breaker then opens) when Redis does not answer, or when the repair log cannot be
+        read and this process never checked the shard before.
+        """
         assert self.cache is not None
+        connects = self.cache.connects  # read first: a reconnect during the check is checked again
         await self.cache.ping(None if shard == ALL else shard)
         now = time.monotonic()
-        self._last_ok[shard] = now
-        if self.store_health.down:
-            return  # nothing can be written around Redis while the store is down: use the cache alone
         buckets = self._buckets(shard)
         try:
-            # A store that cannot answer quickly cannot be taking writes around Redis either: rather
-            # than hold requests on it, use the cache (the check runs again after the next silence).
+            if self.store_health.down:
+                raise UnavailableError("the store is down")
             async with asyncio.timeout(self._check_timeout_s):
-                # The whole log first: it is empty unless an outage is being repaired, and then one
-                # read clears every shard (a new connection on Redis Cluster would otherwise cost a
-                # read per bucket).
+                # The whole log first: it is empty unless an outage is being repaired, and then one read
+                # clears every shard (a new connection on Redis Cluster would otherwise cost a read per
+                # bucket). Epochs are recorded for usable shards only: an open shard keeps the epochs it
+                # had when it failed, which fence its writes around Redis.
                 if not await self.on_store(self._repairs.list_repairs(1, None)):
-                    self._epochs.update(await self.on_store(self._repairs.epochs(None)))
-                    connects = self.cache.connects
-                    for s in self._breakers:
-                        self._last_ok[s] = now
-                        self._connects[s] = connects
+                    epochs = await self.on_store(self._repairs.epochs(None))
+                    open_shards = {s for s, b in self._breakers.items() if b.open} - {shard}
+                    self._epochs.update({b: e for b, e in epochs.items() if self.shard(b) not in open_shards})
+                    for s in set(self._breakers) - open_shards:
+                        self._verified_at(s, now, connects)
                     return
-                if buckets is not None and not await self.on_store(self._repairs.list_repairs(1, buckets)):
-                    self._epochs.update(await self.on_store(self._repairs.epochs(buckets)))
-                    return
+                pending = buckets is None or bool(await self.on_store(self._repairs.list_repairs(1, buckets)))
         except (UnavailableError, TimeoutError) as exc:
-            log.warning("repair log not read before using redis: %s", exc)
+            # Nothing can be written around Redis while the store cannot commit, so a shard this process
+            # checked before stays usable (cached windows keep serving); a shard it never checked does not.
+            if shard not in self._verified:
+                raise UnavailableError(f"cannot read the repair log before first use: {exc}") from exc
+            log.warning("repair log not read before using redis again: %s", exc)
+            self._verified_at(shard, now, connects)
             return
-        await self._recover(shard)
+        if pending:
+            await self._recover(shard, connects)
+            return
+        self._epochs.update(await self.on_store(self._repairs.epochs(buckets)))
+        self._verified_at(shard, now, connects)
 
-    async def _recover(self, shard: int) -> None:
-        """Fence writes around Redis for the shard, then drop every entry they may have left stale."""
+    def _verified_at(self, shard: int, now: float, connects: int) -> None:
+        self._verified.add(shard)
+        self._last_ok[shard] = max(now, self._last_ok.get(shard, 0.0))
+        self._connects[shard] = connects
+
+    async def _recover(self, shard: int, connects: int | None = None) -> None:
+        """Fence writes around Redis for the shard, then drop every entry they may have left stale.
+
+        The bump comes first: a write around Redis commits either before it (and is listed below) or
+        not at all (its fence check fails), on PostgreSQL by the epoch rows' locks, on SQLite by the
+        one writer.
+        """
         assert self.cache is not None
-        await self._bypass_idle.wait()  # this process's writes that chose the store path land first
+        if connects is None:
+            connects = self.cache.connects
         buckets = self._buckets(shard)
         self._epochs.update(await self.on_store(self._repairs.begin_recovery(buckets)))
         for _ in range(_REPAIR_PAGES):
             repairs = await self.on_store(self._repairs.list_repairs(_REPAIR_PAGE, buckets))
             if not repairs:
-                self._last_ok[shard] = time.monotonic()
+                self._verified_at(shard, time.monotonic(), connects)
                 return
             for r in repairs:
                 await self._repair_one(self.cache, r)
@@ -291,7 +306,7 @@ class Tiers:
 
     async def close(self) -> None:
         """Stop probing Redis."""
-        for b in self._breakers.values():
+        for b in list(self._breakers.values()):
             await b.close()
 
 

@@ -110,8 +110,11 @@ class PostgresRepairLog:
         """Bump the buckets' epochs (None: all), fencing out writes around Redis made under the old ones."""
         rows = await self._db.guard(
             self._db.pool.fetch(
-                "UPDATE cache_epochs SET epoch = epoch + 1 WHERE $1::int[] IS NULL OR bucket = ANY($1::int[]) "
-                "RETURNING bucket, epoch",
+                # Rows locked in bucket order, as writes around Redis lock them (FOR SHARE), so the two
+                # never deadlock.
+                "UPDATE cache_epochs e SET epoch = e.epoch + 1 FROM (SELECT bucket FROM cache_epochs "
+                "WHERE $1::int[] IS NULL OR bucket = ANY($1::int[]) ORDER BY bucket FOR UPDATE) l "
+                "WHERE e.bucket = l.bucket RETURNING e.bucket, e.epoch",
                 None if buckets is None else list(buckets),
             )
         )
