@@ -203,11 +203,16 @@ class Repository:
         return outcome
 
     async def _append(self, command: AppendCommand) -> AppendOutcome:
+        fence = None
         if self.write_behind:
-            used, outcome = await self.tiers.on_cache(command.key.bucket, lambda c: self._append_queued(c, command))
+            bucket = command.key.bucket
+            used, outcome = await self.tiers.on_cache(bucket, lambda c: self._append_queued(c, command))
             if used and outcome is not None:
                 return outcome
-        result, degraded = await self.tiers.on_store(self._store_writes.submit(command))
+            # The epochs as of this decision (no await since the cache refused): a recovery that ends
+            # while this append waits for its group then fences it out instead of letting it through.
+            fence = self.tiers.known_fence([bucket]) or await self.tiers.fence([bucket])
+        result, degraded = await self.tiers.on_store(self._store_writes.submit(command, fence))
         return AppendOutcome(
             result.first_seq,
             result.count,

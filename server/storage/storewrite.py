@@ -11,10 +11,11 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from server.storage.codec import encode_messages
 from server.storage.groupcommit import GroupCommitter
-from server.storage.models import AppendCommand, AppendResult, Repair, ThreadKey
+from server.storage.models import AppendCommand, AppendResult, Fence, Repair, ThreadKey
 from server.storage.protocols import (
     Cache,
     CacheFencedError,
@@ -25,6 +26,21 @@ from server.storage.protocols import (
 from server.storage.tiers import Tiers
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    command: AppendCommand
+    fence: Fence | None
+
+
+def _merge(fences: Sequence[Fence | None]) -> Fence | None:
+    # The oldest epoch per bucket: a group with a stale fence fails whole and is retried one by one.
+    merged: Fence = {}
+    for fence in fences:
+        for bucket, epoch in (fence or {}).items():
+            merged[bucket] = min(epoch, merged.get(bucket, epoch))
+    return merged or None
 
 
 def _pushable(result: AppendResult | Exception, usable: set[int]) -> bool:
@@ -48,28 +64,42 @@ class StoreWriter:
         self._messages = messages
         self._push = push
         self._fallback_gap = fallback_gap
-        self._committer: GroupCommitter[AppendCommand, tuple[AppendResult, bool]] = GroupCommitter(
+        self._committer: GroupCommitter[_Item, tuple[AppendResult, bool]] = GroupCommitter(
             self._commit_group, max_group
         )
 
-    async def submit(self, command: AppendCommand) -> tuple[AppendResult, bool]:
-        """Commit an append with whatever else is waiting; return its result and whether it skipped the cache."""
-        return await self._committer.submit(command)
+    async def submit(self, command: AppendCommand, fence: Fence | None = None) -> tuple[AppendResult, bool]:
+        """Commit an append with whatever else is waiting; return its result and whether it skipped the cache.
+
+        Args:
+            command: the append.
+            fence: for an append that already chose to go around Redis (write_behind), the epochs taken
+                when it did; without, the group decides per bucket (write_through) and takes them then.
+        """
+        return await self._committer.submit(_Item(command, fence))
 
     async def close(self) -> None:
         """Finish the group in flight."""
         await self._committer.close()
 
-    async def _commit_group(self, commands: Sequence[AppendCommand]) -> list[tuple[AppendResult, bool] | Exception]:
-        buckets = {c.key.bucket for c in commands}
+    async def _commit_group(self, items: Sequence[_Item]) -> list[tuple[AppendResult, bool] | Exception]:
         usable: set[int] = set()
-        if self._push:
-            usable = {b for b in buckets if await self._tiers.usable_cache(b) is not None}
-        around = [b for b in buckets if b not in usable] if self._tiers.cache is not None else []
-        fence = await self._tiers.fence(around) if around else None
+        fences: list[Fence | None] = []
+        for item in items:
+            fence = item.fence
+            bucket = item.command.key.bucket
+            if fence is None and self._tiers.cache is not None:
+                if self._push and (bucket in usable or await self._tiers.usable_cache(bucket) is not None):
+                    usable.add(bucket)
+                else:
+                    # Taken at the decision, with no await between: a recovery that ends later fences it.
+                    fence = self._tiers.known_fence([bucket]) or await self._tiers.fence([bucket])
+            fences.append(fence)
+        merged = _merge(fences)
+        commands = [i.command for i in items]
         gap = self._fallback_gap
         try:
-            results = await self._messages.append_batch(commands, repair=fence, fallback_gap=gap)
+            results = await self._messages.append_batch(commands, repair=merged, fallback_gap=gap)
         except StoreUnavailableError:
             raise
         except Exception as exc:
@@ -79,7 +109,7 @@ class StoreWriter:
                 # One request the store rejects must not fail the others that shared its transaction.
                 log.exception("a group commit failed; committing its %d appends one by one", len(commands))
             results = []
-            for command in commands:
+            for command, fence in zip(commands, fences, strict=True):
                 try:
                     results += await self._messages.append_batch([command], repair=fence, fallback_gap=gap)
                 except StoreUnavailableError:
@@ -89,6 +119,7 @@ class StoreWriter:
         failed: set[ThreadKey] = set()
         if self._tiers.cache is not None and usable:
             failed = await self._push_windows(self._tiers.cache, [r for r in results if _pushable(r, usable)])
+        around = set(merged or ())
         return [
             r if isinstance(r, Exception) else (r, r.thread_key.bucket in around or r.thread_key in failed)
             for r in results

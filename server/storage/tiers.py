@@ -203,6 +203,12 @@ class Tiers:
         """Tell whether a response is degraded: it skipped the cache, or its tier (None: any tier) is down."""
         return cache_skipped or self.cache_down(bucket) or self.store_health.down
 
+    def known_fence(self, buckets: Sequence[int]) -> Fence | None:
+        """Return the epochs known now for the buckets, or None if one is unknown (sync: take it at the decision)."""
+        if any(b not in self._epochs for b in buckets):
+            return None
+        return {b: self._epochs[b] for b in set(buckets)}
+
     async def fence(self, buckets: Sequence[int]) -> Fence:
         """Return the epochs a write around Redis for these buckets is made under.
 
