@@ -9,7 +9,7 @@ Schedule (fractions of --seconds):
 - 0.65 freeze every cluster node (SIGSTOP): Redis is down cluster-wide; kill -9 server replica B and start a
   new B while Redis is down; 0.78 the cluster resumes.
 
-At the end the outbox drains and the checker (tests/chaos.py) holds PostgreSQL to every acknowledgement.
+At the end the outbox drains and the checker (devtools/chaos.py) holds PostgreSQL to every acknowledgement.
 Prints acked, lost, duplicated, order violations, stale non-degraded windows (each thread's GetHistory
 from each replica, when it says degraded=false, against PostgreSQL's tail), INTERNAL calls and the load
 average. Exits 1 if any promise broke.
@@ -30,11 +30,11 @@ import grpc
 
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
+from devtools import chaos
 from devtools.cluster import RedisCluster
+from devtools.faultkit import cluster_wait_drained, run_load, server_env, start_server, threads_by_master
 from devtools.postgres import PostgresProcess
 from devtools.server import ServerProcess
-from tests import chaos
-from tests.faultkit import cluster_wait_drained, run_load, server_env, start_server, threads_by_master
 
 WINDOW = 50
 

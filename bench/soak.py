@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python -m bench.soak`` (about a minute). Everything runs on 127.0.0.1: a write_behind
 server process over its own Redis (AOF, appendfsync always) and PostgreSQL. The schedule kills
 PostgreSQL (SIGKILL), kills Redis (SIGKILL), freezes Redis (SIGSTOP for 4 s) and kills the server
-(SIGKILL), each once, restarting each. Then the checker (tests/chaos.py) compares every acknowledged
+(SIGKILL), each once, restarting each. Then the checker (devtools/chaos.py) compares every acknowledged
 append with what PostgreSQL holds. Prints a report and writes it to bench/results/soak-<time>.json.
 """
 
@@ -23,10 +23,10 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from devtools import chaos
 from devtools.postgres import PostgresProcess
 from devtools.redis import RedisProcess
 from devtools.server import ServerProcess
-from tests import chaos
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

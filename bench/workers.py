@@ -15,10 +15,10 @@ import os
 import tempfile
 import time
 
+from devtools import chaos
 from devtools.postgres import PostgresProcess
 from devtools.redis import RedisProcess
 from devtools.server import ServerProcess
-from tests import chaos
 
 THREADS = 20
 

@@ -23,11 +23,9 @@ import grpc
 import pytest
 
 from chatmem.v1 import resources_pb2 as r
+from devtools import chaos
 from devtools.cluster import RedisCluster
-from devtools.postgres import PostgresProcess
-from devtools.server import ServerProcess
-from tests import chaos
-from tests.faultkit import (
+from devtools.faultkit import (
     append_retrying,
     cluster_outbox_depths,
     cluster_pending_by_consumer,
@@ -41,6 +39,8 @@ from tests.faultkit import (
     start_server,
     threads_by_master,
 )
+from devtools.postgres import PostgresProcess
+from devtools.server import ServerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """Fault tests on real processes (DESIGN.md §3, issue: write_behind): kill or freeze Redis, PostgreSQL
-and the server under concurrent load, then hold the stores to every acknowledgement (tests/chaos.py)."""
+and the server under concurrent load, then hold the stores to every acknowledgement (devtools/chaos.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import pytest
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
+from devtools import chaos
 from devtools.postgres import PostgresProcess
 from devtools.redis import RedisProcess
 from devtools.server import ServerProcess
-from tests import chaos
 
 pytestmark = pytest.mark.integration
 

@@ -14,17 +14,17 @@ from collections.abc import Iterator
 import pytest
 
 from chatmem.v1 import resources_pb2 as r
-from devtools.postgres import PostgresProcess
-from devtools.redis import RedisProcess
-from devtools.server import ServerProcess
-from tests import chaos
-from tests.faultkit import (
+from devtools import chaos
+from devtools.faultkit import (
     append_retrying,
     history,
     seqs_of,
     server_env,
     start_server,
 )
+from devtools.postgres import PostgresProcess
+from devtools.redis import RedisProcess
+from devtools.server import ServerProcess
 
 pytestmark = pytest.mark.integration
 

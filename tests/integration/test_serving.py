@@ -16,10 +16,10 @@ import pytest
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
+from devtools import chaos
+from devtools.faultkit import append_retrying, server_env, start_server
 from devtools.postgres import PostgresProcess
 from devtools.redis import RedisProcess
-from tests import chaos
-from tests.faultkit import append_retrying, server_env, start_server
 
 pytestmark = pytest.mark.integration
 

@@ -21,10 +21,10 @@ from chatmem.v1 import preferences_service_pb2_grpc as ppb_grpc
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
+from devtools import chaos
 from devtools.cluster import RedisCluster
 from devtools.server import ServerProcess
 from server.storage.redis.keys import KeySpace, bucket_of
-from tests import chaos
 
 # Codes an appender retries (on the next replica). INTERNAL and UNKNOWN are broken promises, counted.
 RETRYABLE = chaos.RETRYABLE
@@ -39,7 +39,7 @@ def server_env(
     cluster: bool = False,
     **extra: str,
 ) -> dict[str, str]:
-    """The env of a chatmem server process with quick probes, flushes and claims (for the fault tests)."""
+    """Return the env of a chatmem server process with quick probes, flushes and claims (for the fault tests)."""
     env = {
         "DATABASE__URL": pg_url,
         "REDIS__URL": redis_url,
@@ -249,7 +249,7 @@ async def cluster_wait_drained(cluster: RedisCluster, prefix: str, timeout_s: fl
 
 
 def thread_slot(cluster: RedisCluster, prefix: str, workspace: str, thread: str) -> int:
-    """The cluster slot of a thread's keys (its bucket's hash tag)."""
+    """Return the cluster slot of a thread's keys (its bucket's hash tag)."""
     return cluster.key_slot(KeySpace(prefix).thread(workspace, thread).meta)
 
 
@@ -279,18 +279,21 @@ def threads_by_master(
 async def append_once(
     target: str, workspace: str, thread: str, content: str, request_id: str = "", timeout_s: float = 5.0
 ) -> pb.AppendMessagesResponse:
-    """One append through one server."""
+    """Append one message through one server."""
     async with grpc.aio.insecure_channel(target) as channel:
         req = pb.AppendMessagesRequest(
             workspace_id=workspace, thread_id=thread, request_id=request_id, messages=[msg(content)]
         )
-        return await pb_grpc.ThreadMemoryServiceStub(channel).AppendMessages(req, timeout=timeout_s)
+        out: pb.AppendMessagesResponse = await pb_grpc.ThreadMemoryServiceStub(channel).AppendMessages(
+            req, timeout=timeout_s
+        )
+        return out
 
 
 async def append_retrying(
     target: str, workspace: str, thread: str, content: str, request_id: str = "", attempts: int = 60
 ) -> pb.AppendMessagesResponse:
-    """One append, retried (same request id) on UNAVAILABLE / DEADLINE_EXCEEDED for at most ``attempts`` tries."""
+    """Append one message, retried with the same request id on UNAVAILABLE or DEADLINE_EXCEEDED."""
     last: Exception | None = None
     for _ in range(attempts):
         try:
@@ -304,17 +307,19 @@ async def append_retrying(
 
 
 async def history(target: str, workspace: str, thread: str, limit: int = 0) -> pb.GetHistoryResponse:
-    """GetHistory through one server."""
+    """Call GetHistory through one server."""
     async with grpc.aio.insecure_channel(target) as channel:
         req = pb.GetHistoryRequest(workspace_id=workspace, thread_id=thread, limit=limit)
-        return await pb_grpc.ThreadMemoryServiceStub(channel).GetHistory(req, timeout=5)
+        got: pb.GetHistoryResponse = await pb_grpc.ThreadMemoryServiceStub(channel).GetHistory(req, timeout=5)
+        return got
 
 
 async def set_prefs(target: str, workspace: str, user: str, values: dict[str, str]) -> ppb.SetPreferencesResponse:
-    """SetPreferences through one server."""
+    """Call SetPreferences through one server."""
     async with grpc.aio.insecure_channel(target) as channel:
         req = ppb.SetPreferencesRequest(workspace_id=workspace, user_id=user, preferences=values)
-        return await ppb_grpc.PreferencesServiceStub(channel).SetPreferences(req, timeout=5)
+        done: ppb.SetPreferencesResponse = await ppb_grpc.PreferencesServiceStub(channel).SetPreferences(req, timeout=5)
+        return done
 
 
 async def get_prefs(target: str, workspace: str, user: str) -> dict[str, str]:
@@ -326,12 +331,12 @@ async def get_prefs(target: str, workspace: str, user: str) -> dict[str, str]:
 
 
 def seqs_of(resp: pb.GetHistoryResponse) -> list[int]:
-    """The seqs of a history response, in the order served."""
+    """Return the seqs of a history response, in the order served."""
     return [m.seq for m in resp.messages]
 
 
 def report_problems(report: chaos.Report) -> list[str]:
-    """The checker's findings as lines (empty when every promise held)."""
+    """Return the checker's findings as lines (empty when every promise held)."""
     if report.ok:
         return []
     found = report.missing + report.duplicates + report.seq_mismatches + report.order_violations
