@@ -209,6 +209,13 @@ class Repository:
             used, outcome = await self.tiers.on_cache(bucket, lambda c: self._append_queued(c, command))
             if used and outcome is not None:
                 return outcome
+            await self.tiers.settle(bucket)
+            if await self.tiers.usable_cache(bucket) is not None:
+                # Redis came back (repaired) while the calls in flight ended: go through it after all.
+                used, outcome = await self.tiers.on_cache(bucket, lambda c: self._append_queued(c, command))
+                if used and outcome is not None:
+                    return outcome
+                await self.tiers.settle(bucket)
             # The epochs as of this decision (no await since the cache refused): a recovery that ends
             # while this append waits for its group then fences it out instead of letting it through.
             fence = self.tiers.known_fence([bucket]) or await self.tiers.fence([bucket])

@@ -18,6 +18,7 @@ so the next append seeds above every seq the store handed out), and only then is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -79,6 +80,8 @@ class Tiers:
         self._connects: dict[int, int] = {}
         self._epochs: Fence = {}
         self._verified: set[int] = set()
+        self._inflight: dict[int, int] = {}
+        self._idle: dict[int, asyncio.Event] = {}
 
     # --- shards and breakers ---------------------------------------------------------------------
 
@@ -142,14 +145,31 @@ class Tiers:
         # The call's start, not its end, counts as contact: a reply that arrives after a stall says
         # nothing about what other replicas did during it.
         started = time.monotonic()
+        shard = self.shard(bucket)
+        self._inflight[shard] = self._inflight.get(shard, 0) + 1
         try:
             out = await call(cache)
         except CacheUnavailableError as exc:
             self.trip(bucket, exc)
             return False, None
-        shard = self.shard(bucket)
+        finally:
+            self._inflight[shard] -= 1
+            if not self._inflight[shard] and shard in self._idle:
+                self._idle.pop(shard).set()
         self._last_ok[shard] = max(started, self._last_ok.get(shard, 0.0))
         return True, out
+
+    async def settle(self, bucket: int) -> None:
+        """Wait until no call to the bucket's shard is in flight (each ends within the socket timeout).
+
+        A write about to go around Redis waits for this first: a call that was already on its way when
+        another failed could otherwise still be numbered by Redis after the store numbered this one.
+        """
+        shard = self.shard(bucket)
+        if self._inflight.get(shard, 0):
+            idle = self._idle.setdefault(shard, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(idle.wait(), 2 * self._silence_s + 0.5)
 
     def trip(self, bucket: int, exc: CacheUnavailableError) -> None:
         """Record a cache failure: requests for the shard bypass Redis until it answers and is repaired."""
@@ -245,7 +265,8 @@ class Tiers:
         try:
             if self.store_health.down:
                 raise UnavailableError("the store is down")
-            async with asyncio.timeout(self._check_timeout_s):
+            # A shard never checked waits for the store however slow it is: it has no safe way to go on.
+            async with asyncio.timeout(self._check_timeout_s if shard in self._verified else None):
                 # The whole log first: it is empty unless an outage is being repaired, and then one read
                 # clears every shard (a new connection on Redis Cluster would otherwise cost a read per
                 # bucket). Epochs are recorded for usable shards only: an open shard keeps the epochs it
