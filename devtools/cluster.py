@@ -9,7 +9,7 @@ from collections.abc import Callable
 import redis
 
 from devtools.ports import free_port, wait_for
-from devtools.redis import RedisProcess
+from devtools.redis import RedisExitedError, RedisProcess
 
 SLOTS = 16384
 
@@ -91,9 +91,29 @@ class ClusterNode(RedisProcess):
         return dict(line.split(":", 1) for line in str(reply).splitlines() if ":" in line)
 
     def start(self) -> None:
-        """Start (or start again) and learn the node id (``CLUSTER MYID``)."""
-        super().start()
+        """Start (or start again) and learn the node id (``CLUSTER MYID``).
+
+        Before the node first joined, a port that another process took meanwhile is replaced by new
+        free ones (at most twice); a node that joined keeps its ports, since the cluster knows them.
+        """
+        for attempt in range(3):
+            try:
+                super().start()
+                break
+            except RedisExitedError:
+                if self.node_id or attempt == 2:
+                    raise
+                self._new_ports()
         self.node_id = str(self.command("CLUSTER", "MYID"))
+
+    def _new_ports(self) -> None:
+        old_port, old_bus = str(self.port), str(self.bus_port)
+        self.port = free_port()
+        self.bus_port = free_port()
+        while self.bus_port == self.port:
+            self.bus_port = free_port()
+        self.extra_args = [str(self.bus_port) if a == old_bus else a for a in self.extra_args]
+        assert old_port not in self.extra_args
 
 
 class ClusterView:

@@ -15,6 +15,10 @@ from collections.abc import Sequence
 from devtools.ports import free_port, wait_for
 
 
+class RedisExitedError(RuntimeError):
+    """A redis-server process ended before it answered."""
+
+
 class RedisProcess:
     """A redis-server child process.
 
@@ -80,7 +84,15 @@ class RedisProcess:
     def start(self) -> None:
         """Start (or start again) and wait until it answers PING."""
         self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self.ping, f"redis-server on port {self.port}")
+        wait_for(self._answers, f"redis-server on port {self.port}")
+
+    def _answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            # It exited (a port taken meanwhile by another process, say): no point waiting for it.
+            log = os.path.join(self.dir, "redis.log")
+            tail = open(log).read()[-500:] if os.path.exists(log) else ""  # noqa: SIM115
+            raise RedisExitedError(f"redis-server on port {self.port} exited with {self.proc.returncode}: {tail}")
+        return self.ping()
 
     def restart(self) -> None:
         """Stop the server if it runs (resuming it first if paused), then start it on the same port and folder."""
