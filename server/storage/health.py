@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
+_ROUNDS = 3  # checks a request waits through before it uses Redis that was just checked
+
 
 class TierHealth:
     """Whether a tier is down, logging each change of state exactly once.
@@ -93,18 +95,22 @@ class CacheBreaker:
 
     async def usable(self) -> bool:
         """Return True when requests may use Redis (verifying it, or waiting out a repair, first)."""
-        if self.state is BreakerState.CLOSED:
-            return True
-        if self.state is BreakerState.UNVERIFIED and not self._closed:
-            self._recovering()
-            self._task = asyncio.get_running_loop().create_task(self._verify())
-        if self.state is BreakerState.RECOVERING:
+        for _ in range(_ROUNDS):
+            if self.state is BreakerState.CLOSED:
+                return True
+            if self.state is BreakerState.OPEN or self._closed:
+                return False
+            if self.state is BreakerState.UNVERIFIED:
+                self._recovering()
+                self._task = asyncio.get_running_loop().create_task(self._verify())
             await asyncio.shield(self._ready.wait())
-        return self._usable_now()
+        # Checked again and again because connections keep opening (a pool growing under load): the
+        # last check passed a moment ago, so Redis is usable; only an open breaker is not.
+        return not self._open_now()
 
-    def _usable_now(self) -> bool:
+    def _open_now(self) -> bool:
         # A method, not an inline test, so that type narrowing before the await does not apply.
-        return self.state is BreakerState.CLOSED
+        return self.state is BreakerState.OPEN
 
     def _recovering(self) -> None:
         self.state = BreakerState.RECOVERING

@@ -126,7 +126,10 @@ async def test_healthy_cluster_write_behind_promises(
             problems.append(f"INTERNAL/UNKNOWN calls: {calls.codes} {calls.internal[:5]}")
         not_queued = [a for a in recorder.acks if a.durability != r.DURABILITY_QUEUED]
         if not_queued:
-            problems.append(f"{len(not_queued)} acks not QUEUED on a healthy cluster, e.g. {not_queued[0]}")
+            why = [
+                line for s in (pair.a, pair.b) for line in s.log().splitlines() if "WARNING" in line or "ERROR" in line
+            ]
+            problems.append(f"{len(not_queued)} acks not QUEUED on a healthy cluster, e.g. {not_queued[0]}; {why[:6]}")
         depths = await asyncio.to_thread(cluster_outbox_depths, redis_cluster, pair.prefix)
         if any(depths.values()):
             problems.append(f"outbox not drained on every master: {depths}")
