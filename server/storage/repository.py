@@ -206,19 +206,17 @@ class Repository:
         fence = None
         if self.write_behind:
             bucket = command.key.bucket
-            used, outcome = await self.tiers.on_cache(bucket, lambda c: self._append_queued(c, command))
-            if used and outcome is not None:
-                return outcome
-            await self.tiers.settle(bucket)
-            if await self.tiers.usable_cache(bucket) is not None:
-                # Redis came back (repaired) while the calls in flight ended: go through it after all.
+            for attempt in range(2):
                 used, outcome = await self.tiers.on_cache(bucket, lambda c: self._append_queued(c, command))
                 if used and outcome is not None:
                     return outcome
                 await self.tiers.settle(bucket)
-            # The epochs as of this decision (no await since the cache refused): a recovery that ends
-            # while this append waits for its group then fences it out instead of letting it through.
-            fence = self.tiers.known_fence([bucket]) or await self.tiers.fence([bucket])
+                # Redis may have come back (repaired) while the calls in flight ended: try it once more.
+                if attempt or await self.tiers.usable_cache(bucket) is None:
+                    break
+            # The epochs as of this decision (fence() does not suspend when it knows them): a recovery
+            # that ends while this append waits for its group fences it out instead of letting it through.
+            fence = await self.tiers.fence([bucket])
         result, degraded = await self.tiers.on_store(self._store_writes.submit(command, fence))
         return AppendOutcome(
             result.first_seq,

@@ -92,8 +92,9 @@ class StoreWriter:
                 if self._push and (bucket in usable or await self._tiers.usable_cache(bucket) is not None):
                     usable.add(bucket)
                 else:
-                    # Taken at the decision, with no await between: a recovery that ends later fences it.
-                    fence = self._tiers.known_fence([bucket]) or await self._tiers.fence([bucket])
+                    # Taken at the decision (fence() does not suspend when it knows the epochs): a recovery
+                    # that ends later fences it.
+                    fence = await self._tiers.fence([bucket])
             fences.append(fence)
         merged = _merge(fences)
         commands = [i.command for i in items]

@@ -223,18 +223,13 @@ class Tiers:
         """Tell whether a response is degraded: it skipped the cache, or its tier (None: any tier) is down."""
         return cache_skipped or self.cache_down(bucket) or self.store_health.down
 
-    def known_fence(self, buckets: Sequence[int]) -> Fence | None:
-        """Return the epochs known now for the buckets, or None if one is unknown (sync: take it at the decision)."""
-        if any(b not in self._epochs for b in buckets):
-            return None
-        return {b: self._epochs[b] for b in set(buckets)}
-
     async def fence(self, buckets: Sequence[int]) -> Fence:
         """Return the epochs a write around Redis for these buckets is made under.
 
         They are the epochs this process saw when it last checked or repaired the buckets' shards, so
         that a recovery by another replica since then fences the write out. A process that has never
-        checked them (it started while Redis was down) reads the current ones.
+        checked them (it started while Redis was down) reads the current ones. When it knows them, this
+        does not suspend, so a caller takes them at the moment it decides to go around Redis.
         """
         missing = [b for b in set(buckets) if b not in self._epochs]
         if missing:
