@@ -72,6 +72,33 @@ class NotFoundError(ChatmemError):
     code = code_pb2.NOT_FOUND
 
 
+class AlreadyExistsError(ChatmemError):
+    """The request would create something that exists (a message id already used in the thread).
+
+    Args:
+        field: the request field that names it, for example ``messages[1].message_id``.
+        message: what exists.
+    """
+
+    code = code_pb2.ALREADY_EXISTS
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def details(self) -> list[any_pb2.Any]:
+        """Return a BadRequest naming the field, so that clients find it as they find invalid ones."""
+        packed = any_pb2.Any()
+        packed.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=self.field, description=self.message)
+                ]
+            )
+        )
+        return [packed]
+
+
 class AbortedError(ChatmemError):
     """An optimistic-concurrency check failed (expected_last_seq did not match)."""
 

@@ -66,7 +66,7 @@ class Checker:
     def role(self, field: str, value: int) -> None:
         """Check a role enum value."""
         if value not in _ROLES:
-            self.fail(field, "must be one of ROLE_USER, ROLE_ASSISTANT, ROLE_SYSTEM, ROLE_TOOL")
+            self.fail(field, "must be one of ROLE_USER, ROLE_ASSISTANT, ROLE_SYSTEM, ROLE_TOOL, ROLE_DEVELOPER")
 
     def text(self, field: str, value: str, max_bytes: int) -> None:
         """Check a string's UTF-8 size, and that it holds no NUL (PostgreSQL text cannot store one)."""

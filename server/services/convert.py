@@ -5,6 +5,7 @@ from __future__ import annotations
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from chatmem.v1 import resources_pb2
+from server.storage.codec import encode_message
 from server.storage.models import PreferenceValue, StoredMessage, ThreadInfo
 from server.storage.results import Served
 
@@ -16,17 +17,8 @@ def timestamp(us: int) -> timestamp_pb2.Timestamp:
 
 
 def message(workspace_id: str, thread_id: str, m: StoredMessage) -> resources_pb2.Message:
-    """Convert a stored message to chatmem.v1.Message."""
-    return resources_pb2.Message(
-        workspace_id=workspace_id,
-        thread_id=thread_id,
-        seq=m.seq,
-        role=int(m.role),  # type: ignore[arg-type]
-        content=m.content,
-        name=m.name,
-        metadata=m.metadata,
-        create_time=timestamp(m.create_time_us),
-    )
+    """Convert a stored message to chatmem.v1.Message (from its stored bytes, so v2 fields come along)."""
+    return resources_pb2.Message.FromString(encode_message(workspace_id, thread_id, m))
 
 
 def thread(t: ThreadInfo, default_ttl_s: int) -> resources_pb2.Thread:

@@ -11,7 +11,7 @@ from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
 from server.config import Settings
 from server.errors import NotFoundError
-from server.services import context_block, convert, pagination, registry
+from server.services import context_block, convert, message_input, pagination, registry
 from server.services.handler import server_stream, unary
 from server.storage.codec import frame_item
 from server.storage.models import (
@@ -90,20 +90,23 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         if request.HasField("expected_last_seq"):
             check.seq("expected_last_seq", request.expected_last_seq)
         n = len(request.messages)
+        messages: list[NewMessage] = []
         if n == 0:
             check.fail("messages", "must hold at least one message")
         elif n > self._limits.max_messages_per_append:
             check.fail("messages", f"holds more than {self._limits.max_messages_per_append} messages")
         else:
+            ids: set[str] = set()
             for i, m in enumerate(request.messages):
-                check.role(f"messages[{i}].role", m.role)
-                check.text(f"messages[{i}].content", m.content, self._limits.max_content_bytes)
-                check.text(f"messages[{i}].name", m.name, self._limits.max_name_length)
-                check.metadata(f"messages[{i}].metadata", m.metadata)
+                messages.append(message_input.to_new_message(check, f"messages[{i}]", m))
+                if m.message_id in ids:
+                    check.fail(f"messages[{i}].message_id", "repeats the id of an earlier message of this request")
+                elif m.message_id:
+                    ids.add(m.message_id)
         check.done()
         command = AppendCommand(
             key=key,
-            messages=tuple(NewMessage(Role(m.role), m.content, m.name, dict(m.metadata)) for m in request.messages),
+            messages=tuple(messages),
             request_id=request.request_id,
             expected_last_seq=request.expected_last_seq if request.HasField("expected_last_seq") else None,
             new_thread=NewThreadOptions(request.user_id, request.title, ttl_s),

@@ -29,7 +29,8 @@ def encode_message(workspace_id: str, thread_id: str, message: StoredMessage) ->
     )
     pb.create_time.seconds, micros = divmod(message.create_time_us, 1_000_000)
     pb.create_time.nanos = micros * 1000
-    return pb.SerializeToString()
+    # Fields 9-12 arrive serialised from the request; protobuf concatenation merges them unparsed.
+    return pb.SerializeToString() + message.extra
 
 
 def with_encoding(workspace_id: str, thread_id: str, message: StoredMessage) -> StoredMessage:
@@ -79,7 +80,9 @@ def encode_unsequenced(workspace_id: str, thread_id: str, message: NewMessage, c
     return encode_message(
         workspace_id,
         thread_id,
-        StoredMessage(0, message.role, message.content, message.name, message.metadata, create_time_us),
+        StoredMessage(
+            0, message.role, message.content, message.name, message.metadata, create_time_us, extra=message.extra
+        ),
     )
 
 
@@ -118,6 +121,7 @@ def decode_framed(framed: bytes) -> list[StoredMessage]:
             metadata=dict(m.metadata),
             create_time_us=m.create_time.seconds * 1_000_000 + m.create_time.nanos // 1000,
             encoded=encoded,
+            message_id=m.message_id,
         )
         for m, encoded in zip(parsed.messages, split_framed(framed), strict=True)
     ]

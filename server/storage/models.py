@@ -15,6 +15,7 @@ class Role(enum.IntEnum):
     ASSISTANT = 2
     SYSTEM = 3
     TOOL = 4
+    DEVELOPER = 5
 
 
 class Tier(enum.IntEnum):
@@ -46,19 +47,26 @@ class ThreadKey:
 
 @dataclass(frozen=True, slots=True)
 class NewMessage:
-    """A message to append; the store assigns its seq and create time."""
+    """A message to append; the store assigns its seq and create time.
+
+    ``extra`` is the message's v2 fields (parts, envelope, message_id, token_count) serialised as
+    chatmem.v1 fields 9-12, which MessageInput and Message share: the codec appends them unparsed.
+    """
 
     role: Role
     content: str
     name: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    message_id: str = ""
+    extra: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
     """A message as stored: create_time_us is microseconds since the Unix epoch (UTC).
 
-    ``encoded`` is the serialised chatmem.v1.Message the store keeps with the row, when it has one.
+    ``encoded`` is the serialised chatmem.v1.Message the store keeps with the row, when it has one;
+    ``extra`` is the v2 fields as in NewMessage, needed only until ``encoded`` is made.
     """
 
     seq: int
@@ -68,6 +76,8 @@ class StoredMessage:
     metadata: dict[str, str]
     create_time_us: int
     encoded: bytes | None = field(default=None, compare=False, repr=False)
+    message_id: str = ""
+    extra: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True, slots=True)

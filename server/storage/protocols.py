@@ -74,6 +74,10 @@ class MessageStore(Protocol):
         """Return the newest ``limit`` messages, oldest first, or None for an unknown thread."""
         ...
 
+    async def taken_message_ids(self, key: ThreadKey, ids: Sequence[str]) -> set[str]:
+        """Return which of ``ids`` (client message ids) the thread already holds."""
+        ...
+
     async def encoded_tail(self, key: ThreadKey, limit: int) -> EncodedTail | None:
         """Return the newest ``limit`` messages as serialised Messages, oldest first, or None for an unknown thread."""
         ...

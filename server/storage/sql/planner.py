@@ -12,10 +12,10 @@ first copy of a request id to reach the store wins.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
-from server.errors import AbortedError
+from server.errors import AbortedError, AlreadyExistsError
 from server.storage.codec import with_encoding
 from server.storage.models import AppendCommand, AppendResult, QueuedAppend, StoredMessage, ThreadInfo, ThreadKey
 
@@ -46,6 +46,7 @@ def plan_appends(
     replays: Mapping[tuple[ThreadKey, str], Replay],
     now_us: int,
     gaps: Mapping[ThreadKey, int] | None = None,
+    taken_ids: Set[tuple[ThreadKey, str]] = frozenset(),
 ) -> AppendPlan:
     """Plan a group of appends against locked thread rows.
 
@@ -56,6 +57,7 @@ def plan_appends(
         now_us: the create time of every message in the group.
         gaps: seqs to skip before a thread's first message in this group (fallback writes leave room
             above any seq that an unreachable Redis may still hold unflushed).
+        taken_ids: the (thread, message_id) pairs among the commands' ids that the thread already holds.
 
     Returns:
         The rows to write and one result or AbortedError per command.
@@ -63,6 +65,7 @@ def plan_appends(
     plan = AppendPlan(threads=dict(threads))
     seen: dict[tuple[ThreadKey, str], Replay] = dict(replays)
     pending_gaps = dict(gaps or {})
+    taken = set(taken_ids)
     for cmd in commands:
         thread = plan.threads[cmd.key]
         rid_key = (cmd.key, cmd.request_id)
@@ -77,13 +80,27 @@ def plan_appends(
                 )
             )
             continue
+        clash = taken_message_id(cmd, taken)
+        if clash is not None:
+            plan.results.append(clash)
+            continue
+        taken.update((cmd.key, m.message_id) for m in cmd.messages if m.message_id)
         first = thread.last_seq + 1 + pending_gaps.pop(cmd.key, 0)
         # Encoded here, once: the store writes these bytes with the rows and the cache pushes them.
         stored = tuple(
             with_encoding(
                 cmd.key.workspace_id,
                 cmd.key.thread_id,
-                StoredMessage(first + i, m.role, m.content, m.name, dict(m.metadata), now_us),
+                StoredMessage(
+                    first + i,
+                    m.role,
+                    m.content,
+                    m.name,
+                    dict(m.metadata),
+                    now_us,
+                    message_id=m.message_id,
+                    extra=m.extra,
+                ),
             )
             for i, m in enumerate(cmd.messages)
         )
@@ -180,3 +197,19 @@ def count_inserted(inserted: Sequence[tuple[ThreadKey, int]]) -> dict[ThreadKey,
         top, n = counts.get(key, (0, 0))
         counts[key] = (max(top, seq), n + 1)
     return counts
+
+
+def taken_message_id(cmd: AppendCommand, taken: Set[tuple[ThreadKey, str]]) -> AlreadyExistsError | None:
+    """Return the error for the first message of ``cmd`` whose id the thread already holds, if any."""
+    for i, m in enumerate(cmd.messages):
+        if m.message_id and (cmd.key, m.message_id) in taken:
+            return AlreadyExistsError(
+                f"messages[{i}].message_id",
+                f"message id {m.message_id!r} already exists in thread {cmd.key.thread_id!r}",
+            )
+    return None
+
+
+def message_ids(commands: Sequence[AppendCommand]) -> list[tuple[ThreadKey, str]]:
+    """Return every (thread, message_id) pair the commands carry."""
+    return [(c.key, m.message_id) for c in commands for m in c.messages if m.message_id]

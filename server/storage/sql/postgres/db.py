@@ -29,10 +29,11 @@ MSG_COLS = (
     "m.encoded"
 )
 INSERT_MESSAGES = (
-    "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time, encoded) "
-    f"SELECT ws, th, seq, role, content, name, meta::jsonb, {TS.format(arg='us')}, enc "
+    "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time, encoded, "
+    "message_id) "
+    f"SELECT ws, th, seq, role, content, name, meta::jsonb, {TS.format(arg='us')}, enc, mid "
     "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::smallint[], $5::text[], $6::text[], "
-    "$7::text[], $8::bigint[], $9::bytea[]) AS r(ws, th, seq, role, content, name, meta, us, enc)"
+    "$7::text[], $8::bigint[], $9::bytea[], $10::text[]) AS r(ws, th, seq, role, content, name, meta, us, enc, mid)"
 )
 LOCK_THREADS = (
     "SELECT 1 FROM threads t JOIN unnest($1::text[], $2::text[]) AS k(ws, th) "
@@ -118,6 +119,7 @@ def message_columns(rows: Sequence[tuple[ThreadKey, StoredMessage]]) -> list[lis
         [json.dumps(m.metadata) for _, m in rows],
         [m.create_time_us for _, m in rows],
         [encode_message(k.workspace_id, k.thread_id, m) for k, m in rows],
+        [m.message_id or None for _, m in rows],
     ]
 
 

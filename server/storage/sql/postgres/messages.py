@@ -23,7 +23,7 @@ from server.storage.models import (
     ThreadKey,
     ThreadTail,
 )
-from server.storage.sql.planner import Replay, plan_appends
+from server.storage.sql.planner import Replay, message_ids, plan_appends
 from server.storage.sql.postgres.db import (
     DELETE_EMPTY_THREADS,
     INSERT_MESSAGES,
@@ -124,7 +124,8 @@ class PostgresMessages:
             if around:
                 already = await marked(conn, "a", around)
                 gaps = {k: fallback_gap for k in around if k not in already}
-            plan = plan_appends(commands, threads, replays, time.time_ns() // 1000, gaps)
+            taken = await _taken_ids(conn, message_ids(commands))
+            plan = plan_appends(commands, threads, replays, time.time_ns() // 1000, gaps, taken)
             written = [Repair("a", k.workspace_id, k.thread_id) for k in plan.touched if k in around]
             if written:
                 await mark(conn, written, repair)
@@ -224,6 +225,11 @@ class PostgresMessages:
             return None
         return ThreadTail(thread_of(rows[0]), [message_of(r) for r in rows if r["seq"] is not None])
 
+    async def taken_message_ids(self, key: ThreadKey, ids: Sequence[str]) -> set[str]:
+        """Return which of ``ids`` the thread already holds."""
+        found: set[tuple[ThreadKey, str]] = await self._db.guard(_taken_ids(self._db.pool, [(key, i) for i in ids]))
+        return {i for _, i in found}
+
     async def encoded_tail(self, key: ThreadKey, limit: int) -> EncodedTail | None:
         """Return the newest messages as stored bytes and the thread, read in one statement (one snapshot)."""
         rows = await self._tail_rows(key, limit, "m.seq, m.encoded")
@@ -275,3 +281,18 @@ class PostgresMessages:
             page = await self.list_messages(key, start_seq, False, limit)
             return EncodedPage(encode_messages(key.workspace_id, key.thread_id, page), page[-1].seq if page else 0)
         return EncodedPage(items, rows[-1][0])
+
+
+async def _taken_ids(conn: Any, pairs: Sequence[tuple[ThreadKey, str]]) -> set[tuple[ThreadKey, str]]:
+    """Return the (thread, message_id) pairs among ``pairs`` that the store already holds."""
+    if not pairs:
+        return set()
+    rows = await conn.fetch(
+        "SELECT m.workspace_id, m.thread_id, m.message_id FROM messages m "
+        "JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(ws, th, mid) "
+        "ON m.workspace_id = k.ws AND m.thread_id = k.th AND m.message_id = k.mid",
+        [k.workspace_id for k, _ in pairs],
+        [k.thread_id for k, _ in pairs],
+        [i for _, i in pairs],
+    )
+    return {(ThreadKey(r["workspace_id"], r["thread_id"]), r["message_id"]) for r in rows}

@@ -29,8 +29,8 @@ THREAD_COLS = (
 )
 MSG_COLS = "seq, role, content, name, metadata, create_time, encoded"
 INSERT_MESSAGE = (
-    "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time, encoded) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO messages (workspace_id, thread_id, seq, role, content, name, metadata, create_time, encoded, "
+    "message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -58,6 +58,7 @@ def message_row(key: ThreadKey, m: StoredMessage) -> tuple[Any, ...]:
         json.dumps(m.metadata),
         m.create_time_us,
         encode_message(key.workspace_id, key.thread_id, m),
+        m.message_id or None,
     )
 
 

@@ -21,7 +21,7 @@ from server.storage.models import (
     ThreadKey,
     ThreadTail,
 )
-from server.storage.sql.planner import Replay, plan_appends
+from server.storage.sql.planner import Replay, message_ids, plan_appends
 from server.storage.sql.sqlite.db import (
     INSERT_MESSAGE,
     MSG_COLS,
@@ -88,7 +88,7 @@ class SqliteMessages:
         gaps: dict[ThreadKey, int] = {}
         around = [k for k in threads if repair is not None and k.bucket in repair]
         gaps = {k: fallback_gap for k in around if not is_marked(db, "a", k.workspace_id, k.thread_id)}
-        plan = plan_appends(commands, threads, replays, now_us, gaps)
+        plan = plan_appends(commands, threads, replays, now_us, gaps, _taken_ids(db, message_ids(commands)))
         written = [Repair("a", k.workspace_id, k.thread_id) for k in plan.touched if k in around]
         if written:
             mark(db, written, repair)
@@ -165,6 +165,11 @@ class SqliteMessages:
 
         return await self._db.call(run)
 
+    async def taken_message_ids(self, key: ThreadKey, ids: Sequence[str]) -> set[str]:
+        """Return which of ``ids`` the thread already holds."""
+        found = await self._db.call(lambda db: _taken_ids(db, [(key, i) for i in ids]))
+        return {i for _, i in found}
+
     async def encoded_tail(self, key: ThreadKey, limit: int) -> EncodedTail | None:
         """Return the newest messages as stored bytes (encoding rows that have none) and the thread."""
         tail = await self.tail(key, limit)
@@ -204,3 +209,15 @@ class SqliteMessages:
             return EncodedPage(items, rows[-1][0])
 
         return await self._db.call(run)
+
+
+def _taken_ids(db: sqlite3.Connection, pairs: Sequence[tuple[ThreadKey, str]]) -> set[tuple[ThreadKey, str]]:
+    """Return the (thread, message_id) pairs among ``pairs`` that the store already holds."""
+    return {
+        (key, mid)
+        for key, mid in pairs
+        if db.execute(
+            "SELECT 1 FROM messages WHERE workspace_id = ? AND thread_id = ? AND message_id = ?",
+            (key.workspace_id, key.thread_id, mid),
+        ).fetchone()
+    }

@@ -37,6 +37,8 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     """A system prompt or instruction."""
     ROLE_TOOL: _Role.ValueType  # 4
     """The output of a tool call."""
+    ROLE_DEVELOPER: _Role.ValueType  # 5
+    """Instructions from the application developer (OpenAI's "developer" role), above the user's."""
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper):
     """Role is who authored a message."""
@@ -51,6 +53,8 @@ ROLE_SYSTEM: Role.ValueType  # 3
 """A system prompt or instruction."""
 ROLE_TOOL: Role.ValueType  # 4
 """The output of a tool call."""
+ROLE_DEVELOPER: Role.ValueType  # 5
+"""Instructions from the application developer (OpenAI's "developer" role), above the user's."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 class _Tier:
@@ -131,15 +135,34 @@ class MessageInput(_message.Message):
     CONTENT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_COUNT_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     """Who wrote it. Required."""
     content: _builtins.str
     """The text. May be empty (for example a tool-call turn)."""
     name: _builtins.str
     """Optional author name (for example a tool or function name)."""
+    message_id: _builtins.str
+    """A client-chosen id, unique in the thread; empty means none."""
+    token_count: _builtins.int
+    """The message's size in tokens as the client counted it; 0 means unknown (the server estimates it)."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form string metadata, bounded in total size by the server."""
+
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Part]:
+        """The ordered parts (text, tool calls, tool results, reasoning, media). Optional: a message without
+        parts is plain text in content. When parts hold text, content must be empty or equal the text
+        parts' concatenation; the server fills it for readers that know only content.
+        """
+
+    @_builtins.property
+    def envelope(self) -> Global___Envelope:
+        """The original message exactly as the client's framework sent it, returned byte for byte."""
 
     def __init__(
         self,
@@ -148,10 +171,14 @@ class MessageInput(_message.Message):
         content: _builtins.str = ...,
         name: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        parts: _abc.Iterable[Global___Part] | None = ...,
+        envelope: Global___Envelope | None = ...,
+        message_id: _builtins.str = ...,
+        token_count: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "metadata", b"metadata", "name", b"name", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "envelope", b"envelope", "message_id", b"message_id", "metadata", b"metadata", "name", b"name", "parts", b"parts", "role", b"role", "token_count", b"token_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -191,6 +218,10 @@ class Message(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_COUNT_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """The workspace that owns the thread."""
     thread_id: _builtins.str
@@ -203,6 +234,10 @@ class Message(_message.Message):
     """The text."""
     name: _builtins.str
     """Optional author name."""
+    message_id: _builtins.str
+    """The client-chosen id, unique in the thread; empty when none was given."""
+    token_count: _builtins.int
+    """The client's token count; 0 when none was given (budgets then use the documented estimate)."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form string metadata."""
@@ -210,6 +245,14 @@ class Message(_message.Message):
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the server accepted the message."""
+
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Part]:
+        """The ordered parts, as appended (the field numbers 9-12 equal MessageInput's on purpose)."""
+
+    @_builtins.property
+    def envelope(self) -> Global___Envelope:
+        """The original message as the client sent it, byte for byte; unset when none was given."""
 
     def __init__(
         self,
@@ -222,14 +265,218 @@ class Message(_message.Message):
         name: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        parts: _abc.Iterable[Global___Part] | None = ...,
+        envelope: Global___Envelope | None = ...,
+        message_id: _builtins.str = ...,
+        token_count: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "envelope", b"envelope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "create_time", b"create_time", "metadata", b"metadata", "name", b"name", "role", b"role", "seq", b"seq", "thread_id", b"thread_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "create_time", b"create_time", "envelope", b"envelope", "message_id", b"message_id", "metadata", b"metadata", "name", b"name", "parts", b"parts", "role", b"role", "seq", b"seq", "thread_id", b"thread_id", "token_count", b"token_count", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class Part(_message.Message):
+    """Part is one ordered piece of a message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
+    TOOL_RESULT_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    MEDIA_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """Plain text."""
+    @_builtins.property
+    def tool_call(self) -> Global___ToolCall:
+        """A call the model asked for."""
+
+    @_builtins.property
+    def tool_result(self) -> Global___ToolResult:
+        """The result of a tool call."""
+
+    @_builtins.property
+    def reasoning(self) -> Global___Reasoning:
+        """The model's reasoning ("thinking")."""
+
+    @_builtins.property
+    def media(self) -> Global___Media:
+        """An image, audio clip or file, by reference."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        tool_call: Global___ToolCall | None = ...,
+        tool_result: Global___ToolResult | None = ...,
+        reasoning: Global___Reasoning | None = ...,
+        media: Global___Media | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "media", b"media", "reasoning", b"reasoning", "text", b"text", "tool_call", b"tool_call", "tool_result", b"tool_result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "media", b"media", "reasoning", b"reasoning", "text", b"text", "tool_call", b"tool_call", "tool_result", b"tool_result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["text", "tool_call", "tool_result", "reasoning", "media"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Part: _TypeAlias = Part  # noqa: Y015
+
+@_typing.final
+class ToolCall(_message.Message):
+    """ToolCall is a tool invocation the model asked for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The call's id, which its result names. Required."""
+    name: _builtins.str
+    """The tool's name. Required."""
+    arguments: _builtins.str
+    """The arguments exactly as received (usually a JSON object as text); never parsed or re-serialised."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
+
+@_typing.final
+class ToolResult(_message.Message):
+    """ToolResult is what a tool returned for a call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    IS_ERROR_FIELD_NUMBER: _builtins.int
+    tool_call_id: _builtins.str
+    """The id of the call this answers. Required."""
+    is_error: _builtins.bool
+    """True when the tool failed."""
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Part]:
+        """The result's own parts: text and media (no tool calls or results inside a result)."""
+
+    def __init__(
+        self,
+        *,
+        tool_call_id: _builtins.str = ...,
+        parts: _abc.Iterable[Global___Part] | None = ...,
+        is_error: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["is_error", b"is_error", "parts", b"parts", "tool_call_id", b"tool_call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolResult: _TypeAlias = ToolResult  # noqa: Y015
+
+@_typing.final
+class Reasoning(_message.Message):
+    """Reasoning is the model's reasoning, kept opaque where the provider signs or redacts it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    REDACTED_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The reasoning text; empty when redacted."""
+    signature: _builtins.bytes
+    """The provider's opaque signature, or the redacted blob when redacted is set, kept byte for byte."""
+    redacted: _builtins.bool
+    """True when the provider withheld the text (signature then holds the encrypted blob)."""
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+        redacted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["redacted", b"redacted", "signature", b"signature", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reasoning: _TypeAlias = Reasoning  # noqa: Y015
+
+@_typing.final
+class Media(_message.Message):
+    """Media is an image, audio clip or file, normally by reference."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URI_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    uri: _builtins.str
+    """Where the content lives (https:, gs:, s3:, file id ...). Required unless data is set."""
+    mime_type: _builtins.str
+    """The IANA media type, for example "image/png". Required."""
+    size_bytes: _builtins.int
+    """The content's size in bytes, when known."""
+    data: _builtins.bytes
+    """The content inline, only under LIMITS__MAX_INLINE_MEDIA_BYTES; prefer uri."""
+    def __init__(
+        self,
+        *,
+        uri: _builtins.str = ...,
+        mime_type: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "mime_type", b"mime_type", "size_bytes", b"size_bytes", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Media: _TypeAlias = Media  # noqa: Y015
+
+@_typing.final
+class Envelope(_message.Message):
+    """Envelope is the original message in its framework's own format."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
+    format: _builtins.str
+    """The format: "openai.chat", "openai.responses", "anthropic" or "langchain" (lowercase, dotted)."""
+    raw: _builtins.bytes
+    """The original JSON, byte for byte."""
+    def __init__(
+        self,
+        *,
+        format: _builtins.str = ...,
+        raw: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "raw", b"raw"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Envelope: _TypeAlias = Envelope  # noqa: Y015
 
 @_typing.final
 class Thread(_message.Message):

@@ -127,22 +127,36 @@ class GetHistoryRequest(_message.Message):
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     THREAD_ID_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    KEEP_SYSTEM_PREFIX_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """Empty means the default workspace."""
     thread_id: _builtins.str
     """The thread."""
     limit: _builtins.int
-    """How many of the newest messages to return; 0 means the server's window size."""
+    """How many of the newest messages to return; 0 means the server's window size (or, with max_tokens,
+    the largest page).
+    """
+    max_tokens: _builtins.int
+    """At most this many tokens in all; 0 means no token budget. The newest messages that fit are returned,
+    and a tool call is never returned without its results, nor a result without its call.
+    """
+    keep_system_prefix: _builtins.bool
+    """With max_tokens: the thread's leading system and developer messages are always returned first, and
+    count against the budget.
+    """
     def __init__(
         self,
         *,
         workspace_id: _builtins.str = ...,
         thread_id: _builtins.str = ...,
         limit: _builtins.int = ...,
+        max_tokens: _builtins.int = ...,
+        keep_system_prefix: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "thread_id", b"thread_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_system_prefix", b"keep_system_prefix", "limit", b"limit", "max_tokens", b"max_tokens", "thread_id", b"thread_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -329,6 +343,7 @@ class GetContextRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     MAX_MESSAGES_FIELD_NUMBER: _builtins.int
     MAX_CHARS_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """Empty means the default workspace."""
     thread_id: _builtins.str
@@ -339,6 +354,8 @@ class GetContextRequest(_message.Message):
     """At most this many recent messages; 0 means the server's window size."""
     max_chars: _builtins.int
     """At most this many characters in the whole block; 0 means no limit. Oldest messages go first."""
+    max_tokens: _builtins.int
+    """At most this many tokens of messages, chosen as GetHistory's max_tokens chooses them; 0 means none."""
     def __init__(
         self,
         *,
@@ -347,10 +364,11 @@ class GetContextRequest(_message.Message):
         user_id: _builtins.str = ...,
         max_messages: _builtins.int = ...,
         max_chars: _builtins.int = ...,
+        max_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_chars", b"max_chars", "max_messages", b"max_messages", "thread_id", b"thread_id", "user_id", b"user_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_chars", b"max_chars", "max_messages", b"max_messages", "max_tokens", b"max_tokens", "thread_id", b"thread_id", "user_id", b"user_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
