@@ -86,6 +86,11 @@ class AlreadyExistsError(ChatmemError):
         super().__init__(message)
         self.field = field
 
+    @classmethod
+    def message_id(cls, index: int, message_id: str, thread_id: str) -> AlreadyExistsError:
+        """Build the error for an appended message whose id the thread already holds."""
+        return cls(f"messages[{index}].message_id", f"message id {message_id!r} already exists in thread {thread_id!r}")
+
     def details(self) -> list[any_pb2.Any]:
         """Return a BadRequest naming the field, so that clients find it as they find invalid ones."""
         packed = any_pb2.Any()

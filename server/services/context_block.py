@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from chatmem.v1 import resources_pb2
 from server.storage.models import Role
 
-_ROLE_NAMES = {Role.USER: "user", Role.ASSISTANT: "assistant", Role.SYSTEM: "system", Role.TOOL: "tool"}
+_ROLE_NAMES = {
+    Role.USER: "user",
+    Role.ASSISTANT: "assistant",
+    Role.SYSTEM: "system",
+    Role.TOOL: "tool",
+    Role.DEVELOPER: "developer",
+}
 CONVERSATION_HEADER = "Previous conversation:"
 PREFERENCES_HEADER = "User preferences:"
 
@@ -59,3 +66,32 @@ def render(
     if pref_lines:
         sections.append("\n".join([PREFERENCES_HEADER, *pref_lines]))
     return "\n\n".join(sections), len(msg_lines), len(pref_lines)
+
+
+def line_text(message: resources_pb2.Message) -> str:
+    """Return a message as the block shows it: its text, with tool calls and results spelled out.
+
+    Reasoning is left out (it is the model's scratchpad, not conversation), and media appear as
+    ``[image/png https://...]``, so the model knows something was shown.
+    """
+    if not message.parts:
+        return message.content
+    pieces = [_piece(part) for part in message.parts]
+    return " ".join(p for p in pieces if p)
+
+
+def _piece(part: resources_pb2.Part) -> str:
+    kind = part.WhichOneof("kind")
+    if kind == "text":
+        return part.text
+    if kind == "tool_call":
+        call = part.tool_call
+        return f"[tool call {call.name} id={call.id}: {call.arguments}]"
+    if kind == "tool_result":
+        result = part.tool_result
+        inner = " ".join(p for p in map(_piece, result.parts) if p)
+        status = " error" if result.is_error else ""
+        return f"[tool result{status} id={result.tool_call_id}: {inner}]"
+    if kind == "media":
+        return f"[{part.media.mime_type} {part.media.uri or 'inline'}]"
+    return ""

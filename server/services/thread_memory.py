@@ -11,9 +11,9 @@ from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
 from server.config import Settings
 from server.errors import NotFoundError
-from server.services import context_block, convert, message_input, pagination, registry
+from server.services import budgeted, context_block, convert, message_input, pagination, registry
 from server.services.handler import server_stream, unary
-from server.storage.codec import frame_item
+from server.storage.codec import frame_item, frame_repeated
 from server.storage.models import (
     AppendCommand,
     NewMessage,
@@ -131,8 +131,17 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         """
         check = Checker(self._limits)
         key = self._thread_key(check, request.workspace_id, request.thread_id)
-        limit = check.page_size(request.limit, self._repo.window, self._limits.max_page_size, "limit")
+        budgeted_read = request.HasField("max_tokens")
+        default = self._limits.max_page_size if budgeted_read else self._repo.window
+        limit = check.page_size(request.limit, default, self._limits.max_page_size, "limit")
+        if request.max_tokens < 0:
+            check.fail("max_tokens", "must not be negative")
         check.done()
+        if budgeted_read:
+            chosen = await budgeted.read(
+                self._repo, key, limit, request.max_tokens, keep_prefix=request.keep_system_prefix
+            )
+            return frame_repeated(1, chosen.items) + _SERVING_FIELD[(chosen.served.tier, chosen.served.degraded)]
         window = await self._repo.history(key, limit)
         return window.framed + _SERVING_FIELD[(window.served.tier, window.served.degraded)]
 
@@ -206,18 +215,27 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         workspace = check.workspace(request.workspace_id)
         check.ident("thread_id", request.thread_id, required=False)
         check.ident("user_id", request.user_id, required=False)
-        limit = check.page_size(request.max_messages, self._repo.window, self._limits.max_page_size, "max_messages")
+        budgeted_read = request.HasField("max_tokens")
+        default = self._limits.max_page_size if budgeted_read else self._repo.window
+        limit = check.page_size(request.max_messages, default, self._limits.max_page_size, "max_messages")
         if request.max_chars < 0:
             check.fail("max_chars", "must not be negative")
+        if request.max_tokens < 0:
+            check.fail("max_tokens", "must not be negative")
         check.done()
         messages: list[tuple[Role, str]] = []
         prefs: dict[str, str] = {}
         tiers = []
         if request.thread_id:
-            window = await self._repo.history(ThreadKey(workspace, request.thread_id), limit)
-            parsed = pb.GetHistoryResponse.FromString(window.framed)
-            messages = [(Role(m.role), m.content) for m in parsed.messages]
-            tiers.append(window.served)
+            key = ThreadKey(workspace, request.thread_id)
+            if budgeted_read:
+                chosen = await budgeted.read(self._repo, key, limit, request.max_tokens)
+                parsed, window_served = chosen.messages, chosen.served
+            else:
+                window = await self._repo.history(key, limit)
+                parsed, window_served = list(pb.GetHistoryResponse.FromString(window.framed).messages), window.served
+            messages = [(Role(m.role), context_block.line_text(m)) for m in parsed]
+            tiers.append(window_served)
         if request.user_id:
             found = await self._repo.preferences.get(workspace, request.user_id)
             prefs = {k: v.value for k, v in found.values.items()}

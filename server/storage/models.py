@@ -290,11 +290,16 @@ class QueuedRequest:
     request_ttl_s: int
     max_unflushed: int
     seed: Seed | None = None
+    message_ids: tuple[str, ...] = ()  # one per message ('' for none), or () when none has one
 
 
 @dataclass(frozen=True, slots=True)
 class QueuedReply:
-    """The script's answer: ``ok``, ``dup`` (a replay), ``seed`` (counter missing), ``aborted`` or ``backlog``."""
+    """The script's answer: ``ok``, ``dup``, ``seed``, ``aborted``, ``backlog`` or ``taken``.
+
+    ``dup`` is a replay, ``seed`` a missing counter, and ``taken`` names (in ``value``) the index of a
+    message whose id the thread holds.
+    """
 
     kind: str
     first: int = 0

@@ -46,7 +46,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from server.errors import AbortedError, NotFoundError, UnavailableError
+from server.errors import AbortedError, AlreadyExistsError, NotFoundError, UnavailableError
 from server.storage.codec import encode_unsequenced, frame_repeated
 from server.storage.health import TierHealth
 from server.storage.models import (
@@ -240,6 +240,7 @@ class Repository:
             options_json="",  # read by the script only on a seeded call (a new counter): sent then
             request_ttl_s=self._policy.request_ttl_s,
             max_unflushed=self._policy.max_unflushed,
+            message_ids=await self._unused_ids(command),
         )
         reply = await cache.append_queued(request)
         if reply.kind == "seed":
@@ -255,6 +256,9 @@ class Repository:
             reply = await cache.append_queued(
                 dataclasses.replace(request, seed=seed, new_ttl_s=ttl, options_json=options_json)
             )
+        if reply.kind == "taken":
+            i = reply.value
+            raise AlreadyExistsError.message_id(i, command.messages[i].message_id, key.thread_id)
         if reply.kind == "aborted":
             raise AbortedError(
                 f"thread {key.thread_id!r} has last seq {reply.value}, expected {command.expected_last_seq}"
@@ -273,6 +277,25 @@ class Repository:
             Durability.QUEUED,
             Served(Tier.CACHE, self.tiers.degraded(key.bucket)),
         )
+
+    async def _unused_ids(self, command: AppendCommand) -> tuple[str, ...]:
+        """Return the messages' ids for the append script, marking those the store already holds.
+
+        The script checks the ids of appends still queued; the store answers for flushed ones. With the
+        store down the append goes on, checked against the queued ones only (write_behind's promise
+        is to keep accepting writes then).
+        """
+        ids = tuple(m.message_id for m in command.messages)
+        if not any(ids):
+            return ()
+        try:
+            taken = await self.tiers.on_store(self._messages.taken_message_ids(command.key, [i for i in ids if i]))
+        except UnavailableError:
+            log.warning("message ids of an append to %s were checked against queued appends only", command.key)
+            return ids
+        # Not refused here: a retry of an append that stored these ids is a replay, which only the
+        # script can recognise, so the ids the store holds go to it as '!' (refused after that check).
+        return tuple("!" if mid in taken else mid for mid in ids)
 
     async def _thread_known(self, key: ThreadKey) -> bool:
         seed = await self.tiers.on_store(self._messages.seed(key))

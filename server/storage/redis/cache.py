@@ -244,6 +244,7 @@ class RedisCache:
             request.options_json,
             request.key.workspace_id,
             request.key.thread_id,
+            *(request.message_ids or ("",) * len(request.encoded)),
             *request.encoded,
         ]
         reply = await self._run(self._append_queued, (k.msgs, k.meta, k.reqs, k.outbox, k.pending), args)

@@ -283,10 +283,14 @@ end
 # KEYS: msgs, meta, reqs, outbox, pending.
 # ARGV: 1 pending field, 2 request_id, 3 expected_last_seq (-1: none), 4 ttl for a new thread,
 #       5 maxlen, 6 reqs ttl, 7 max unflushed, 8 seeded ('1' or '0'), 9 seed last_seq, 10 seed count,
-#       11 seed incarnation, 12 options JSON of a new thread, 13 ws, 14 thread, 15.. encoded messages
-#       (chatmem.v1.Message without seq; the script appends field 3 = seq to each).
+#       11 seed incarnation, 12 options JSON of a new thread, 13 ws, 14 thread, then n message ids
+#       ('' for none), then the n encoded messages (chatmem.v1.Message without seq; the script appends
+#       field 3 = seq to each).
+# Message ids live in the reqs hash as '#' .. id (a request id never starts with '#'), for as long as
+# request ids do: long enough to cover the flush, after which the store answers for them. An id of '!'
+# (never a valid id) is one the store already holds: refused, but only after a replay is recognised.
 # Returns {'ok', first_seq, count, inc, extended} | {'dup', 'first:n:count'} | {'seed'}
-#       | {'aborted', last_seq} | {'backlog', unflushed}.
+#       | {'aborted', last_seq} | {'backlog', unflushed} | {'taken', index of the message}.
 APPEND_QUEUED = (
     _KEEP
     + _VARINT
@@ -296,6 +300,15 @@ local dead = m[4]
 if ARGV[2] ~= '' and not dead then
   local prev = redis.call('HGET', KEYS[3], ARGV[2])
   if prev then return {'dup', prev} end
+end
+local n = (#ARGV - 14) / 2
+if not dead then
+  for i = 1, n do
+    local id = ARGV[14 + i]
+    if id == '!' or (id ~= '' and redis.call('HEXISTS', KEYS[3], '#' .. id) == 1) then
+      return {'taken', i - 1}
+    end
+  end
 end
 local inc, seq, cnt, flushed = tonumber(m[1]), tonumber(m[5]), tonumber(m[6]), tonumber(m[7])
 local ttl = tonumber(m[3])
@@ -317,7 +330,6 @@ if reset then
 end
 local expected = tonumber(ARGV[3])
 if expected >= 0 and expected ~= seq then return {'aborted', seq} end
-local n = #ARGV - 14
 if seq + n - flushed > tonumber(ARGV[7]) then return {'backlog', seq - flushed} end
 local first = seq + 1
 local last = seq + n
@@ -327,7 +339,7 @@ local SEQ_TAG, ITEM_TAG = string.char(24), string.char(10)
 -- Window items and outbox payload are both framed as repeated field 1 (see codec.frame_item).
 local framed = {}
 for i = 1, n do
-  local b = ARGV[14 + i] .. SEQ_TAG .. varint(first + i - 1)
+  local b = ARGV[14 + n + i] .. SEQ_TAG .. varint(first + i - 1)
   framed[i] = ITEM_TAG .. varint(#b) .. b
 end
 local extend
@@ -355,10 +367,17 @@ redis.call('XADD', KEYS[4], '*', 'w', ARGV[13], 't', ARGV[14], 'i', inc, 'f', fi
            'r', ARGV[2], 'o', opts, 'm', table.concat(framed))
 -- string.format, not '..': Lua's tostring would print a microsecond incarnation as 1.79e+15.
 redis.call('HSET', KEYS[5], ARGV[1], string.format('%d:%d:%d', last, inc, cnt))
+local named = false
+for i = 1, n do
+  if ARGV[14 + i] ~= '' then
+    redis.call('HSET', KEYS[3], '#' .. ARGV[14 + i], first + i - 1)
+    named = true
+  end
+end
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[3], ARGV[2], string.format('%d:%d:%d', first, n, cnt))
-  redis.call('EXPIRE', KEYS[3], ARGV[6])
 end
+if ARGV[2] ~= '' or named then redis.call('EXPIRE', KEYS[3], ARGV[6]) end
 return {'ok', first, cnt, inc, extend and 1 or 0}
 """
 )

@@ -203,10 +203,7 @@ def taken_message_id(cmd: AppendCommand, taken: Set[tuple[ThreadKey, str]]) -> A
     """Return the error for the first message of ``cmd`` whose id the thread already holds, if any."""
     for i, m in enumerate(cmd.messages):
         if m.message_id and (cmd.key, m.message_id) in taken:
-            return AlreadyExistsError(
-                f"messages[{i}].message_id",
-                f"message id {m.message_id!r} already exists in thread {cmd.key.thread_id!r}",
-            )
+            return AlreadyExistsError.message_id(i, m.message_id, cmd.key.thread_id)
     return None
 
 

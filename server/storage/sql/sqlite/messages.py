@@ -167,7 +167,7 @@ class SqliteMessages:
 
     async def taken_message_ids(self, key: ThreadKey, ids: Sequence[str]) -> set[str]:
         """Return which of ``ids`` the thread already holds."""
-        found = await self._db.call(lambda db: _taken_ids(db, [(key, i) for i in ids]))
+        found = await self._db.call(lambda: _taken_ids(self._db.connection(), [(key, i) for i in ids]))
         return {i for _, i in found}
 
     async def encoded_tail(self, key: ThreadKey, limit: int) -> EncodedTail | None:

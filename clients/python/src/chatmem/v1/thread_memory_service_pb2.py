@@ -26,7 +26,7 @@ from chatmem.v1 import resources_pb2 as chatmem_dot_v1_dot_resources__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&chatmem/v1/thread_memory_service.proto\x12\nchatmem.v1\x1a\x1a\x63hatmem/v1/resources.proto\x1a\x1egoogle/protobuf/duration.proto\"\xfe\x01\n\x15\x41ppendMessagesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12*\n\x08messages\x18\x03 \x03(\x0b\x32\x18.chatmem.v1.MessageInput\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x1e\n\x11\x65xpected_last_seq\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07user_id\x18\x06 \x01(\t\x12\r\n\x05title\x18\x07 \x01(\t\x12&\n\x03ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationB\x14\n\x12_expected_last_seq\"\xa5\x01\n\x16\x41ppendMessagesResponse\x12\x0c\n\x04seqs\x18\x01 \x03(\x03\x12\x15\n\rmessage_count\x18\x02 \x01(\x03\x12*\n\ndurability\x18\x03 \x01(\x0e\x32\x16.chatmem.v1.Durability\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x12(\n\x07serving\x18\x05 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"{\n\x11GetHistoryRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x1a\n\x12keep_system_prefix\x18\x05 \x01(\x08\"e\n\x12GetHistoryResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.chatmem.v1.Message\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"\x89\x01\n\x13ListMessagesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x11\n\tstart_seq\x18\x05 \x01(\x03\x12\x0f\n\x07reverse\x18\x06 \x01(\x08\"\x80\x01\n\x14ListMessagesResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.chatmem.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12(\n\x07serving\x18\x03 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"f\n\x14StreamHistoryRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\x12\x12\n\nchunk_size\x18\x04 \x01(\x05\"h\n\x15StreamHistoryResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.chatmem.v1.Message\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"\x8a\x01\n\x11GetContextRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x14\n\x0cmax_messages\x18\x04 \x01(\x05\x12\x11\n\tmax_chars\x18\x05 \x01(\x05\x12\x12\n\nmax_tokens\x18\x06 \x01(\x05\"\x80\x01\n\x12GetContextResponse\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12\x15\n\rmessage_count\x18\x02 \x01(\x05\x12\x18\n\x10preference_count\x18\x03 \x01(\x05\x12(\n\x07serving\x18\x04 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\";\n\x10GetThreadRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\"a\n\x11GetThreadResponse\x12\"\n\x06thread\x18\x01 \x01(\x0b\x32\x12.chatmem.v1.Thread\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"b\n\x12ListThreadsRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"}\n\x13ListThreadsResponse\x12#\n\x07threads\x18\x01 \x03(\x0b\x32\x12.chatmem.v1.Thread\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12(\n\x07serving\x18\x03 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"\xb8\x01\n\x13UpdateThreadRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x12\n\x05title\x18\x03 \x01(\tH\x00\x88\x01\x01\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x06pinned\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x08\n\x06_titleB\t\n\x07_pinned\"d\n\x14UpdateThreadResponse\x12\"\n\x06thread\x18\x01 \x01(\x0b\x32\x12.chatmem.v1.Thread\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"i\n\x13\x44\x65leteThreadRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x15\n\rallow_missing\x18\x04 \x01(\x08\"Z\n\x14\x44\x65leteThreadResponse\x12\x18\n\x10\x64\x65leted_messages\x18\x01 \x01(\x03\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo2\xf3\x05\n\x13ThreadMemoryService\x12W\n\x0e\x41ppendMessages\x12!.chatmem.v1.AppendMessagesRequest\x1a\".chatmem.v1.AppendMessagesResponse\x12K\n\nGetHistory\x12\x1d.chatmem.v1.GetHistoryRequest\x1a\x1e.chatmem.v1.GetHistoryResponse\x12Q\n\x0cListMessages\x12\x1f.chatmem.v1.ListMessagesRequest\x1a .chatmem.v1.ListMessagesResponse\x12V\n\rStreamHistory\x12 .chatmem.v1.StreamHistoryRequest\x1a!.chatmem.v1.StreamHistoryResponse0\x01\x12K\n\nGetContext\x12\x1d.chatmem.v1.GetContextRequest\x1a\x1e.chatmem.v1.GetContextResponse\x12H\n\tGetThread\x12\x1c.chatmem.v1.GetThreadRequest\x1a\x1d.chatmem.v1.GetThreadResponse\x12N\n\x0bListThreads\x12\x1e.chatmem.v1.ListThreadsRequest\x1a\x1f.chatmem.v1.ListThreadsResponse\x12Q\n\x0cUpdateThread\x12\x1f.chatmem.v1.UpdateThreadRequest\x1a .chatmem.v1.UpdateThreadResponse\x12Q\n\x0c\x44\x65leteThread\x12\x1f.chatmem.v1.DeleteThreadRequest\x1a .chatmem.v1.DeleteThreadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&chatmem/v1/thread_memory_service.proto\x12\nchatmem.v1\x1a\x1a\x63hatmem/v1/resources.proto\x1a\x1egoogle/protobuf/duration.proto\"\xfe\x01\n\x15\x41ppendMessagesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12*\n\x08messages\x18\x03 \x03(\x0b\x32\x18.chatmem.v1.MessageInput\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x1e\n\x11\x65xpected_last_seq\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07user_id\x18\x06 \x01(\t\x12\r\n\x05title\x18\x07 \x01(\t\x12&\n\x03ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationB\x14\n\x12_expected_last_seq\"\xa5\x01\n\x16\x41ppendMessagesResponse\x12\x0c\n\x04seqs\x18\x01 \x03(\x03\x12\x15\n\rmessage_count\x18\x02 \x01(\x03\x12*\n\ndurability\x18\x03 \x01(\x0e\x32\x16.chatmem.v1.Durability\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x12(\n\x07serving\x18\x05 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"\x8f\x01\n\x11GetHistoryRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\x12keep_system_prefix\x18\x05 \x01(\x08\x42\r\n\x0b_max_tokens\"e\n\x12GetHistoryResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.chatmem.v1.Message\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"\x89\x01\n\x13ListMessagesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x11\n\tstart_seq\x18\x05 \x01(\x03\x12\x0f\n\x07reverse\x18\x06 \x01(\x08\"\x80\x01\n\x14ListMessagesResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.chatmem.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12(\n\x07serving\x18\x03 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"f\n\x14StreamHistoryRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\x12\x12\n\nchunk_size\x18\x04 \x01(\x05\"h\n\x15StreamHistoryResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.chatmem.v1.Message\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"\x9e\x01\n\x11GetContextRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x14\n\x0cmax_messages\x18\x04 \x01(\x05\x12\x11\n\tmax_chars\x18\x05 \x01(\x05\x12\x17\n\nmax_tokens\x18\x06 \x01(\x05H\x00\x88\x01\x01\x42\r\n\x0b_max_tokens\"\x80\x01\n\x12GetContextResponse\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12\x15\n\rmessage_count\x18\x02 \x01(\x05\x12\x18\n\x10preference_count\x18\x03 \x01(\x05\x12(\n\x07serving\x18\x04 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\";\n\x10GetThreadRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\"a\n\x11GetThreadResponse\x12\"\n\x06thread\x18\x01 \x01(\x0b\x32\x12.chatmem.v1.Thread\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"b\n\x12ListThreadsRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"}\n\x13ListThreadsResponse\x12#\n\x07threads\x18\x01 \x03(\x0b\x32\x12.chatmem.v1.Thread\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12(\n\x07serving\x18\x03 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"\xb8\x01\n\x13UpdateThreadRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x12\n\x05title\x18\x03 \x01(\tH\x00\x88\x01\x01\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x06pinned\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x08\n\x06_titleB\t\n\x07_pinned\"d\n\x14UpdateThreadResponse\x12\"\n\x06thread\x18\x01 \x01(\x0b\x32\x12.chatmem.v1.Thread\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"i\n\x13\x44\x65leteThreadRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x15\n\rallow_missing\x18\x04 \x01(\x08\"Z\n\x14\x44\x65leteThreadResponse\x12\x18\n\x10\x64\x65leted_messages\x18\x01 \x01(\x03\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo2\xf3\x05\n\x13ThreadMemoryService\x12W\n\x0e\x41ppendMessages\x12!.chatmem.v1.AppendMessagesRequest\x1a\".chatmem.v1.AppendMessagesResponse\x12K\n\nGetHistory\x12\x1d.chatmem.v1.GetHistoryRequest\x1a\x1e.chatmem.v1.GetHistoryResponse\x12Q\n\x0cListMessages\x12\x1f.chatmem.v1.ListMessagesRequest\x1a .chatmem.v1.ListMessagesResponse\x12V\n\rStreamHistory\x12 .chatmem.v1.StreamHistoryRequest\x1a!.chatmem.v1.StreamHistoryResponse0\x01\x12K\n\nGetContext\x12\x1d.chatmem.v1.GetContextRequest\x1a\x1e.chatmem.v1.GetContextResponse\x12H\n\tGetThread\x12\x1c.chatmem.v1.GetThreadRequest\x1a\x1d.chatmem.v1.GetThreadResponse\x12N\n\x0bListThreads\x12\x1e.chatmem.v1.ListThreadsRequest\x1a\x1f.chatmem.v1.ListThreadsResponse\x12Q\n\x0cUpdateThread\x12\x1f.chatmem.v1.UpdateThreadRequest\x1a .chatmem.v1.UpdateThreadResponse\x12Q\n\x0c\x44\x65leteThread\x12\x1f.chatmem.v1.DeleteThreadRequest\x1a .chatmem.v1.DeleteThreadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,38 +37,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPENDMESSAGESREQUEST']._serialized_end=369
   _globals['_APPENDMESSAGESRESPONSE']._serialized_start=372
   _globals['_APPENDMESSAGESRESPONSE']._serialized_end=537
-  _globals['_GETHISTORYREQUEST']._serialized_start=539
-  _globals['_GETHISTORYREQUEST']._serialized_end=662
-  _globals['_GETHISTORYRESPONSE']._serialized_start=664
-  _globals['_GETHISTORYRESPONSE']._serialized_end=765
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=768
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=905
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=908
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1036
-  _globals['_STREAMHISTORYREQUEST']._serialized_start=1038
-  _globals['_STREAMHISTORYREQUEST']._serialized_end=1140
-  _globals['_STREAMHISTORYRESPONSE']._serialized_start=1142
-  _globals['_STREAMHISTORYRESPONSE']._serialized_end=1246
-  _globals['_GETCONTEXTREQUEST']._serialized_start=1249
-  _globals['_GETCONTEXTREQUEST']._serialized_end=1387
-  _globals['_GETCONTEXTRESPONSE']._serialized_start=1390
-  _globals['_GETCONTEXTRESPONSE']._serialized_end=1518
-  _globals['_GETTHREADREQUEST']._serialized_start=1520
-  _globals['_GETTHREADREQUEST']._serialized_end=1579
-  _globals['_GETTHREADRESPONSE']._serialized_start=1581
-  _globals['_GETTHREADRESPONSE']._serialized_end=1678
-  _globals['_LISTTHREADSREQUEST']._serialized_start=1680
-  _globals['_LISTTHREADSREQUEST']._serialized_end=1778
-  _globals['_LISTTHREADSRESPONSE']._serialized_start=1780
-  _globals['_LISTTHREADSRESPONSE']._serialized_end=1905
-  _globals['_UPDATETHREADREQUEST']._serialized_start=1908
-  _globals['_UPDATETHREADREQUEST']._serialized_end=2092
-  _globals['_UPDATETHREADRESPONSE']._serialized_start=2094
-  _globals['_UPDATETHREADRESPONSE']._serialized_end=2194
-  _globals['_DELETETHREADREQUEST']._serialized_start=2196
-  _globals['_DELETETHREADREQUEST']._serialized_end=2301
-  _globals['_DELETETHREADRESPONSE']._serialized_start=2303
-  _globals['_DELETETHREADRESPONSE']._serialized_end=2393
-  _globals['_THREADMEMORYSERVICE']._serialized_start=2396
-  _globals['_THREADMEMORYSERVICE']._serialized_end=3151
+  _globals['_GETHISTORYREQUEST']._serialized_start=540
+  _globals['_GETHISTORYREQUEST']._serialized_end=683
+  _globals['_GETHISTORYRESPONSE']._serialized_start=685
+  _globals['_GETHISTORYRESPONSE']._serialized_end=786
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=789
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=926
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=929
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1057
+  _globals['_STREAMHISTORYREQUEST']._serialized_start=1059
+  _globals['_STREAMHISTORYREQUEST']._serialized_end=1161
+  _globals['_STREAMHISTORYRESPONSE']._serialized_start=1163
+  _globals['_STREAMHISTORYRESPONSE']._serialized_end=1267
+  _globals['_GETCONTEXTREQUEST']._serialized_start=1270
+  _globals['_GETCONTEXTREQUEST']._serialized_end=1428
+  _globals['_GETCONTEXTRESPONSE']._serialized_start=1431
+  _globals['_GETCONTEXTRESPONSE']._serialized_end=1559
+  _globals['_GETTHREADREQUEST']._serialized_start=1561
+  _globals['_GETTHREADREQUEST']._serialized_end=1620
+  _globals['_GETTHREADRESPONSE']._serialized_start=1622
+  _globals['_GETTHREADRESPONSE']._serialized_end=1719
+  _globals['_LISTTHREADSREQUEST']._serialized_start=1721
+  _globals['_LISTTHREADSREQUEST']._serialized_end=1819
+  _globals['_LISTTHREADSRESPONSE']._serialized_start=1821
+  _globals['_LISTTHREADSRESPONSE']._serialized_end=1946
+  _globals['_UPDATETHREADREQUEST']._serialized_start=1949
+  _globals['_UPDATETHREADREQUEST']._serialized_end=2133
+  _globals['_UPDATETHREADRESPONSE']._serialized_start=2135
+  _globals['_UPDATETHREADRESPONSE']._serialized_end=2235
+  _globals['_DELETETHREADREQUEST']._serialized_start=2237
+  _globals['_DELETETHREADREQUEST']._serialized_end=2342
+  _globals['_DELETETHREADRESPONSE']._serialized_start=2344
+  _globals['_DELETETHREADRESPONSE']._serialized_end=2434
+  _globals['_THREADMEMORYSERVICE']._serialized_start=2437
+  _globals['_THREADMEMORYSERVICE']._serialized_end=3192
 # @@protoc_insertion_point(module_scope)

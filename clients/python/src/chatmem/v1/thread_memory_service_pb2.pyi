@@ -138,8 +138,9 @@ class GetHistoryRequest(_message.Message):
     the largest page).
     """
     max_tokens: _builtins.int
-    """At most this many tokens in all; 0 means no token budget. The newest messages that fit are returned,
-    and a tool call is never returned without its results, nor a result without its call.
+    """When set, at most this many tokens in all (0 returns nothing); unset means no token budget. The
+    newest messages that fit are returned, and a tool call is never returned without its results, nor a
+    result without its call.
     """
     keep_system_prefix: _builtins.bool
     """With max_tokens: the thread's leading system and developer messages are always returned first, and
@@ -151,14 +152,16 @@ class GetHistoryRequest(_message.Message):
         workspace_id: _builtins.str = ...,
         thread_id: _builtins.str = ...,
         limit: _builtins.int = ...,
-        max_tokens: _builtins.int = ...,
+        max_tokens: _builtins.int | None = ...,
         keep_system_prefix: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "max_tokens", b"max_tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_system_prefix", b"keep_system_prefix", "limit", b"limit", "max_tokens", b"max_tokens", "thread_id", b"thread_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "keep_system_prefix", b"keep_system_prefix", "limit", b"limit", "max_tokens", b"max_tokens", "thread_id", b"thread_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
 
 Global___GetHistoryRequest: _TypeAlias = GetHistoryRequest  # noqa: Y015
 
@@ -351,11 +354,13 @@ class GetContextRequest(_message.Message):
     user_id: _builtins.str
     """The user; empty means no preferences section."""
     max_messages: _builtins.int
-    """At most this many recent messages; 0 means the server's window size."""
+    """At most this many recent messages; 0 means the server's window size (or, with max_tokens, the
+    largest page).
+    """
     max_chars: _builtins.int
     """At most this many characters in the whole block; 0 means no limit. Oldest messages go first."""
     max_tokens: _builtins.int
-    """At most this many tokens of messages, chosen as GetHistory's max_tokens chooses them; 0 means none."""
+    """When set, at most this many tokens of messages, chosen as GetHistory's max_tokens chooses them."""
     def __init__(
         self,
         *,
@@ -364,13 +369,15 @@ class GetContextRequest(_message.Message):
         user_id: _builtins.str = ...,
         max_messages: _builtins.int = ...,
         max_chars: _builtins.int = ...,
-        max_tokens: _builtins.int = ...,
+        max_tokens: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "max_tokens", b"max_tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_chars", b"max_chars", "max_messages", b"max_messages", "max_tokens", b"max_tokens", "thread_id", b"thread_id", "user_id", b"user_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "max_chars", b"max_chars", "max_messages", b"max_messages", "max_tokens", b"max_tokens", "thread_id", b"thread_id", "user_id", b"user_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
 
 Global___GetContextRequest: _TypeAlias = GetContextRequest  # noqa: Y015
 
