@@ -120,7 +120,9 @@ def violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
         (
             r.MessageInput(
                 role=r.ROLE_TOOL,
-                parts=[r.Part(tool_result=r.ToolResult(tool_call_id="c", parts=[r.Part(tool_call=r.ToolCall(id="d"))]))],
+                parts=[
+                    r.Part(tool_result=r.ToolResult(tool_call_id="c", parts=[r.Part(tool_call=r.ToolCall(id="d"))]))
+                ],
             ),
             "messages[0].parts[0].tool_result.parts[0].tool_call",
         ),
