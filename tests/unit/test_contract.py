@@ -42,3 +42,14 @@ def test_buf_lint_is_clean() -> None:
 def test_buf_format_is_clean() -> None:
     done = subprocess.run([_buf(), "format", "--diff", "--exit-code"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# The v1 contract as buf built it from commit 076e696 (`buf build '.git#ref=076e696...' -o ...`): every
+# later contract must stay wire- and source-compatible with it. An image, not a git ref, so that a
+# checkout without history checks it too.
+V1_CONTRACT = ROOT / "tests" / "data" / "contract-v1.binpb"
+
+
+def test_buf_breaking_against_the_v1_contract_is_clean() -> None:
+    done = subprocess.run([_buf(), "breaking", "--against", str(V1_CONTRACT)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
