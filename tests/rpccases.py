@@ -49,6 +49,20 @@ BUILDERS: dict[str, Builder] = {
     f"{_T}DeleteThread": lambda ws, tid, uid, tag: t.DeleteThreadRequest(
         workspace_id=ws, thread_id=tid, request_id=_rid()
     ),
+    f"{_T}WatchThread": lambda ws, tid, uid, tag: t.WatchThreadRequest(workspace_id=ws, thread_id=tid),
+    f"{_T}ForkThread": lambda ws, tid, uid, tag: t.ForkThreadRequest(
+        workspace_id=ws, thread_id=tid, new_thread_id=f"{tid}-fork-{_rid()[:8]}", request_id=_rid()
+    ),
+    f"{_T}TruncateThread": lambda ws, tid, uid, tag: t.TruncateThreadRequest(
+        workspace_id=ws, thread_id=tid, after_seq=1000, request_id=_rid()
+    ),
+    f"{_T}CompactThread": lambda ws, tid, uid, tag: t.CompactThreadRequest(
+        workspace_id=ws,
+        thread_id=tid,
+        through_seq=1,
+        summary=resources_pb2.MessageInput(role=resources_pb2.ROLE_SYSTEM, content=f"{tag} summary"),
+        request_id=_rid(),
+    ),
     f"{_P}GetPreferences": lambda ws, tid, uid, tag: p.GetPreferencesRequest(workspace_id=ws, user_id=uid),
     f"{_P}SetPreferences": lambda ws, tid, uid, tag: p.SetPreferencesRequest(
         workspace_id=ws, user_id=uid, preferences={"tone": f"{tag} set"}, request_id=_rid()

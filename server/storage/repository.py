@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 
 from server.errors import AbortedError, AlreadyExistsError, NotFoundError, UnavailableError
 from server.storage.codec import encode_unsequenced, frame_repeated
+from server.storage.events import NoEvents, ThreadEvents
 from server.storage.health import TierHealth
 from server.storage.models import (
     AppendCommand,
@@ -118,12 +119,19 @@ class Repository:
         cache: the Redis tier, or None to run without L1.
         policy: the consistency settings.
         observer: receives cache hits, misses and hydrations (for metrics).
+        events: told of every acknowledged append and removal (the watch hub); settable later.
     """
 
     def __init__(
-        self, stores: Stores, cache: Cache | None, policy: Policy, observer: StorageObserver | None = None
+        self,
+        stores: Stores,
+        cache: Cache | None,
+        policy: Policy,
+        observer: StorageObserver | None = None,
+        events: ThreadEvents | None = None,
     ) -> None:
         self._messages = stores.messages
+        self.events: ThreadEvents = events or NoEvents()
         self._threads = stores.threads
         self._policy = policy
         self._observer = observer or NoObserver()
@@ -200,6 +208,8 @@ class Repository:
         outcome = await self.tiers.fenced(lambda: self._append(command))
         # A load that started before this write must not answer a read that starts after it.
         self._hydrations.pop(command.key, None)
+        if outcome.count:
+            self.events.appended(command.key, outcome.first_seq + outcome.count - 1)
         return outcome
 
     async def _append(self, command: AppendCommand) -> AppendOutcome:
@@ -328,7 +338,10 @@ class Repository:
         Returns:
             (messages deleted from the store, how it was served), or None if nothing was deleted.
         """
-        return await self.tiers.fenced(lambda: self._delete_thread(key, idle_before_us))
+        deleted = await self.tiers.fenced(lambda: self._delete_thread(key, idle_before_us))
+        if deleted is not None:
+            self.events.removed(key)
+        return deleted
 
     async def _delete_thread(self, key: ThreadKey, idle_before_us: int | None) -> tuple[int, Served] | None:
         used, incarnation = await self.tiers.on_cache(key.bucket, lambda c: c.thread_incarnation(key))

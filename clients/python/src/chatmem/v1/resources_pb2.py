@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hatmem/v1/resources.proto\x12\nchatmem.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x02\n\x0cMessageInput\x12\x1e\n\x04role\x18\x01 \x01(\x0e\x32\x10.chatmem.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x38\n\x08metadata\x18\x04 \x03(\x0b\x32&.chatmem.v1.MessageInput.MetadataEntry\x12\x1f\n\x05parts\x18\t \x03(\x0b\x32\x10.chatmem.v1.Part\x12&\n\x08\x65nvelope\x18\n \x01(\x0b\x32\x14.chatmem.v1.Envelope\x12\x12\n\nmessage_id\x18\x0b \x01(\t\x12\x13\n\x0btoken_count\x18\x0c \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x03\n\x07Message\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x1e\n\x04role\x18\x04 \x01(\x0e\x32\x10.chatmem.v1.Role\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x33\n\x08metadata\x18\x07 \x03(\x0b\x32!.chatmem.v1.Message.MetadataEntry\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x05parts\x18\t \x03(\x0b\x32\x10.chatmem.v1.Part\x12&\n\x08\x65nvelope\x18\n \x01(\x0b\x32\x14.chatmem.v1.Envelope\x12\x12\n\nmessage_id\x18\x0b \x01(\t\x12\x13\n\x0btoken_count\x18\x0c \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc8\x01\n\x04Part\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\ttool_call\x18\x02 \x01(\x0b\x32\x14.chatmem.v1.ToolCallH\x00\x12-\n\x0btool_result\x18\x03 \x01(\x0b\x32\x16.chatmem.v1.ToolResultH\x00\x12*\n\treasoning\x18\x04 \x01(\x0b\x32\x15.chatmem.v1.ReasoningH\x00\x12\"\n\x05media\x18\x05 \x01(\x0b\x32\x11.chatmem.v1.MediaH\x00\x42\x06\n\x04kind\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"U\n\nToolResult\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x1f\n\x05parts\x18\x02 \x03(\x0b\x32\x10.chatmem.v1.Part\x12\x10\n\x08is_error\x18\x03 \x01(\x08\">\n\tReasoning\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x10\n\x08redacted\x18\x03 \x01(\x08\"I\n\x05Media\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\'\n\x08\x45nvelope\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0b\n\x03raw\x18\x02 \x01(\x0c\"\x94\x02\n\x06Thread\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06pinned\x18\x06 \x01(\x08\x12\x15\n\rmessage_count\x18\x07 \x01(\x03\x12\x10\n\x08last_seq\x18\x08 \x01(\x03\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\nPreference\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12/\n\x0bupdate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x0bServingInfo\x12\x1e\n\x04tier\x18\x01 \x01(\x0e\x32\x10.chatmem.v1.Tier\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08*s\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x12\x0f\n\x0bROLE_SYSTEM\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x12\x12\n\x0eROLE_DEVELOPER\x10\x05*<\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0e\n\nTIER_CACHE\x10\x01\x12\x0e\n\nTIER_STORE\x10\x02*Y\n\nDurability\x12\x1a\n\x16\x44URABILITY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44URABILITY_PERSISTED\x10\x01\x12\x15\n\x11\x44URABILITY_QUEUED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hatmem/v1/resources.proto\x12\nchatmem.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x02\n\x0cMessageInput\x12\x1e\n\x04role\x18\x01 \x01(\x0e\x32\x10.chatmem.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x38\n\x08metadata\x18\x04 \x03(\x0b\x32&.chatmem.v1.MessageInput.MetadataEntry\x12\x1f\n\x05parts\x18\t \x03(\x0b\x32\x10.chatmem.v1.Part\x12&\n\x08\x65nvelope\x18\n \x01(\x0b\x32\x14.chatmem.v1.Envelope\x12\x12\n\nmessage_id\x18\x0b \x01(\t\x12\x13\n\x0btoken_count\x18\x0c \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xba\x03\n\x07Message\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x1e\n\x04role\x18\x04 \x01(\x0e\x32\x10.chatmem.v1.Role\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x33\n\x08metadata\x18\x07 \x03(\x0b\x32!.chatmem.v1.Message.MetadataEntry\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x05parts\x18\t \x03(\x0b\x32\x10.chatmem.v1.Part\x12&\n\x08\x65nvelope\x18\n \x01(\x0b\x32\x14.chatmem.v1.Envelope\x12\x12\n\nmessage_id\x18\x0b \x01(\t\x12\x13\n\x0btoken_count\x18\x0c \x01(\x05\x12\x11\n\tcompacted\x18\r \x01(\x08\x12\x1e\n\x16summarizes_through_seq\x18\x0e \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc8\x01\n\x04Part\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\ttool_call\x18\x02 \x01(\x0b\x32\x14.chatmem.v1.ToolCallH\x00\x12-\n\x0btool_result\x18\x03 \x01(\x0b\x32\x16.chatmem.v1.ToolResultH\x00\x12*\n\treasoning\x18\x04 \x01(\x0b\x32\x15.chatmem.v1.ReasoningH\x00\x12\"\n\x05media\x18\x05 \x01(\x0b\x32\x11.chatmem.v1.MediaH\x00\x42\x06\n\x04kind\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"U\n\nToolResult\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x1f\n\x05parts\x18\x02 \x03(\x0b\x32\x10.chatmem.v1.Part\x12\x10\n\x08is_error\x18\x03 \x01(\x08\">\n\tReasoning\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x10\n\x08redacted\x18\x03 \x01(\x08\"I\n\x05Media\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\'\n\x08\x45nvelope\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0b\n\x03raw\x18\x02 \x01(\x0c\"\xdf\x02\n\x06Thread\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06pinned\x18\x06 \x01(\x08\x12\x15\n\rmessage_count\x18\x07 \x01(\x03\x12\x10\n\x08last_seq\x18\x08 \x01(\x03\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10parent_thread_id\x18\x0b \x01(\t\x12\x10\n\x08\x66ork_seq\x18\x0c \x01(\x03\x12\x1d\n\x15\x63ompacted_through_seq\x18\r \x01(\x03\"Y\n\nPreference\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12/\n\x0bupdate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x0bServingInfo\x12\x1e\n\x04tier\x18\x01 \x01(\x0e\x32\x10.chatmem.v1.Tier\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08*s\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x12\x0f\n\x0bROLE_SYSTEM\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x12\x12\n\x0eROLE_DEVELOPER\x10\x05*<\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0e\n\nTIER_CACHE\x10\x01\x12\x0e\n\nTIER_STORE\x10\x02*Y\n\nDurability\x12\x1a\n\x16\x44URABILITY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44URABILITY_PERSISTED\x10\x01\x12\x15\n\x11\x44URABILITY_QUEUED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,36 +37,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGEINPUT_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_MESSAGE_METADATAENTRY']._loaded_options = None
   _globals['_MESSAGE_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=1764
-  _globals['_ROLE']._serialized_end=1879
-  _globals['_TIER']._serialized_start=1881
-  _globals['_TIER']._serialized_end=1941
-  _globals['_DURABILITY']._serialized_start=1943
-  _globals['_DURABILITY']._serialized_end=2032
+  _globals['_ROLE']._serialized_start=1890
+  _globals['_ROLE']._serialized_end=2005
+  _globals['_TIER']._serialized_start=2007
+  _globals['_TIER']._serialized_end=2067
+  _globals['_DURABILITY']._serialized_start=2069
+  _globals['_DURABILITY']._serialized_end=2158
   _globals['_MESSAGEINPUT']._serialized_start=108
   _globals['_MESSAGEINPUT']._serialized_end=406
   _globals['_MESSAGEINPUT_METADATAENTRY']._serialized_start=359
   _globals['_MESSAGEINPUT_METADATAENTRY']._serialized_end=406
   _globals['_MESSAGE']._serialized_start=409
-  _globals['_MESSAGE']._serialized_end=800
+  _globals['_MESSAGE']._serialized_end=851
   _globals['_MESSAGE_METADATAENTRY']._serialized_start=359
   _globals['_MESSAGE_METADATAENTRY']._serialized_end=406
-  _globals['_PART']._serialized_start=803
-  _globals['_PART']._serialized_end=1003
-  _globals['_TOOLCALL']._serialized_start=1005
-  _globals['_TOOLCALL']._serialized_end=1060
-  _globals['_TOOLRESULT']._serialized_start=1062
-  _globals['_TOOLRESULT']._serialized_end=1147
-  _globals['_REASONING']._serialized_start=1149
-  _globals['_REASONING']._serialized_end=1211
-  _globals['_MEDIA']._serialized_start=1213
-  _globals['_MEDIA']._serialized_end=1286
-  _globals['_ENVELOPE']._serialized_start=1288
-  _globals['_ENVELOPE']._serialized_end=1327
-  _globals['_THREAD']._serialized_start=1330
-  _globals['_THREAD']._serialized_end=1606
-  _globals['_PREFERENCE']._serialized_start=1608
-  _globals['_PREFERENCE']._serialized_end=1697
-  _globals['_SERVINGINFO']._serialized_start=1699
-  _globals['_SERVINGINFO']._serialized_end=1762
+  _globals['_PART']._serialized_start=854
+  _globals['_PART']._serialized_end=1054
+  _globals['_TOOLCALL']._serialized_start=1056
+  _globals['_TOOLCALL']._serialized_end=1111
+  _globals['_TOOLRESULT']._serialized_start=1113
+  _globals['_TOOLRESULT']._serialized_end=1198
+  _globals['_REASONING']._serialized_start=1200
+  _globals['_REASONING']._serialized_end=1262
+  _globals['_MEDIA']._serialized_start=1264
+  _globals['_MEDIA']._serialized_end=1337
+  _globals['_ENVELOPE']._serialized_start=1339
+  _globals['_ENVELOPE']._serialized_end=1378
+  _globals['_THREAD']._serialized_start=1381
+  _globals['_THREAD']._serialized_end=1732
+  _globals['_PREFERENCE']._serialized_start=1734
+  _globals['_PREFERENCE']._serialized_end=1823
+  _globals['_SERVINGINFO']._serialized_start=1825
+  _globals['_SERVINGINFO']._serialized_end=1888
 # @@protoc_insertion_point(module_scope)

@@ -222,6 +222,8 @@ class Message(_message.Message):
     ENVELOPE_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+    COMPACTED_FIELD_NUMBER: _builtins.int
+    SUMMARIZES_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """The workspace that owns the thread."""
     thread_id: _builtins.str
@@ -238,6 +240,10 @@ class Message(_message.Message):
     """The client-chosen id, unique in the thread; empty when none was given."""
     token_count: _builtins.int
     """The client's token count; 0 when none was given (budgets then use the documented estimate)."""
+    compacted: _builtins.bool
+    """True in ListMessages and StreamHistory for a message that a CompactThread summary stands in for."""
+    summarizes_through_seq: _builtins.int
+    """Set on a CompactThread summary (which then carries that seq): it stands in for the messages up to it."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form string metadata."""
@@ -269,10 +275,12 @@ class Message(_message.Message):
         envelope: Global___Envelope | None = ...,
         message_id: _builtins.str = ...,
         token_count: _builtins.int = ...,
+        compacted: _builtins.bool = ...,
+        summarizes_through_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "envelope", b"envelope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "create_time", b"create_time", "envelope", b"envelope", "message_id", b"message_id", "metadata", b"metadata", "name", b"name", "parts", b"parts", "role", b"role", "seq", b"seq", "thread_id", b"thread_id", "token_count", b"token_count", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compacted", b"compacted", "content", b"content", "create_time", b"create_time", "envelope", b"envelope", "message_id", b"message_id", "metadata", b"metadata", "name", b"name", "parts", b"parts", "role", b"role", "seq", b"seq", "summarizes_through_seq", b"summarizes_through_seq", "thread_id", b"thread_id", "token_count", b"token_count", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -494,6 +502,9 @@ class Thread(_message.Message):
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    PARENT_THREAD_ID_FIELD_NUMBER: _builtins.int
+    FORK_SEQ_FIELD_NUMBER: _builtins.int
+    COMPACTED_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """The workspace that owns the thread."""
     thread_id: _builtins.str
@@ -508,6 +519,12 @@ class Thread(_message.Message):
     """The number of messages in the thread."""
     last_seq: _builtins.int
     """The seq of the newest message."""
+    parent_thread_id: _builtins.str
+    """The thread this one was forked from; empty when it was not forked."""
+    fork_seq: _builtins.int
+    """The seq of the parent's last message that the fork copied."""
+    compacted_through_seq: _builtins.int
+    """The messages up to this seq are compacted: a summary stands in for them in the window; 0 when none."""
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
         """Idle time after which the thread's window leaves the cache (L1). The history stays in the store."""
@@ -533,10 +550,13 @@ class Thread(_message.Message):
         last_seq: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        parent_thread_id: _builtins.str = ...,
+        fork_seq: _builtins.int = ...,
+        compacted_through_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "ttl", b"ttl", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_seq", b"last_seq", "message_count", b"message_count", "pinned", b"pinned", "thread_id", b"thread_id", "title", b"title", "ttl", b"ttl", "update_time", b"update_time", "user_id", b"user_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compacted_through_seq", b"compacted_through_seq", "create_time", b"create_time", "fork_seq", b"fork_seq", "last_seq", b"last_seq", "message_count", b"message_count", "parent_thread_id", b"parent_thread_id", "pinned", b"pinned", "thread_id", b"thread_id", "title", b"title", "ttl", b"ttl", "update_time", b"update_time", "user_id", b"user_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -683,3 +683,305 @@ class DeleteThreadResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteThreadResponse: _TypeAlias = DeleteThreadResponse  # noqa: Y015
+
+@_typing.final
+class WatchThreadRequest(_message.Message):
+    """WatchThreadRequest follows a thread live."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    """Empty means the default workspace."""
+    thread_id: _builtins.str
+    """The thread. It need not exist yet: the stream starts with its first append."""
+    after_seq: _builtins.int
+    """Send the messages after this seq (the last one received when resuming); 0 sends the thread from its
+    start, then every new message.
+    """
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        thread_id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "thread_id", b"thread_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchThreadRequest: _TypeAlias = WatchThreadRequest  # noqa: Y015
+
+@_typing.final
+class WatchThreadResponse(_message.Message):
+    """WatchThreadResponse is one batch of messages, in seq order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Message]:
+        """The messages, oldest first."""
+
+    @_builtins.property
+    def serving(self) -> _resources_pb2.ServingInfo:
+        """How the batch was found: degraded while Redis is down and the server polls the store."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[_resources_pb2.Message] | None = ...,
+        serving: _resources_pb2.ServingInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serving", b"serving"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "serving", b"serving"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchThreadResponse: _TypeAlias = WatchThreadResponse  # noqa: Y015
+
+@_typing.final
+class ForkThreadRequest(_message.Message):
+    """ForkThreadRequest copies a thread into a new one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    NEW_THREAD_ID_FIELD_NUMBER: _builtins.int
+    THROUGH_SEQ_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    """Empty means the default workspace (of both threads)."""
+    thread_id: _builtins.str
+    """The source thread."""
+    new_thread_id: _builtins.str
+    """The new thread's id. It must not exist."""
+    through_seq: _builtins.int
+    """Copy the messages up to this seq; unset copies them all."""
+    request_id: _builtins.str
+    """Makes retries idempotent: a retry that finds the fork made by this request returns it."""
+    user_id: _builtins.str
+    """The owner of the new thread; empty keeps the source's."""
+    title: _builtins.str
+    """The title of the new thread; empty keeps the source's."""
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        thread_id: _builtins.str = ...,
+        new_thread_id: _builtins.str = ...,
+        through_seq: _builtins.int | None = ...,
+        request_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_through_seq", b"_through_seq", "through_seq", b"through_seq"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_through_seq", b"_through_seq", "new_thread_id", b"new_thread_id", "request_id", b"request_id", "thread_id", b"thread_id", "through_seq", b"through_seq", "title", b"title", "user_id", b"user_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__through_seq: _TypeAlias = _typing.Literal["through_seq"]  # noqa: Y015
+    _WhichOneofArgType__through_seq: _TypeAlias = _typing.Literal["_through_seq", b"_through_seq"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__through_seq) -> _WhichOneofReturnType__through_seq | None: ...
+
+Global___ForkThreadRequest: _TypeAlias = ForkThreadRequest  # noqa: Y015
+
+@_typing.final
+class ForkThreadResponse(_message.Message):
+    """ForkThreadResponse holds the new thread."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_FIELD_NUMBER: _builtins.int
+    COPIED_MESSAGES_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
+    copied_messages: _builtins.int
+    """How many messages were copied."""
+    replayed: _builtins.bool
+    """True when this response replays an earlier request with the same request_id."""
+    @_builtins.property
+    def thread(self) -> _resources_pb2.Thread:
+        """The new thread, with its parent and fork seq."""
+
+    @_builtins.property
+    def serving(self) -> _resources_pb2.ServingInfo:
+        """How the request was served."""
+
+    def __init__(
+        self,
+        *,
+        thread: _resources_pb2.Thread | None = ...,
+        copied_messages: _builtins.int = ...,
+        replayed: _builtins.bool = ...,
+        serving: _resources_pb2.ServingInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serving", b"serving", "thread", b"thread"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["copied_messages", b"copied_messages", "replayed", b"replayed", "serving", b"serving", "thread", b"thread"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkThreadResponse: _TypeAlias = ForkThreadResponse  # noqa: Y015
+
+@_typing.final
+class TruncateThreadRequest(_message.Message):
+    """TruncateThreadRequest removes the messages after a seq."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    EXPECTED_LAST_SEQ_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    """Empty means the default workspace."""
+    thread_id: _builtins.str
+    """The thread."""
+    after_seq: _builtins.int
+    """Keep the messages up to this seq; remove the later ones. 0 removes them all (the thread stays)."""
+    expected_last_seq: _builtins.int
+    """When set, the truncate succeeds only if the thread's last seq equals it."""
+    request_id: _builtins.str
+    """Accepted for uniformity: a retry removes nothing more."""
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        thread_id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+        expected_last_seq: _builtins.int | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "after_seq", b"after_seq", "expected_last_seq", b"expected_last_seq", "request_id", b"request_id", "thread_id", b"thread_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_last_seq: _TypeAlias = _typing.Literal["expected_last_seq"]  # noqa: Y015
+    _WhichOneofArgType__expected_last_seq: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_last_seq) -> _WhichOneofReturnType__expected_last_seq | None: ...
+
+Global___TruncateThreadRequest: _TypeAlias = TruncateThreadRequest  # noqa: Y015
+
+@_typing.final
+class TruncateThreadResponse(_message.Message):
+    """TruncateThreadResponse reports what was removed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    REMOVED_COUNT_FIELD_NUMBER: _builtins.int
+    THREAD_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
+    removed_count: _builtins.int
+    """How many messages were removed."""
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Message]:
+        """The removed messages, oldest first (the newest LIMITS__MAX_PAGE_SIZE when more were removed)."""
+
+    @_builtins.property
+    def thread(self) -> _resources_pb2.Thread:
+        """The thread after the truncate: its message count, and its last seq, which does not go down."""
+
+    @_builtins.property
+    def serving(self) -> _resources_pb2.ServingInfo:
+        """How the request was served."""
+
+    def __init__(
+        self,
+        *,
+        removed: _abc.Iterable[_resources_pb2.Message] | None = ...,
+        removed_count: _builtins.int = ...,
+        thread: _resources_pb2.Thread | None = ...,
+        serving: _resources_pb2.ServingInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serving", b"serving", "thread", b"thread"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed", "removed_count", b"removed_count", "serving", b"serving", "thread", b"thread"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TruncateThreadResponse: _TypeAlias = TruncateThreadResponse  # noqa: Y015
+
+@_typing.final
+class CompactThreadRequest(_message.Message):
+    """CompactThreadRequest records a summary of a thread's older messages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    THROUGH_SEQ_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    """Empty means the default workspace."""
+    thread_id: _builtins.str
+    """The thread."""
+    through_seq: _builtins.int
+    """The summary stands in for the messages up to this seq. At least the previous compaction's seq."""
+    request_id: _builtins.str
+    """Makes retries idempotent: a retry with the same id changes nothing."""
+    @_builtins.property
+    def summary(self) -> _resources_pb2.MessageInput:
+        """The summary, as the client's model wrote it."""
+
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        thread_id: _builtins.str = ...,
+        through_seq: _builtins.int = ...,
+        summary: _resources_pb2.MessageInput | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "summary", b"summary", "thread_id", b"thread_id", "through_seq", b"through_seq", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompactThreadRequest: _TypeAlias = CompactThreadRequest  # noqa: Y015
+
+@_typing.final
+class CompactThreadResponse(_message.Message):
+    """CompactThreadResponse reports the compaction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.bool
+    """True when this response replays an earlier request with the same request_id."""
+    @_builtins.property
+    def thread(self) -> _resources_pb2.Thread:
+        """The thread after the compaction."""
+
+    @_builtins.property
+    def serving(self) -> _resources_pb2.ServingInfo:
+        """How the request was served."""
+
+    def __init__(
+        self,
+        *,
+        thread: _resources_pb2.Thread | None = ...,
+        replayed: _builtins.bool = ...,
+        serving: _resources_pb2.ServingInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["serving", b"serving", "thread", b"thread"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed", "serving", b"serving", "thread", b"thread"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompactThreadResponse: _TypeAlias = CompactThreadResponse  # noqa: Y015

@@ -80,6 +80,26 @@ class ThreadMemoryServiceStub:
                 request_serializer=chatmem_dot_v1_dot_thread__memory__service__pb2.DeleteThreadRequest.SerializeToString,
                 response_deserializer=chatmem_dot_v1_dot_thread__memory__service__pb2.DeleteThreadResponse.FromString,
                 _registered_method=True)
+        self.WatchThread = channel.unary_stream(
+                '/chatmem.v1.ThreadMemoryService/WatchThread',
+                request_serializer=chatmem_dot_v1_dot_thread__memory__service__pb2.WatchThreadRequest.SerializeToString,
+                response_deserializer=chatmem_dot_v1_dot_thread__memory__service__pb2.WatchThreadResponse.FromString,
+                _registered_method=True)
+        self.ForkThread = channel.unary_unary(
+                '/chatmem.v1.ThreadMemoryService/ForkThread',
+                request_serializer=chatmem_dot_v1_dot_thread__memory__service__pb2.ForkThreadRequest.SerializeToString,
+                response_deserializer=chatmem_dot_v1_dot_thread__memory__service__pb2.ForkThreadResponse.FromString,
+                _registered_method=True)
+        self.TruncateThread = channel.unary_unary(
+                '/chatmem.v1.ThreadMemoryService/TruncateThread',
+                request_serializer=chatmem_dot_v1_dot_thread__memory__service__pb2.TruncateThreadRequest.SerializeToString,
+                response_deserializer=chatmem_dot_v1_dot_thread__memory__service__pb2.TruncateThreadResponse.FromString,
+                _registered_method=True)
+        self.CompactThread = channel.unary_unary(
+                '/chatmem.v1.ThreadMemoryService/CompactThread',
+                request_serializer=chatmem_dot_v1_dot_thread__memory__service__pb2.CompactThreadRequest.SerializeToString,
+                response_deserializer=chatmem_dot_v1_dot_thread__memory__service__pb2.CompactThreadResponse.FromString,
+                _registered_method=True)
 
 
 class ThreadMemoryServiceServicer:
@@ -149,6 +169,36 @@ class ThreadMemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchThread(self, request, context):
+        """Streams the messages appended to a thread after a seq, live, in seq order, until the client cancels
+        or the deadline passes. Resume with the last seq received: nothing is missed or repeated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForkThread(self, request, context):
+        """Creates a new thread holding a copy of a thread's messages up to a seq, numbered from 1.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TruncateThread(self, request, context):
+        """Removes a thread's messages after a seq ("pop the last message", "rewind"). Seqs are never reused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompactThread(self, request, context):
+        """Records a summary, written by the client, that stands in for the messages up to a seq in the window
+        and in GetContext. The messages stay in the store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ThreadMemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +246,26 @@ def add_ThreadMemoryServiceServicer_to_server(servicer, server):
                     servicer.DeleteThread,
                     request_deserializer=chatmem_dot_v1_dot_thread__memory__service__pb2.DeleteThreadRequest.FromString,
                     response_serializer=chatmem_dot_v1_dot_thread__memory__service__pb2.DeleteThreadResponse.SerializeToString,
+            ),
+            'WatchThread': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchThread,
+                    request_deserializer=chatmem_dot_v1_dot_thread__memory__service__pb2.WatchThreadRequest.FromString,
+                    response_serializer=chatmem_dot_v1_dot_thread__memory__service__pb2.WatchThreadResponse.SerializeToString,
+            ),
+            'ForkThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkThread,
+                    request_deserializer=chatmem_dot_v1_dot_thread__memory__service__pb2.ForkThreadRequest.FromString,
+                    response_serializer=chatmem_dot_v1_dot_thread__memory__service__pb2.ForkThreadResponse.SerializeToString,
+            ),
+            'TruncateThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.TruncateThread,
+                    request_deserializer=chatmem_dot_v1_dot_thread__memory__service__pb2.TruncateThreadRequest.FromString,
+                    response_serializer=chatmem_dot_v1_dot_thread__memory__service__pb2.TruncateThreadResponse.SerializeToString,
+            ),
+            'CompactThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompactThread,
+                    request_deserializer=chatmem_dot_v1_dot_thread__memory__service__pb2.CompactThreadRequest.FromString,
+                    response_serializer=chatmem_dot_v1_dot_thread__memory__service__pb2.CompactThreadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,6 +512,114 @@ class ThreadMemoryService:
             '/chatmem.v1.ThreadMemoryService/DeleteThread',
             chatmem_dot_v1_dot_thread__memory__service__pb2.DeleteThreadRequest.SerializeToString,
             chatmem_dot_v1_dot_thread__memory__service__pb2.DeleteThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatmem.v1.ThreadMemoryService/WatchThread',
+            chatmem_dot_v1_dot_thread__memory__service__pb2.WatchThreadRequest.SerializeToString,
+            chatmem_dot_v1_dot_thread__memory__service__pb2.WatchThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatmem.v1.ThreadMemoryService/ForkThread',
+            chatmem_dot_v1_dot_thread__memory__service__pb2.ForkThreadRequest.SerializeToString,
+            chatmem_dot_v1_dot_thread__memory__service__pb2.ForkThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TruncateThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatmem.v1.ThreadMemoryService/TruncateThread',
+            chatmem_dot_v1_dot_thread__memory__service__pb2.TruncateThreadRequest.SerializeToString,
+            chatmem_dot_v1_dot_thread__memory__service__pb2.TruncateThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompactThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatmem.v1.ThreadMemoryService/CompactThread',
+            chatmem_dot_v1_dot_thread__memory__service__pb2.CompactThreadRequest.SerializeToString,
+            chatmem_dot_v1_dot_thread__memory__service__pb2.CompactThreadResponse.FromString,
             options,
             channel_credentials,
             insecure,

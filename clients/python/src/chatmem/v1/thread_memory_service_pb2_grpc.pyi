@@ -51,6 +51,18 @@ class ThreadMemoryServiceStub:
     """Changes a thread's title, cache TTL or pin."""
     DeleteThread: _grpc.UnaryUnaryMultiCallable[_thread_memory_service_pb2.DeleteThreadRequest, _thread_memory_service_pb2.DeleteThreadResponse]
     """Deletes a thread and all its messages from every tier."""
+    WatchThread: _grpc.UnaryStreamMultiCallable[_thread_memory_service_pb2.WatchThreadRequest, _thread_memory_service_pb2.WatchThreadResponse]
+    """Streams the messages appended to a thread after a seq, live, in seq order, until the client cancels
+    or the deadline passes. Resume with the last seq received: nothing is missed or repeated.
+    """
+    ForkThread: _grpc.UnaryUnaryMultiCallable[_thread_memory_service_pb2.ForkThreadRequest, _thread_memory_service_pb2.ForkThreadResponse]
+    """Creates a new thread holding a copy of a thread's messages up to a seq, numbered from 1."""
+    TruncateThread: _grpc.UnaryUnaryMultiCallable[_thread_memory_service_pb2.TruncateThreadRequest, _thread_memory_service_pb2.TruncateThreadResponse]
+    """Removes a thread's messages after a seq ("pop the last message", "rewind"). Seqs are never reused."""
+    CompactThread: _grpc.UnaryUnaryMultiCallable[_thread_memory_service_pb2.CompactThreadRequest, _thread_memory_service_pb2.CompactThreadResponse]
+    """Records a summary, written by the client, that stands in for the messages up to a seq in the window
+    and in GetContext. The messages stay in the store.
+    """
 
 @_typing.type_check_only
 class ThreadMemoryServiceAsyncStub(ThreadMemoryServiceStub):
@@ -75,6 +87,18 @@ class ThreadMemoryServiceAsyncStub(ThreadMemoryServiceStub):
     """Changes a thread's title, cache TTL or pin."""
     DeleteThread: _aio.UnaryUnaryMultiCallable[_thread_memory_service_pb2.DeleteThreadRequest, _thread_memory_service_pb2.DeleteThreadResponse]  # type: ignore[assignment]
     """Deletes a thread and all its messages from every tier."""
+    WatchThread: _aio.UnaryStreamMultiCallable[_thread_memory_service_pb2.WatchThreadRequest, _thread_memory_service_pb2.WatchThreadResponse]  # type: ignore[assignment]
+    """Streams the messages appended to a thread after a seq, live, in seq order, until the client cancels
+    or the deadline passes. Resume with the last seq received: nothing is missed or repeated.
+    """
+    ForkThread: _aio.UnaryUnaryMultiCallable[_thread_memory_service_pb2.ForkThreadRequest, _thread_memory_service_pb2.ForkThreadResponse]  # type: ignore[assignment]
+    """Creates a new thread holding a copy of a thread's messages up to a seq, numbered from 1."""
+    TruncateThread: _aio.UnaryUnaryMultiCallable[_thread_memory_service_pb2.TruncateThreadRequest, _thread_memory_service_pb2.TruncateThreadResponse]  # type: ignore[assignment]
+    """Removes a thread's messages after a seq ("pop the last message", "rewind"). Seqs are never reused."""
+    CompactThread: _aio.UnaryUnaryMultiCallable[_thread_memory_service_pb2.CompactThreadRequest, _thread_memory_service_pb2.CompactThreadResponse]  # type: ignore[assignment]
+    """Records a summary, written by the client, that stands in for the messages up to a seq in the window
+    and in GetContext. The messages stay in the store.
+    """
 
 class ThreadMemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """ThreadMemoryService keeps the conversation history of threads."""
@@ -150,5 +174,41 @@ class ThreadMemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_thread_memory_service_pb2.DeleteThreadResponse, _abc.Awaitable[_thread_memory_service_pb2.DeleteThreadResponse]]:
         """Deletes a thread and all its messages from every tier."""
+
+    @_abc_1.abstractmethod
+    def WatchThread(
+        self,
+        request: _thread_memory_service_pb2.WatchThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_thread_memory_service_pb2.WatchThreadResponse], _abc.AsyncIterator[_thread_memory_service_pb2.WatchThreadResponse]]:
+        """Streams the messages appended to a thread after a seq, live, in seq order, until the client cancels
+        or the deadline passes. Resume with the last seq received: nothing is missed or repeated.
+        """
+
+    @_abc_1.abstractmethod
+    def ForkThread(
+        self,
+        request: _thread_memory_service_pb2.ForkThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_thread_memory_service_pb2.ForkThreadResponse, _abc.Awaitable[_thread_memory_service_pb2.ForkThreadResponse]]:
+        """Creates a new thread holding a copy of a thread's messages up to a seq, numbered from 1."""
+
+    @_abc_1.abstractmethod
+    def TruncateThread(
+        self,
+        request: _thread_memory_service_pb2.TruncateThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_thread_memory_service_pb2.TruncateThreadResponse, _abc.Awaitable[_thread_memory_service_pb2.TruncateThreadResponse]]:
+        """Removes a thread's messages after a seq ("pop the last message", "rewind"). Seqs are never reused."""
+
+    @_abc_1.abstractmethod
+    def CompactThread(
+        self,
+        request: _thread_memory_service_pb2.CompactThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_thread_memory_service_pb2.CompactThreadResponse, _abc.Awaitable[_thread_memory_service_pb2.CompactThreadResponse]]:
+        """Records a summary, written by the client, that stands in for the messages up to a seq in the window
+        and in GetContext. The messages stay in the store.
+        """
 
 def add_ThreadMemoryServiceServicer_to_server(servicer: ThreadMemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
