@@ -66,6 +66,7 @@ from server.storage.models import (
 from server.storage.observer import NoObserver, StorageObserver
 from server.storage.preferences import PreferenceRepository
 from server.storage.protocols import Cache, Stores
+from server.storage.reshape import Reshaper
 from server.storage.results import AppendOutcome, QueueProbe, Served, Window
 from server.storage.storewrite import StoreWriter
 from server.storage.tiers import Tiers
@@ -144,6 +145,14 @@ class Repository:
             push=not self.write_behind,
             fallback_gap=policy.max_unflushed if self.write_behind else 0,
             max_group=policy.max_group,
+        )
+        self.reshape = Reshaper(
+            self.tiers,
+            stores.reshape,
+            stores.threads,
+            self._await_flushed,
+            lambda: self.write_behind,
+            lambda: self.events,
         )
         self._hydrations: dict[ThreadKey, asyncio.Future[EncodedTail | None]] = {}
         self._background: set[asyncio.Future[object]] = set()
