@@ -108,7 +108,11 @@ redis.call('HDEL', KEYS[2], 'del')
 redis.call('RPUSH', KEYS[1], unpack(ARGV, 6))
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1)
 redis.call('HSET', KEYS[2], 'inc', ARGV[1], 'last', ARGV[2], 'hw', ARGV[2], 'ttl', ARGV[3])
-if #ARGV - 5 < tonumber(ARGV[4]) then redis.call('HSET', KEYS[2], 'full', 1) else redis.call('HDEL', KEYS[2], 'full') end
+if #ARGV - 5 < tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[2], 'full', 1)
+else
+  redis.call('HDEL', KEYS[2], 'full')
+end
 keep(tonumber(ARGV[3]), KEYS[1], KEYS[2])
 return 1
 """
