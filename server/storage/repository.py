@@ -186,26 +186,31 @@ class Repository:
                 task.cancel()
         await self.tiers.close()
 
-    async def _await_flushed(self, key: ThreadKey, probe: QueueProbe | None = None) -> None:
+    async def _await_flushed(self, key: ThreadKey, probe: QueueProbe | None = None) -> bool:
         """In write_behind, wait (within the RPC's deadline) for what was queued when the read began.
 
         Later appends do not extend the wait, so a thread that is written all the time can still be read.
         ``probe`` is the thread's state as a read that just missed found it, which saves asking again.
+
+        Returns:
+            False when Redis could not say what is queued (the store may then lack acknowledged appends).
         """
         if not self.write_behind:
-            return
+            return True
         target = None
         while True:
             if probe is None:
                 used, state = await self.tiers.on_cache(key.bucket, lambda c: c.pending_seq(key))
             else:
                 used, state, probe = True, probe.pending, None
-            if not used or state is None:
-                return
+            if not used:
+                return False
+            if state is None:
+                return True
             newest, flushed = state
             target = newest if target is None else target
             if flushed >= target:
-                return
+                return True
             if self.store_health.down:
                 raise UnavailableError("the durable store is unavailable; queued messages cannot be read in full")
             await asyncio.sleep(_FLUSH_POLL_S)

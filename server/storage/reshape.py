@@ -39,7 +39,8 @@ class Reshaper:
         tiers: the cache, its breakers and repairs, and the store's health.
         store: the store's fork, truncate and compact.
         threads: the store's thread rows (to recognise a retried fork).
-        await_flushed: waits until what was queued for a thread has reached the store (write_behind).
+        await_flushed: waits until what was queued for a thread has reached the store (write_behind);
+            False when Redis could not tell.
         write_behind: True when Redis holds queued appends the store has not seen yet.
         events: told of truncates (the watch hub).
     """
@@ -49,7 +50,7 @@ class Reshaper:
         tiers: Tiers,
         store: ReshapeStore,
         threads: ThreadStore,
-        await_flushed: Callable[[ThreadKey], Awaitable[None]],
+        await_flushed: Callable[[ThreadKey], Awaitable[bool]],
         write_behind: Callable[[], bool],
         events: Callable[[], ThreadEvents],
     ) -> None:
@@ -62,13 +63,11 @@ class Reshaper:
 
     async def _settled(self, key: ThreadKey) -> Fence | None:
         """Make the store whole for the thread; return the repair fence if the write goes around Redis."""
-        cache = await self._tiers.usable_cache(key.bucket)
-        if cache is None and self._write_behind():
+        if not await self._await_flushed(key):
             # Redis may hold acknowledged appends the store has not seen: changing the thread now
-            # could lose them or let them reappear after a truncate.
+            # could lose them, or let them reappear after a truncate.
             raise UnavailableError("Redis is unavailable, so the thread's queued messages cannot be settled")
-        await self._await_flushed(key)
-        if cache is None and self._tiers.cache is not None:
+        if self._tiers.cache is not None and await self._tiers.usable_cache(key.bucket) is None:
             return await self._tiers.fence([key.bucket])
         return None
 
