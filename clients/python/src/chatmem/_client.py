@@ -315,28 +315,63 @@ class MemoryClient:
 
     @overload
     async def get_history(
-        self, thread_id: str, *, limit: int = ..., typed: Literal[False] = ..., timeout: float | None = ...
+        self,
+        thread_id: str,
+        *,
+        limit: int = ...,
+        typed: Literal[False] = ...,
+        max_tokens: int = ...,
+        keep_system_prefix: bool = ...,
+        timeout: float | None = ...,
     ) -> ServedList[dict[str, str]]: ...
 
     @overload
     async def get_history(
-        self, thread_id: str, *, limit: int = ..., typed: Literal[True], timeout: float | None = ...
+        self,
+        thread_id: str,
+        *,
+        limit: int = ...,
+        typed: Literal[True],
+        max_tokens: int = ...,
+        keep_system_prefix: bool = ...,
+        timeout: float | None = ...,
     ) -> ServedList[Message]: ...
 
     @overload
     async def get_history(
-        self, thread_id: str, *, limit: int = ..., typed: bool, timeout: float | None = ...
+        self,
+        thread_id: str,
+        *,
+        limit: int = ...,
+        typed: bool,
+        max_tokens: int = ...,
+        keep_system_prefix: bool = ...,
+        timeout: float | None = ...,
     ) -> ServedList[dict[str, str]] | ServedList[Message]: ...
 
     async def get_history(
-        self, thread_id: str, *, limit: int = 0, typed: bool = False, timeout: float | None = None
+        self,
+        thread_id: str,
+        *,
+        limit: int = 0,
+        typed: bool = False,
+        max_tokens: int = 0,
+        keep_system_prefix: bool = False,
+        timeout: float | None = None,
     ) -> ServedList[dict[str, str]] | ServedList[Message]:
         """Return the recent window of a thread, oldest first (GetHistory).
 
         Args:
             thread_id: the thread; an unknown one has an empty history.
             limit: how many of the newest messages; 0 means the server's window (50 by default).
-            typed: return ``Message`` objects (with seq, name, metadata and time) instead of dicts.
+            typed: return ``Message`` objects (with seq, name, metadata, time, parts, envelope, id and
+                token count) instead of dicts.
+            max_tokens: at most this many tokens in all; 0 means no budget. The newest messages that fit
+                are returned, oldest first, and a tool call never comes without its results nor a
+                result without its call. A message counts its ``token_count``, or when that is 0 the
+                server's estimate: ceil(UTF-8 bytes of its text-bearing fields / 4), at least 1.
+            keep_system_prefix: with ``max_tokens``, the thread's leading system and developer
+                messages always come first, and count against the budget.
             timeout: the deadline in seconds, retries included.
 
         Returns:
@@ -345,7 +380,11 @@ class MemoryClient:
             tier answered and whether the server was degraded.
         """
         request = thread_memory_service_pb2.GetHistoryRequest(
-            workspace_id=self._workspace_id, thread_id=thread_id, limit=limit
+            workspace_id=self._workspace_id,
+            thread_id=thread_id,
+            limit=limit,
+            max_tokens=max_tokens,
+            keep_system_prefix=keep_system_prefix,
         )
         resp: thread_memory_service_pb2.GetHistoryResponse = await self._unary(
             self._threads.GetHistory, request, timeout
@@ -450,6 +489,7 @@ class MemoryClient:
         user_id: str | None = None,
         max_messages: int = 0,
         max_chars: int = 0,
+        max_tokens: int = 0,
         timeout: float | None = None,
     ) -> Context:
         """Return the prompt block for a thread and a user (GetContext).
@@ -459,6 +499,8 @@ class MemoryClient:
             user_id: the user; None means no ``User preferences:`` section.
             max_messages: at most this many recent messages; 0 means the server's window.
             max_chars: at most this many characters in the whole block (whole lines only); 0: no limit.
+            max_tokens: at most this many tokens of messages, chosen as ``get_history``'s ``max_tokens``
+                chooses them; 0 means no token budget.
             timeout: the deadline in seconds, retries included.
 
         Returns:
@@ -470,6 +512,7 @@ class MemoryClient:
             user_id=user_id or "",
             max_messages=max_messages,
             max_chars=max_chars,
+            max_tokens=max_tokens,
         )
         resp: thread_memory_service_pb2.GetContextResponse = await self._unary(
             self._threads.GetContext, request, timeout
