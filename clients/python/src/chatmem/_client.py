@@ -320,7 +320,7 @@ class MemoryClient:
         *,
         limit: int = ...,
         typed: Literal[False] = ...,
-        max_tokens: int = ...,
+        max_tokens: int | None = ...,
         keep_system_prefix: bool = ...,
         timeout: float | None = ...,
     ) -> ServedList[dict[str, str]]: ...
@@ -332,7 +332,7 @@ class MemoryClient:
         *,
         limit: int = ...,
         typed: Literal[True],
-        max_tokens: int = ...,
+        max_tokens: int | None = ...,
         keep_system_prefix: bool = ...,
         timeout: float | None = ...,
     ) -> ServedList[Message]: ...
@@ -344,7 +344,7 @@ class MemoryClient:
         *,
         limit: int = ...,
         typed: bool,
-        max_tokens: int = ...,
+        max_tokens: int | None = ...,
         keep_system_prefix: bool = ...,
         timeout: float | None = ...,
     ) -> ServedList[dict[str, str]] | ServedList[Message]: ...
@@ -355,7 +355,7 @@ class MemoryClient:
         *,
         limit: int = 0,
         typed: bool = False,
-        max_tokens: int = 0,
+        max_tokens: int | None = None,
         keep_system_prefix: bool = False,
         timeout: float | None = None,
     ) -> ServedList[dict[str, str]] | ServedList[Message]:
@@ -366,10 +366,10 @@ class MemoryClient:
             limit: how many of the newest messages; 0 means the server's window (50 by default).
             typed: return ``Message`` objects (with seq, name, metadata, time, parts, envelope, id and
                 token count) instead of dicts.
-            max_tokens: at most this many tokens in all; 0 means no budget. The newest messages that fit
-                are returned, oldest first, and a tool call never comes without its results nor a
-                result without its call. A message counts its ``token_count``, or when that is 0 the
-                server's estimate: ceil(UTF-8 bytes of its text-bearing fields / 4), at least 1.
+            max_tokens: at most this many tokens in all; None (the default) means no token budget. The
+                newest messages that fit are returned, oldest first, and a tool call never comes without
+                its results nor a result without its call. A message counts its ``token_count``, or when
+                that is 0 the server's estimate: ceil(UTF-8 bytes of its text-bearing fields / 4), at least 1.
             keep_system_prefix: with ``max_tokens``, the thread's leading system and developer
                 messages always come first, and count against the budget.
             timeout: the deadline in seconds, retries included.
@@ -380,12 +380,11 @@ class MemoryClient:
             tier answered and whether the server was degraded.
         """
         request = thread_memory_service_pb2.GetHistoryRequest(
-            workspace_id=self._workspace_id,
-            thread_id=thread_id,
-            limit=limit,
-            max_tokens=max_tokens,
-            keep_system_prefix=keep_system_prefix,
+            workspace_id=self._workspace_id, thread_id=thread_id, limit=limit, keep_system_prefix=keep_system_prefix
         )
+        if max_tokens is not None:
+            # Only when given: the field has presence, and a budget of 0 tokens returns nothing.
+            request.max_tokens = max_tokens
         resp: thread_memory_service_pb2.GetHistoryResponse = await self._unary(
             self._threads.GetHistory, request, timeout
         )
@@ -489,7 +488,7 @@ class MemoryClient:
         user_id: str | None = None,
         max_messages: int = 0,
         max_chars: int = 0,
-        max_tokens: int = 0,
+        max_tokens: int | None = None,
         timeout: float | None = None,
     ) -> Context:
         """Return the prompt block for a thread and a user (GetContext).
@@ -500,7 +499,7 @@ class MemoryClient:
             max_messages: at most this many recent messages; 0 means the server's window.
             max_chars: at most this many characters in the whole block (whole lines only); 0: no limit.
             max_tokens: at most this many tokens of messages, chosen as ``get_history``'s ``max_tokens``
-                chooses them; 0 means no token budget.
+                chooses them; None (the default) means no token budget.
             timeout: the deadline in seconds, retries included.
 
         Returns:
@@ -512,8 +511,9 @@ class MemoryClient:
             user_id=user_id or "",
             max_messages=max_messages,
             max_chars=max_chars,
-            max_tokens=max_tokens,
         )
+        if max_tokens is not None:
+            request.max_tokens = max_tokens
         resp: thread_memory_service_pb2.GetContextResponse = await self._unary(
             self._threads.GetContext, request, timeout
         )

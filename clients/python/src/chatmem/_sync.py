@@ -267,7 +267,7 @@ class SyncMemoryClient:
         *,
         limit: int = ...,
         typed: Literal[False] = ...,
-        max_tokens: int = ...,
+        max_tokens: int | None = ...,
         keep_system_prefix: bool = ...,
         timeout: float | None = ...,
     ) -> ServedList[dict[str, str]]: ...
@@ -279,7 +279,7 @@ class SyncMemoryClient:
         *,
         limit: int = ...,
         typed: Literal[True],
-        max_tokens: int = ...,
+        max_tokens: int | None = ...,
         keep_system_prefix: bool = ...,
         timeout: float | None = ...,
     ) -> ServedList[Message]: ...
@@ -291,7 +291,7 @@ class SyncMemoryClient:
         *,
         limit: int = ...,
         typed: bool,
-        max_tokens: int = ...,
+        max_tokens: int | None = ...,
         keep_system_prefix: bool = ...,
         timeout: float | None = ...,
     ) -> ServedList[dict[str, str]] | ServedList[Message]: ...
@@ -302,7 +302,7 @@ class SyncMemoryClient:
         *,
         limit: int = 0,
         typed: bool = False,
-        max_tokens: int = 0,
+        max_tokens: int | None = None,
         keep_system_prefix: bool = False,
         timeout: float | None = None,
     ) -> ServedList[dict[str, str]] | ServedList[Message]:
@@ -312,7 +312,7 @@ class SyncMemoryClient:
             thread_id: the thread; an unknown one has an empty history.
             limit: how many of the newest messages; 0 means the server's window.
             typed: return ``Message`` objects instead of ``{"role", "content"}`` dicts.
-            max_tokens: at most this many tokens, newest messages first; 0 means no budget.
+            max_tokens: at most this many tokens, the newest messages that fit; None means no token budget.
             keep_system_prefix: with ``max_tokens``, always return the leading system and developer messages.
             timeout: the deadline in seconds, retries included.
 
