@@ -8,6 +8,8 @@ import json
 from typing import Any
 
 import pytest
+from anthropic.types import Message as AnthropicMessage
+from openai.types.chat import ChatCompletionMessage
 
 from chatmem import Media, Message, Reasoning, TextPart, ToolCall, ToolResult
 from chatmem.formats.anthropic import from_anthropic, to_anthropic, to_anthropic_messages
@@ -182,3 +184,20 @@ def test_plain_v1_messages_convert_to_both_formats() -> None:
     assert to_anthropic(plain) == {"role": "user", "content": "hi"}
     with pytest.raises(ValueError, match="system"):
         to_anthropic(dataclasses.replace(plain, role="system"))
+
+
+def test_sdk_objects_are_taken_as_their_json_dump() -> None:
+    reply = ChatCompletionMessage.model_validate(OPENAI["sdk_shaped"][1])
+    back = to_openai(stored(from_openai(reply, usage=OPENAI["usage"])))
+    assert ChatCompletionMessage.model_validate(back) == reply
+    assert back["tool_calls"][2]["function"]["arguments"] == '{"city":"Lyon"'
+    response = AnthropicMessage.model_validate(ANTHROPIC["sdk_shaped"][1])
+    converted = from_anthropic(response)
+    assert (converted.message_id, converted.token_count) == ("msg_01XFDUDYJgAACzvnptvVoYEL", 97)
+    assert AnthropicMessage.model_validate(to_anthropic(stored(converted))) == response
+
+
+def test_a_signature_that_is_not_text_rebuilds_as_base64() -> None:
+    m = stored(from_anthropic({"role": "assistant", "content": "x"}))
+    odd = dataclasses.replace(m, envelope=None, parts=(Reasoning("r", b"\xff\x00"), TextPart("x")))
+    assert to_anthropic(odd)["content"][0] == {"type": "thinking", "thinking": "r", "signature": "/wA="}

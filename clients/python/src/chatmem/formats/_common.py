@@ -7,12 +7,33 @@ import binascii
 import json
 import mimetypes
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from chatmem.types import Envelope, Media, Message, Part, TextPart, ToolResult
 
 DEFAULT_INLINE_LIMIT = 64 * 1024
 """The server's default LIMITS__MAX_INLINE_MEDIA_BYTES: larger inline media stays in the envelope only."""
+
+
+class PydanticModel(Protocol):
+    """An SDK object (a pydantic model) such as ``completion.choices[0].message``."""
+
+    def model_dump(self, *, mode: str = ...) -> dict[str, Any]:
+        """Return the model as a dict."""
+        ...
+
+
+def as_dict(message: Mapping[str, Any] | PydanticModel) -> Mapping[str, Any]:
+    """Return a message dict as given, or an SDK model as its JSON-compatible dump."""
+    return message if isinstance(message, Mapping) else message.model_dump(mode="json")
+
+
+def signature_text(signature: bytes) -> str:
+    """Return a reasoning signature as the text providers send (UTF-8); bytes that are not text as base64."""
+    try:
+        return signature.decode()
+    except UnicodeDecodeError:
+        return b64(signature)
 
 
 def envelope(format_: str, original: Mapping[str, Any]) -> Envelope:

@@ -8,7 +8,9 @@ from typing import Any
 
 from chatmem.formats._common import (
     DEFAULT_INLINE_LIMIT,
+    PydanticModel,
     arguments_to_input,
+    as_dict,
     b64,
     compact,
     envelope,
@@ -16,6 +18,7 @@ from chatmem.formats._common import (
     inline,
     original,
     readable,
+    signature_text,
 )
 from chatmem.types import Media, Message, MessageInput, Part, Reasoning, Role, TextPart, ToolCall, ToolResult
 
@@ -24,7 +27,7 @@ FORMAT = "anthropic"
 
 
 def from_anthropic(
-    message: Mapping[str, Any], *, token_count: int = 0, inline_limit: int = DEFAULT_INLINE_LIMIT
+    message: Mapping[str, Any] | PydanticModel, *, token_count: int = 0, inline_limit: int = DEFAULT_INLINE_LIMIT
 ) -> MessageInput:
     """Convert an Anthropic message to a chatmem message, losslessly.
 
@@ -37,7 +40,8 @@ def from_anthropic(
     gives the message id (``msg_...``) and the token count (``usage.output_tokens``).
 
     Args:
-        message: a message param (``{"role": ..., "content": ...}``) or a response message as a dict.
+        message: a message param (``{"role": ..., "content": ...}``), or a response (the SDK's ``Message``,
+            kept as its ``model_dump(mode="json")``, or that dict).
         token_count: the message's token count, when known (it wins over the response's usage).
         inline_limit: inline media larger than this many bytes is left out of the parts (the envelope keeps it).
 
@@ -47,6 +51,7 @@ def from_anthropic(
     Raises:
         ValueError: a role other than ``user`` or ``assistant``.
     """
+    message = as_dict(message)
     role_name = message.get("role")
     if role_name not in ("user", "assistant"):
         raise ValueError(f"chatmem cannot store an Anthropic message of role {role_name!r}")
@@ -185,8 +190,8 @@ def _block(part: Part) -> dict[str, Any]:
             out["is_error"] = True
         return out
     if part.redacted:
-        return {"type": "redacted_thinking", "data": part.signature.decode()}
-    return {"type": "thinking", "thinking": part.text, "signature": part.signature.decode()}
+        return {"type": "redacted_thinking", "data": signature_text(part.signature)}
+    return {"type": "thinking", "thinking": part.text, "signature": signature_text(part.signature)}
 
 
 def _content(parts: Sequence[Part]) -> str | list[dict[str, Any]]:

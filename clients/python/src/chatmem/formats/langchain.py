@@ -23,7 +23,16 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("chatmem.formats.langchain needs langchain-core: pip install 'chatmem[langchain]'") from exc
 
-from chatmem.formats._common import DEFAULT_INLINE_LIMIT, b64, compact, from_data_url, guess_mime, inline, readable
+from chatmem.formats._common import (
+    DEFAULT_INLINE_LIMIT,
+    b64,
+    compact,
+    from_data_url,
+    guess_mime,
+    inline,
+    readable,
+    signature_text,
+)
 from chatmem.types import Envelope, Media, Message, MessageInput, Part, Reasoning, Role, TextPart, ToolCall, ToolResult
 
 FORMAT = "langchain"
@@ -264,9 +273,9 @@ def _block(part: Part) -> dict[str, Any]:
         return {"type": kind, "url": part.uri, "mime_type": part.mime_type}
     if isinstance(part, Reasoning):
         if part.redacted:
-            return {"type": "redacted_thinking", "data": part.signature.decode()}
+            return {"type": "redacted_thinking", "data": signature_text(part.signature)}
         if part.signature:
-            return {"type": "thinking", "thinking": part.text, "signature": part.signature.decode()}
+            return {"type": "thinking", "thinking": part.text, "signature": signature_text(part.signature)}
         return {"type": "reasoning", "reasoning": part.text}
     raise TypeError(f"no content block for {type(part).__name__}")  # tool calls and results are not content
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from chatmem.formats._common import (
     DEFAULT_INLINE_LIMIT,
+    PydanticModel,
+    as_dict,
     b64,
     data_url,
     envelope,
@@ -33,7 +35,7 @@ _ROLES: dict[str, Role] = {
 
 
 def from_openai(
-    message: Mapping[str, Any],
+    message: Mapping[str, Any] | PydanticModel,
     *,
     usage: Mapping[str, Any] | None = None,
     token_count: int = 0,
@@ -47,8 +49,8 @@ def from_openai(
     exactly. OpenAI chat messages have no id, so ``message_id`` stays empty.
 
     Args:
-        message: a message param (``{"role": ..., "content": ...}``) or a response's
-            ``choices[i].message.model_dump()``; JSON-serialisable.
+        message: a message param (``{"role": ..., "content": ...}``), or a response's
+            ``choices[i].message`` (the SDK object, kept as its ``model_dump(mode="json")``).
         usage: the completion's ``usage``; its ``completion_tokens`` becomes an assistant message's token count.
         token_count: the message's token count, when known (it wins over ``usage``).
         inline_limit: inline media larger than this many bytes is left out of the parts (the envelope keeps
@@ -60,6 +62,7 @@ def from_openai(
     Raises:
         ValueError: a role chatmem does not have.
     """
+    message = as_dict(message)
     role_name = str(message.get("role", ""))
     role = _ROLES.get(role_name)
     if role is None:
