@@ -237,7 +237,7 @@ class MemoryClient:
 
         Args:
             thread_id: the thread (the seeds' conversation id).
-            role: ``user``, ``assistant``, ``system`` or ``tool``.
+            role: ``user``, ``assistant``, ``system``, ``tool`` or ``developer``.
             content: the text.
             name: optional author name, such as a tool's.
             metadata: optional string metadata.
@@ -280,8 +280,9 @@ class MemoryClient:
 
         Args:
             thread_id: the thread.
-            messages: ``MessageInput`` objects or seeds-style dicts with ``role`` and ``content`` (and
-                optionally ``name`` and ``metadata``).
+            messages: ``MessageInput`` objects (with parts, an envelope, an id and a token count when
+                given; ``chatmem.formats`` builds them from OpenAI, Anthropic and LangChain messages) or
+                seeds-style dicts with ``role`` and ``content`` (and optionally ``name`` and ``metadata``).
             user_id: the owner of a new thread.
             title: the title of a new thread.
             ttl: the cache TTL of a new thread.
@@ -295,6 +296,8 @@ class MemoryClient:
         Raises:
             InvalidArgumentError: a message has an unknown role or non-text content (checked before
                 sending), or the server rejected a field.
+            ConflictError: a ``message_id`` the thread already holds (ALREADY_EXISTS; the ``BadRequest``
+                in ``details`` names ``messages[i].message_id``), or ``expected_last_seq`` did not match.
         """
         request = thread_memory_service_pb2.AppendMessagesRequest(
             workspace_id=self._workspace_id,
