@@ -127,12 +127,7 @@ async def test_cross_format_reads_keep_tool_call_ids_and_arguments(api: Harness,
     }
 
 
-async def test_a_repeated_langchain_id_is_a_conflict_naming_the_field(
-    api: Harness, memory: MemoryClient, request: pytest.FixtureRequest
-) -> None:
-    if api.app.repository.write_behind:
-        # The write_behind check of ids already queued is the server side of issue #12, in progress on main.
-        request.applymarker(pytest.mark.xfail(reason="write_behind does not yet check ids still in the outbox"))
+async def test_a_repeated_langchain_id_is_a_conflict_naming_the_field(api: Harness, memory: MemoryClient) -> None:
     await memory.append_messages("dup", [from_langchain(HumanMessage(content="hi", id="h-1"))])
     with pytest.raises(ConflictError) as caught:
         await memory.append_messages(

@@ -49,6 +49,7 @@ from chatmem.types import (
     Tier,
     ToolCall,
     ToolResult,
+    Truncation,
     UserDeletion,
 )
 
@@ -99,6 +100,7 @@ __all__ = [
     "Tier",
     "ToolCall",
     "ToolResult",
+    "Truncation",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",

@@ -14,6 +14,7 @@ import grpc
 from chatmem import _convert
 from chatmem._channel import DEFAULT_TARGET, ChannelSpec
 from chatmem._pager import AsyncPager, Page
+from chatmem._reshape import ReshapeCalls
 from chatmem._retry import DEFAULT_RETRY, RetryPolicy, call_with_retry
 from chatmem._stream import resumable_chunks
 from chatmem.errors import NotFoundError
@@ -103,7 +104,7 @@ def _seconds(value: float | None, default: float | None) -> float | None:
     return default if value is None else value
 
 
-class MemoryClient:
+class MemoryClient(ReshapeCalls):
     """The asyncio client of a chatmem server.
 
     Open it with ``connect`` (``async with MemoryClient.connect() as memory: ...``, or

@@ -154,6 +154,8 @@ def message(m: resources_pb2.Message) -> Message:
         envelope=Envelope(m.envelope.format, m.envelope.raw) if m.HasField("envelope") else None,
         message_id=m.message_id,
         token_count=m.token_count,
+        compacted=m.compacted,
+        summarizes_through_seq=m.summarizes_through_seq,
     )
 
 
@@ -175,6 +177,9 @@ def thread(t: resources_pb2.Thread) -> Thread:
         last_seq=t.last_seq,
         create_time=timestamp(t.create_time),
         update_time=timestamp(t.update_time),
+        parent_thread_id=t.parent_thread_id,
+        fork_seq=t.fork_seq,
+        compacted_through_seq=t.compacted_through_seq,
     )
 
 

@@ -157,6 +157,8 @@ class Message:
         envelope: the original message as appended, byte for byte; None when none was given.
         message_id: the client-chosen id, or ``""``.
         token_count: the client's token count, or 0 (budgets then use the server's estimate).
+        compacted: True (in list and stream reads) when a CompactThread summary stands in for it.
+        summarizes_through_seq: on a summary, the seq up to which it stands in for the messages; else 0.
     """
 
     seq: int
@@ -171,6 +173,8 @@ class Message:
     envelope: Envelope | None = None
     message_id: str = ""
     token_count: int = 0
+    compacted: bool = False
+    summarizes_through_seq: int = 0
 
     def to_dict(self) -> dict[str, str]:
         """Return the seeds' chat-history form, ``{"role": ..., "content": ...}``."""
@@ -271,6 +275,9 @@ class Thread:
         last_seq: the seq of the newest message.
         create_time: when the first append created it (UTC).
         update_time: when it last changed (UTC).
+        parent_thread_id: the thread it was forked from, or ``""``.
+        fork_seq: the parent's last seq the fork copied, or 0.
+        compacted_through_seq: a summary stands in for the messages up to this seq in the window, or 0.
     """
 
     thread_id: str
@@ -283,6 +290,24 @@ class Thread:
     last_seq: int
     create_time: datetime.datetime
     update_time: datetime.datetime
+    parent_thread_id: str = ""
+    fork_seq: int = 0
+    compacted_through_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Truncation:
+    """What ``truncate_thread`` removed.
+
+    Attributes:
+        removed: the removed messages, oldest first (at most the server's page size of the newest).
+        removed_count: how many messages were removed.
+        thread: the thread after the truncate (its ``last_seq`` does not go down: seqs are never reused).
+    """
+
+    removed: tuple[Message, ...]
+    removed_count: int
+    thread: Thread
 
 
 @dataclass(frozen=True, slots=True)
