@@ -237,7 +237,7 @@ def _refused(fd: FieldDescriptor, value: object) -> bool:
         return False
     if name in COUNT_MAX:
         return not 0 <= value <= COUNT_MAX[name]
-    if name == "max_chars":
+    if name in ("max_chars", "max_tokens"):
         return value < 0
     return name.endswith("_seq") and fd.type == fd.TYPE_INT64 and not 0 <= value <= MAX_SEQ
 
@@ -254,7 +254,11 @@ def _bad_fields(msg: Message) -> set[str]:
 
 
 def _bad_messages(msg: Message) -> list[str]:
-    """Paths of bad messages[i] fields of an append (1..100 messages): unknown role, oversized or NUL text."""
+    """Paths of bad messages[i] fields of an append (1..100 messages): unknown role, oversized or NUL text.
+
+    A v2 message's content is checked as given (the server fills an empty one from the text parts, and
+    refuses a given one that is oversized, holds NUL or differs from them).
+    """
     if msg.DESCRIPTOR.name != "AppendMessagesRequest":
         return []
     messages = msg.messages  # type: ignore[attr-defined]
@@ -262,7 +266,7 @@ def _bad_messages(msg: Message) -> list[str]:
         return []
     bad = []
     for i, m in enumerate(messages):
-        if m.role not in (1, 2, 3, 4):
+        if m.role not in (1, 2, 3, 4, 5):
             bad.append(f"messages[{i}].role")
         if len(m.content.encode()) > MAX_CONTENT or "\x00" in m.content:
             bad.append(f"messages[{i}].content")
@@ -349,6 +353,9 @@ def check_response(rpc: Rpc, msg: Message, responses: list[Message]) -> None:
         asked["workspace_id"] = asked["workspace_id"] or "default"
     if rpc.method.name == "AppendMessages":
         asked.pop("user_id")  # the owner of a new thread only; an existing thread keeps its own
+    if rpc.method.name == "ForkThread":
+        asked["thread_id"] = msg.new_thread_id  # type: ignore[attr-defined]  # the answer is the new thread
+        asked.pop("user_id")  # empty keeps the source's owner
     seqs: list[int] = []
     for response in responses:
         for sub in _walk(response):
@@ -364,7 +371,8 @@ def check_response(rpc: Rpc, msg: Message, responses: list[Message]) -> None:
         assert min(seqs) >= 1
     name = rpc.method.name
     if name == "GetHistory":
-        assert len(seqs) <= (msg.limit or 50)  # type: ignore[attr-defined]
+        budgeted = msg.HasField("max_tokens")  # type: ignore[attr-defined]
+        assert len(seqs) <= (msg.limit or (1000 if budgeted else 50))  # type: ignore[attr-defined]
     elif name == "ListMessages":
         assert len(seqs) <= (msg.page_size or 100)  # type: ignore[attr-defined]
     elif name == "StreamHistory":
