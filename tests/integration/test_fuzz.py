@@ -419,8 +419,9 @@ def check(rpc: Rpc, case: Case, fuzz: Fuzzed, seen: collections.Counter[str]) ->
         response_cls = message_factory.GetMessageClass(rpc.method.output_type)
         # FromString also proves the pass-through bytes (GetHistory, StreamHistory) are a valid response.
         check_response(rpc, msg, [response_cls.FromString(raw) for raw in responses])
-        if rpc.method.name == "AppendMessages":
-            fuzz.created.add((getattr(msg, "workspace_id", "") or "default", getattr(msg, "thread_id", "")))
+        if rpc.method.name in ("AppendMessages", "ForkThread"):
+            created = msg.new_thread_id if rpc.method.name == "ForkThread" else msg.thread_id  # type: ignore[attr-defined]
+            fuzz.created.add((getattr(msg, "workspace_id", "") or "default", created))
 
 
 @pytest.mark.parametrize("rpc", RPCS, ids=lambda rpc: rpc.name)
