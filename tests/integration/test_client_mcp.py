@@ -68,11 +68,14 @@ async def test_tools_have_schemas_and_annotations(api: Harness) -> None:
             assert tool.annotations is not None and tool.annotations.open_world_hint is False
         for name in ("get_context", "get_history", "list_threads", "get_preferences"):
             assert tools[name].annotations.read_only_hint is True, name
-        hints = {n: (t.annotations.destructive_hint, t.annotations.idempotent_hint) for n, t in tools.items()}
-        assert hints["append_messages"] == (False, False)
-        assert hints["fork_thread"] == (False, False)
-        assert hints["truncate_thread"] == (True, True)
-        assert hints["set_preferences"] == (True, True)
+        hints = {
+            n: (t.annotations.read_only_hint, t.annotations.destructive_hint, t.annotations.idempotent_hint)
+            for n, t in tools.items()
+        }
+        assert hints["append_messages"] == (False, False, False)
+        assert hints["fork_thread"] == (False, False, False)
+        assert hints["truncate_thread"] == (False, True, True)
+        assert hints["set_preferences"] == (False, True, True)
         append = tools["append_messages"].input_schema
         assert set(append["required"]) == {"thread_id", "messages"}
         message = append["$defs"]["MessageIn"]

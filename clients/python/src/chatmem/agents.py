@@ -119,13 +119,14 @@ class ChatmemSession:
 
         async def append(client: MemoryClient) -> None:
             nonlocal messages
-            # Each retry drops the ids the server named as taken; the failed append stored nothing.
-            for _ in range(len(messages) + 1):
+            # Each retry drops the ids the server named as taken (the failed append stored nothing), so
+            # every retry sends fewer ids and the loop ends.
+            while True:
                 try:
                     await client.append_messages(thread_id, messages, user_id=user_id)
                     return
                 except ConflictError as error:
-                    taken = _taken_indexes(error)
+                    taken = {i for i in _taken_indexes(error) if i < len(messages) and messages[i].message_id}
                     if not taken:
                         raise
                     messages = [_without_id(m) if i in taken else m for i, m in enumerate(messages)]

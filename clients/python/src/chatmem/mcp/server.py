@@ -27,6 +27,13 @@ UserId = Annotated[str, Field(description="The user's id (1-128 of letters, digi
 _READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
 
+def _write(*, destructive: bool, idempotent: bool) -> ToolAnnotations:
+    """Hints of a tool that changes memory; chatmem is a closed world (no tool reaches outside it)."""
+    return ToolAnnotations(
+        read_only_hint=False, destructive_hint=destructive, idempotent_hint=idempotent, open_world_hint=False
+    )
+
+
 class MessageIn(BaseModel):
     """A message to append."""
 
@@ -187,7 +194,7 @@ def build_server(client: MemoryClient, *, name: str = "chatmem") -> MCPServer:
 
     @server.tool(
         title="Append messages",
-        annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=False, open_world_hint=False),
+        annotations=_write(destructive=False, idempotent=False),
     )
     async def append_messages(
         thread_id: ThreadId,
@@ -234,7 +241,7 @@ def build_server(client: MemoryClient, *, name: str = "chatmem") -> MCPServer:
 
     @server.tool(
         title="Fork a thread",
-        annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=False, open_world_hint=False),
+        annotations=_write(destructive=False, idempotent=False),
     )
     async def fork_thread(
         thread_id: ThreadId,
@@ -249,7 +256,7 @@ def build_server(client: MemoryClient, *, name: str = "chatmem") -> MCPServer:
 
     @server.tool(
         title="Truncate a thread",
-        annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=True, open_world_hint=False),
+        annotations=_write(destructive=True, idempotent=True),
     )
     async def truncate_thread(
         thread_id: ThreadId,
@@ -277,7 +284,7 @@ def build_server(client: MemoryClient, *, name: str = "chatmem") -> MCPServer:
 
     @server.tool(
         title="Set user preferences",
-        annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=True, open_world_hint=False),
+        annotations=_write(destructive=True, idempotent=True),
     )
     async def set_preferences(
         user_id: UserId,
