@@ -209,15 +209,26 @@ def user_texts(model_input: Any) -> list[str]:
     return [str(i["content"]) for i in model_input if isinstance(i, dict) and i.get("role") == "user"]
 
 
-async def test_runner_two_turns_sees_the_first_turn(memory: MemoryClient) -> None:
+async def run_agent(method: str, agent: Agent[Any], text: str, session: ChatmemSession) -> Any:
+    """Run a turn as ``Runner.run`` or ``Runner.run_streamed`` (consumed to the end), as the SDK's tests do."""
+    if method == "run":
+        return await Runner.run(agent, text, session=session)
+    result = Runner.run_streamed(agent, text, session=session)
+    async for _ in result.stream_events():
+        pass
+    return result
+
+
+@pytest.mark.parametrize("method", ["run", "run_streamed"])
+async def test_runner_two_turns_sees_the_first_turn(memory: MemoryClient, method: str) -> None:
     model = ScriptedModel()
     agent = Agent(name="test", model=model)
-    session = ChatmemSession(memory, "runner")
+    session = ChatmemSession(memory, f"runner-{method}")
     model.enqueue([text_message("San Francisco")])
-    first = await Runner.run(agent, "What city is the Golden Gate Bridge in?", session=session)
+    first = await run_agent(method, agent, "What city is the Golden Gate Bridge in?", session)
     assert first.final_output == "San Francisco"
     model.enqueue([text_message("California")])  # the same id "1" again, as the SDK's own tests do
-    second = await Runner.run(agent, "What state is it in?", session=session)
+    second = await run_agent(method, agent, "What state is it in?", session)
     assert second.final_output == "California"
     last = model.calls[-1].input
     assert user_texts(last) == ["What city is the Golden Gate Bridge in?", "What state is it in?"]
