@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pathlib
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +17,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from chatmem import MemoryClient
 from devtools.ports import free_port
+from tests.authkit import create_key, with_auth
 from tests.conftest import Harness, make_settings, start_harness
 
 pytestmark = pytest.mark.integration
@@ -33,11 +35,15 @@ TOOLS = {
 
 
 @contextlib.asynccontextmanager
-async def stdio_session(api: Harness) -> AsyncIterator[ClientSession]:
+async def stdio_session(
+    api: Harness, *, workspace: str | None = None, env: dict[str, str] | None = None
+) -> AsyncIterator[ClientSession]:
     """chatmem-mcp over stdio, as an MCP host starts it (not a fixture: anyio's scopes must close in their own task)."""
+    ws = api.ws if workspace is None else workspace
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "chatmem.mcp", "--target", f"127.0.0.1:{api.app.port}", "--workspace", api.ws],
+        args=["-m", "chatmem.mcp", "--target", f"127.0.0.1:{api.app.port}", "--workspace", ws],
+        env=env,
     )
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
@@ -198,4 +204,23 @@ async def test_streamable_http_transport() -> None:
     finally:
         proc.terminate()
         await proc.wait()
+        await h.close()
+
+
+async def test_the_credential_comes_from_the_environment_and_binds_the_workspace(tmp_path: pathlib.Path) -> None:
+    settings = with_auth(make_settings(sqlite_path=str(tmp_path / "c.db")), mode="api_key", max_failures=1000)
+    h = await start_harness(settings)
+    try:
+        key, _ = await create_key(h.app.store.keys, "acme", "write")
+        async with stdio_session(h, workspace="", env={"CHATMEM_API_KEY": key}) as session:
+            await call(session, "append_messages", thread_id="k", messages=[{"role": "user", "content": "hi"}])
+        async with MemoryClient.connect(f"127.0.0.1:{h.app.port}", api_key=key, workspace_id="acme") as client:
+            assert await client.get_history("k") == [{"role": "user", "content": "hi"}], "the key's workspace"
+        async with stdio_session(h, workspace="", env={"CHATMEM_API_KEY": ""}) as session:
+            refused = await session.call_tool("get_history", {"thread_id": "k"})
+            assert refused.is_error and "UNAUTHENTICATED" in refused.content[0].text
+        async with stdio_session(h, workspace="globex", env={"CHATMEM_API_KEY": key}) as session:
+            foreign = await session.call_tool("get_history", {"thread_id": "k"})
+            assert foreign.is_error and "PERMISSION_DENIED" in foreign.content[0].text
+    finally:
         await h.close()
