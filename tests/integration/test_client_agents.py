@@ -205,6 +205,15 @@ async def test_concurrent_adds_keep_every_item(memory: MemoryClient) -> None:
     assert sorted(str(item.get("content")) for item in await sessions[0].get_items()) == ["m0", "m1", "m2", "m3"]
 
 
+async def test_concurrent_pops_each_remove_a_different_item(memory: MemoryClient) -> None:
+    session = ChatmemSession(memory, "pops")
+    items: list[TResponseInputItem] = [{"role": "user", "content": f"m{i}"} for i in range(4)]
+    await session.add_items(items)
+    popped = await asyncio.gather(*(session.pop_item() for _ in range(3)))
+    assert sorted(str(p.get("content")) for p in popped if p is not None) == ["m1", "m2", "m3"]
+    assert await session.get_items() == items[:1]
+
+
 def user_texts(model_input: Any) -> list[str]:
     return [str(i["content"]) for i in model_input if isinstance(i, dict) and i.get("role") == "user"]
 

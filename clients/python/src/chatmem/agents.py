@@ -137,18 +137,26 @@ class ChatmemSession:
         """Remove and return the newest item (TruncateThread), or None when the session is empty.
 
         The truncate is conditional on the thread not having changed since the newest item was read,
-        so a concurrent append is never removed in its place; after such a race it reads again.
+        so a concurrent append is never removed in its place; after such a race, or a concurrent pop, it
+        reads again (5 times at most).
+
+        Raises:
+            ConflictError: the thread changed during every attempt.
         """
         thread_id = self.session_id
 
         async def pop(client: MemoryClient) -> Message | None:
-            for attempt in range(_POP_ATTEMPTS):
+            for _ in range(_POP_ATTEMPTS):
                 try:
-                    return await client.pop_message(thread_id)
+                    popped = await client.pop_message(thread_id)
                 except ConflictError:
-                    if attempt == _POP_ATTEMPTS - 1:
-                        raise
-            return None  # pragma: no cover - the loop returns or raises
+                    continue  # an append came between the read and the truncate
+                # None also comes back when a concurrent pop removed the item this one read (a thread's
+                # last_seq never goes down, so the truncate's condition held and it removed nothing):
+                # the session is empty only if the thread is.
+                if popped is not None or not await client.get_history(thread_id, limit=1):
+                    return popped
+            raise ConflictError(f"session {thread_id!r} kept changing during pop_item; try again")
 
         popped = await self._call(pop)
         if popped is None:
