@@ -59,7 +59,14 @@ def _part_text(part: Part) -> str:
 
 def render(m: Message) -> str:
     """Return a message as one human-readable line, ``seq role: text``, with newlines escaped."""
-    text = " ".join(_part_text(p) for p in m.parts) if m.parts else m.content
+    text, after_text = "", False
+    for part in m.parts:
+        is_text = isinstance(part, TextPart)
+        # Text parts concatenate (they make up ``content``); the others stand apart as bracketed words.
+        text += ("" if not text or (is_text and after_text) else " ") + _part_text(part)
+        after_text = is_text
+    if not m.parts:
+        text = m.content
     marks = " (compacted)" if m.compacted else ""
     return f"{m.seq} {m.role}{marks}: {text}".replace("\n", "\\n")
 
