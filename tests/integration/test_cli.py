@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import pty
+import signal
 import subprocess
 import sys
 import time
@@ -481,9 +482,13 @@ async def test_watch_prints_existing_and_new_messages_as_they_arrive(sqlite_api:
                 == '5 assistant: [reasoning] [tool call get_weather id=call_1: {"city": "Paris",  "unit":"C"}]\n'
             )
             assert await line() == "6 assistant: It is 18C.\n"
+            proc.send_signal(signal.SIGINT)  # Ctrl-C: the shell's code for it, and no traceback
+            assert await asyncio.wait_for(proc.wait(), 30) == 130
+            assert proc.stderr is not None and await proc.stderr.read() == b""
         finally:
-            proc.terminate()
-            await proc.wait()
+            if proc.returncode is None:
+                proc.terminate()
+                await proc.wait()
 
         code, out, err = await cli(
             target, "--json", "threads", "watch", "live", "--after-seq", "4", "--count", "2",
@@ -492,3 +497,16 @@ async def test_watch_prints_existing_and_new_messages_as_they_arrive(sqlite_api:
         assert code == 0, err
         assert [row["seq"] for row in lines_of(out)] == [5, 6]
         assert lines_of(out)[0]["message_id"] == "m-1"
+
+        # Deleting the thread ends the watch: exit code 3 and one line, like any NOT_FOUND.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chatmem.cli", "threads", "watch", "live", "-n", "1",
+            env=cli_env(target, CHATMEM_WORKSPACE=sqlite_api.ws),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        assert (await asyncio.wait_for(proc.stdout.readline(), 30)).startswith(b"6 assistant")
+        await memory.delete_thread("live")
+        assert await asyncio.wait_for(proc.wait(), 30) == 3
+        err = (await proc.stderr.read()).decode()
+        assert err.startswith("chatmem: ") and len(err.splitlines()) == 1 and "not found" in err, err
