@@ -118,7 +118,7 @@ async def test_export_import_round_trip_into_another_workspace_is_identical(api:
         target, "threads", "import", "copy", "--workspace", ws2, "--user", "bob", stdin=exported.encode()
     )
     assert code == 0, err
-    assert out == "imported 250 messages into 'copy' (0 were already there)\n"
+    assert out == "imported 250 messages into 'copy' (0 already there)\n"
 
     code, again, err = await cli(target, "threads", "export", "copy", "--workspace", ws2)
     assert code == 0, err
@@ -177,7 +177,7 @@ async def test_an_interrupted_import_resumed_with_the_same_input_stores_nothing_
             target, "threads", "import", "dst", "--workspace", sqlite_api.ws, stdin=exported.encode()
         )
         assert code == 0, err
-        assert out == "imported 150 messages into 'dst' (100 were already there)\n"
+        assert out == "imported 150 messages into 'dst' (100 already there)\n"
         assert await memory.count("dst") == 250
         copy = [m async for m in memory.stream_history("dst")]
         assert [m.message_id for m in copy] == [r["message_id"] for r in lines_of(exported)]
@@ -287,7 +287,7 @@ async def test_progress_is_shown_on_a_terminal_and_never_on_a_pipe(sqlite_api: H
     code, _, err = await cli(target, "threads", "import", "copy", stdin=piped.encode(), env=env)
     assert code == 0 and err == ""
     code, out, terminal = await _run_on_pty("threads", "import", "copy2", env=env, stdin=piped.encode())
-    assert code == 0 and out == b"imported 3000 messages into 'copy2' (0 were already there)\n"
+    assert code == 0 and out == b"imported 3000 messages into 'copy2' (0 already there)\n"
     assert b"\rimported 3,000 messages" in terminal
 
 
@@ -299,7 +299,7 @@ async def test_threads_commands_print_for_humans_and_json_for_scripts(sqlite_api
         await memory.append("t0", "user", "older", user_id="ada", title="Zero")
 
     code, out, _ = await cli(target, "threads", "ls", "--user", "ada", env=env)
-    assert (code, out) == (0, "t0\t1\tZero\nt1\t4\tSource\n"), "newest first"
+    assert (code, out) == (0, "t0  1 message  Zero\nt1  4 messages  Source\n"), "newest first"
     code, out, _ = await cli(target, "threads", "ls", "--user", "ada", "--json", "--limit", "1", env=env)
     assert code == 0 and len(out.splitlines()) == 1 and json.loads(out)["user_id"] == "ada"
 
@@ -315,7 +315,7 @@ async def test_threads_commands_print_for_humans_and_json_for_scripts(sqlite_api
     code, out, _ = await cli(target, "threads", "fork", "t1", "t2", "--through-seq", "2", env=env)
     assert (code, out) == (0, "forked 't1' into 't2' (2 messages)\n")
     code, out, _ = await cli(target, "threads", "truncate", "t1", "--after-seq", "1", env=env)
-    assert (code, out) == (0, "removed 3 messages from 't1'; 1 remain\n")
+    assert (code, out) == (0, "removed 3 messages from 't1'; 1 message left\n")
     code, out, _ = await cli(target, "--json", "threads", "truncate", "t1", "--after-seq", "0", env=env)
     assert code == 0 and json.loads(out)["removed_count"] == 1 and json.loads(out)["thread"]["last_seq"] == 4
     code, out, _ = await cli(target, "threads", "rm", "t2", env=env)
@@ -334,7 +334,7 @@ async def test_prefs_get_set_rm(sqlite_api: Harness) -> None:
     assert await cli(target, "prefs", "get", "ada", env=env) == (0, "language=English\nnote=a=b\ntone=brief\n", "")
     code, out, _ = await cli(target, "prefs", "get", "ada", "tone", "--json", env=env)
     assert (code, json.loads(out)) == (0, {"tone": "brief"})
-    assert await cli(target, "prefs", "rm", "ada", "tone", env=env) == (0, "deleted 1 preferences of 'ada'\n", "")
+    assert await cli(target, "prefs", "rm", "ada", "tone", env=env) == (0, "deleted 1 preference of 'ada'\n", "")
     assert await cli(target, "prefs", "rm", "ada", "--all", env=env) == (0, "deleted 2 preferences of 'ada'\n", "")
     assert await cli(target, "prefs", "get", "ada", env=env) == (0, "", "")
     code, _, err = await cli(target, "prefs", "set", "ada", "novalue", env=env)
@@ -399,7 +399,7 @@ async def test_the_credential_comes_from_the_environment(tmp_path: pathlib.Path)
         code, out, err = await cli(
             target, "prefs", "set", "ada", "tone=brief", env=cli_env(target, CHATMEM_API_KEY=key)
         )
-        assert (code, out) == (0, "set 1 preferences of 'ada'\n"), err
+        assert (code, out) == (0, "set 1 preference of 'ada'\n"), err
         code, out, err = await cli(target, "prefs", "set", "ada", "x=y", env=cli_env(target, CHATMEM_API_KEY=reader))
         assert code == 6 and err.startswith("chatmem: permission denied"), err
         code, out, err = await cli(target, "prefs", "get", "ada", env=cli_env(target, CHATMEM_API_KEY=reader))
@@ -427,7 +427,7 @@ async def test_tls_with_a_private_ca_and_mtls(tmp_path: pathlib.Path) -> None:
             target, "prefs", "set", "ada", "tone=brief",
             "--ca-file", str(tmp_path / "ca.crt"), "--cert-file", client_cert, "--key-file", client_key,
         )  # fmt: skip
-        assert (code, out) == (0, "set 1 preferences of 'ada'\n"), err
+        assert (code, out) == (0, "set 1 preference of 'ada'\n"), err
         env = cli_env(target, CHATMEM_CA_FILE=str(tmp_path / "ca.crt"), CHATMEM_CERT_FILE=client_cert,
                       CHATMEM_KEY_FILE=client_key)  # fmt: skip
         assert await cli(target, "prefs", "get", "ada", env=env) == (0, "tone=brief\n", "")

@@ -168,6 +168,11 @@ def describe(error: ChatmemError, target: str) -> tuple[str, int]:
     return message, code
 
 
+def plural(count: int, noun: str) -> str:
+    """Return ``1 message`` or ``2 messages``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def fail(message: str) -> None:
     """Print one ``chatmem: ...`` line on stderr."""
     print(f"chatmem: {message}", file=sys.stderr, flush=True)

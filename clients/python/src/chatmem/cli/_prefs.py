@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from chatmem.cli._common import EXIT_USAGE, CliError, connect, wants_json
+from chatmem.cli._common import EXIT_USAGE, CliError, connect, plural, wants_json
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -58,7 +58,7 @@ async def set_(args: argparse.Namespace) -> int:
     if wants_json(args):
         print(json.dumps({"user_id": args.user_id, "updated_count": count}))
     else:
-        print(f"set {count} preferences of {args.user_id!r}")
+        print(f"set {plural(count, 'preference')} of {args.user_id!r}")
     return 0
 
 
@@ -71,5 +71,5 @@ async def rm(args: argparse.Namespace) -> int:
     if wants_json(args):
         print(json.dumps({"user_id": args.user_id, "deleted_count": count}))
     else:
-        print(f"deleted {count} preferences of {args.user_id!r}")
+        print(f"deleted {plural(count, 'preference')} of {args.user_id!r}")
     return 0

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from chatmem.cli._codec import message_to_json, thread_to_json
-from chatmem.cli._common import connect, wants_json
+from chatmem.cli._common import connect, plural, wants_json
 from chatmem.types import Media, Message, Part, Reasoning, TextPart, Thread, ToolCall, ToolResult
 
 
@@ -72,10 +72,10 @@ def render(m: Message) -> str:
 
 
 def _thread_lines(t: Thread) -> list[str]:
-    lines = [
-        f"thread: {t.thread_id}",
-        f"user: {t.user_id}",
-        f"title: {t.title}",
+    lines = [f"thread: {t.thread_id}"]
+    lines += [f"user: {t.user_id}"] if t.user_id else []
+    lines += [f"title: {t.title}"] if t.title else []
+    lines += [
         f"messages: {t.message_count} (last seq {t.last_seq})",
         f"created: {thread_to_json(t)['create_time']}",
         f"updated: {thread_to_json(t)['update_time']}",
@@ -88,7 +88,7 @@ def _thread_lines(t: Thread) -> list[str]:
 
 
 async def ls(args: argparse.Namespace) -> int:
-    """List a user's threads: ``thread_id  messages  title``, or one JSON object per line."""
+    """List a user's threads, ``<thread>  <n> messages  <title>``, or one JSON object per line."""
     async with connect(args) as memory:
         shown = 0
         async for t in memory.list_threads(args.user):
@@ -98,7 +98,7 @@ async def ls(args: argparse.Namespace) -> int:
             if wants_json(args):
                 print(json.dumps(thread_to_json(t), ensure_ascii=False), flush=False)
             else:
-                print(f"{t.thread_id}\t{t.message_count}\t{t.title}")
+                print(f"{t.thread_id}  {plural(t.message_count, 'message')}  {t.title}".rstrip())
     return 0
 
 
@@ -131,7 +131,7 @@ async def fork(args: argparse.Namespace) -> int:
     if wants_json(args):
         print(json.dumps(thread_to_json(thread), ensure_ascii=False))
     else:
-        print(f"forked {args.thread_id!r} into {thread.thread_id!r} ({thread.message_count} messages)")
+        print(f"forked {args.thread_id!r} into {thread.thread_id!r} ({plural(thread.message_count, 'message')})")
     return 0
 
 
@@ -144,7 +144,8 @@ async def truncate(args: argparse.Namespace) -> int:
         print(json.dumps(doc, ensure_ascii=False))
     else:
         t = done.thread
-        print(f"removed {done.removed_count} messages from {t.thread_id!r}; {t.message_count} remain")
+        removed, left = plural(done.removed_count, "message"), plural(t.message_count, "message")
+        print(f"removed {removed} from {t.thread_id!r}; {left} left")
     return 0
 
 
@@ -155,5 +156,5 @@ async def rm(args: argparse.Namespace) -> int:
     if wants_json(args):
         print(json.dumps({"thread_id": args.thread_id, "deleted_messages": deleted}))
     else:
-        print(f"deleted {args.thread_id!r} ({deleted} stored messages)")
+        print(f"deleted {args.thread_id!r} ({plural(deleted, 'stored message')})")
     return 0

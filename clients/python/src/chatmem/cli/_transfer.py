@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from chatmem.cli._codec import LineError, input_from_json, message_line, parse_line
-from chatmem.cli._common import EXIT_ERROR, EXIT_INVALID, CliError, connect, describe, target_of, wants_json
+from chatmem.cli._common import EXIT_ERROR, EXIT_INVALID, CliError, connect, describe, plural, target_of, wants_json
 from chatmem.cli._progress import Progress
 from chatmem.errors import ChatmemError
 from chatmem.types import MessageInput
@@ -174,12 +174,13 @@ async def import_(args: argparse.Namespace) -> int:
                     progress.add(len(batch.messages))
             except LineError as exc:
                 progress.done()
-                stored = f"; {appended + replayed} messages before it are stored" if appended + replayed else ""
+                done = appended + replayed
+                stored = f"; the {plural(done, 'message')} before it are stored" if done else ""
                 raise CliError(f"{exc}{stored}", EXIT_INVALID) from None
     progress.done()
     if wants_json(args):
         summary = {"thread_id": args.thread_id, "appended": appended, "replayed": replayed, "last_seq": last_seq}
         print(json.dumps(summary))
     else:
-        print(f"imported {appended} messages into {args.thread_id!r} ({replayed} were already there)")
+        print(f"imported {plural(appended, 'message')} into {args.thread_id!r} ({replayed} already there)")
     return 0
