@@ -148,7 +148,9 @@ async def test_export_import_round_trip_into_another_workspace_is_identical(api:
         assert (await b.get_thread("copy")).message_count == 250, "a rerun stores nothing twice"
 
 
-async def test_an_interrupted_import_resumed_with_the_same_input_stores_nothing_twice(sqlite_api: Harness) -> None:
+async def test_an_interrupted_import_resumed_with_the_same_input_stores_nothing_twice(
+    sqlite_api: Harness, tmp_path: pathlib.Path
+) -> None:
     target = target_of(sqlite_api)
     await fill(sqlite_api, sqlite_api.ws, "src", [rich(i) for i in range(250)])
     code, exported, _ = await cli(target, "threads", "export", "src", "--workspace", sqlite_api.ws)
@@ -182,6 +184,14 @@ async def test_an_interrupted_import_resumed_with_the_same_input_stores_nothing_
         copy = [m async for m in memory.stream_history("dst")]
         assert [m.message_id for m in copy] == [r["message_id"] for r in lines_of(exported)]
         assert [m.seq for m in copy] == list(range(1, 251))
+
+    # An export cut short resumes with --after-seq, here into a file.
+    rest = tmp_path / "rest.jsonl"
+    code, out, err = await cli(
+        target, "threads", "export", "dst", "--after-seq", "200", "-o", str(rest), "--workspace", sqlite_api.ws
+    )
+    assert (code, out, err) == (0, "", "")
+    assert [row["seq"] for row in lines_of(rest.read_text())] == list(range(201, 251))
 
 
 async def preload(h: Harness, thread_id: str, count: int) -> None:
@@ -377,8 +387,11 @@ async def test_errors_are_one_line_on_stderr_with_distinct_exit_codes(sqlite_api
         target, "threads", "import", "dst2", stdin=b'{"role": "user", "parts": [{"text": 1}]}\n', env=env
     )
     assert (code, err) == (4, "chatmem: line 1: parts[0].text must be a string\n")
-    code, _, err = await cli(target, "threads", "import", "dst3", stdin=b'{"role": "user", "content": "x", "name": "' + b"n" * 300 + b'"}\n', env=env)  # fmt: skip
-    assert code == 4 and err.startswith("chatmem: the batch from line 1: invalid argument: messages[0].name"), err
+    # A line the server refuses is named by its line number, not by its index in the batch.
+    good = b'{"role": "user", "content": "fine"}\n'
+    bad = b'{"role": "user", "content": "x", "name": "' + b"n" * 300 + b'"}\n'
+    code, _, err = await cli(target, "threads", "import", "dst3", stdin=good * 2 + b"\n" + bad, env=env)
+    assert code == 4 and err.startswith("chatmem: lines 1-4: invalid argument: line 4.name: "), err
 
     down = f"127.0.0.1:{free_port()}"
     started = time.monotonic()

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -80,7 +81,8 @@ async def export(args: argparse.Namespace) -> int:
     async with connect(args) as memory:
         # Asked first so that an unknown thread is NOT_FOUND (a stream of it is just empty), and for the total.
         thread = await memory.get_thread(args.thread_id)
-        progress = Progress("exported", max(0, thread.message_count))
+        # The thread's length is the total only for a whole export; a resumed one counts without a total.
+        progress = Progress("exported", thread.message_count if args.after_seq == 0 else None)
         with _open(args.output, "wb") as out:
             # stream_history reads keyset chunks and resumes by itself; nothing here holds more than a line.
             async for message in memory.stream_history(args.thread_id, after_seq=args.after_seq):
@@ -97,7 +99,14 @@ class _Batch:
 
     messages: list[MessageInput]
     keys: list[str]
-    first_line: int
+    lines: list[int]
+
+    def locate(self, text: str) -> str:
+        """Replace the server's ``messages[i]`` with the input line of message i."""
+        return _INDEX.sub(lambda m: f"line {self.lines[int(m.group(1))]}", text)
+
+
+_INDEX = re.compile(r"messages\[(\d+)\]")
 
 
 def _key(obj: dict[str, Any], number: int) -> str:
@@ -117,26 +126,25 @@ def batches(lines: Iterable[bytes], size: int, max_bytes: int = MAX_BATCH_BYTES)
     """
     messages: list[MessageInput] = []
     keys: list[str] = []
-    first = 0
+    numbers: list[int] = []
     held = 0
     for number, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         if messages and (len(messages) >= size or held + len(raw) > max_bytes):
-            yield _Batch(messages, keys, first)
-            messages, keys, held = [], [], 0
+            yield _Batch(messages, keys, numbers)
+            messages, keys, numbers, held = [], [], [], 0
         try:
             text = raw.decode()
         except UnicodeDecodeError:
             raise LineError(f"line {number}: not UTF-8") from None
         obj = parse_line(text, number)
-        if not messages:
-            first = number
+        numbers.append(number)
         messages.append(input_from_json(obj, f"line {number}"))
         keys.append(_key(obj, number))
         held += len(raw)
     if messages:
-        yield _Batch(messages, keys, first)
+        yield _Batch(messages, keys, numbers)
 
 
 def request_id(workspace: str, thread_id: str, keys: list[str]) -> str:
@@ -165,7 +173,8 @@ async def import_(args: argparse.Namespace) -> int:
                     except ChatmemError as exc:
                         # The server names messages[i] of the batch; the user needs the line of the input.
                         message, code = describe(exc, target_of(args))
-                        raise CliError(f"the batch from line {batch.first_line}: {message}", code) from None
+                        where = f"lines {batch.lines[0]}-{batch.lines[-1]}"
+                        raise CliError(f"{where}: {batch.locate(message)}", code) from None
                     if result.replayed:
                         replayed += len(batch.messages)
                     else:
