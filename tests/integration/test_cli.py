@@ -1,6 +1,4 @@
-"""The ``chatmem`` CLI run as a subprocess against real servers: every command, its errors and exit codes,
-export -> import round trips, a rerun and a resumed import that store nothing twice, a 100,000-message
-export at flat memory, the progress indicator (on a pty only), TLS and the credential from the environment."""
+"""The ``chatmem`` CLI as a subprocess against real servers: commands, errors, round trips, flat memory, progress."""
 
 from __future__ import annotations
 

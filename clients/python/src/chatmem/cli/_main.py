@@ -12,7 +12,6 @@ from chatmem.cli import _prefs, _tail, _threads, _transfer
 from chatmem.cli._common import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
-    EXIT_USAGE,
     CliError,
     add_connect_options,
     describe,
@@ -88,6 +87,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(f"unexpected {type(exc).__name__}: {exc} (set CHATMEM_DEBUG=1 for the traceback)")
         return EXIT_ERROR
     return code
-
-
-__all__ = ["EXIT_USAGE", "build_parser", "main"]
