@@ -175,4 +175,6 @@ def plural(count: int, noun: str) -> str:
 
 def fail(message: str) -> None:
     """Print one ``chatmem: ...`` line on stderr."""
-    print(f"chatmem: {message}", file=sys.stderr, flush=True)
+    # On a terminal a progress line may be half drawn: clear it, so the error stands on a line of its own.
+    clear = "\r\x1b[K" if sys.stderr.isatty() else ""
+    print(f"{clear}chatmem: {message}", file=sys.stderr, flush=True)
