@@ -136,27 +136,15 @@ class ChatmemSession:
     async def pop_item(self) -> TResponseInputItem | None:
         """Remove and return the newest item (TruncateThread), or None when the session is empty.
 
-        The truncate is conditional on the thread not having changed since the newest item was read,
-        so a concurrent append is never removed in its place; after such a race, or a concurrent pop, it
-        reads again (5 times at most).
+        The client's ``pop_message`` makes it safe against concurrent appends and pops.
 
         Raises:
-            ConflictError: the thread changed during every attempt.
+            ConflictError: the thread kept changing while it tried.
         """
         thread_id = self.session_id
 
         async def pop(client: MemoryClient) -> Message | None:
-            for _ in range(_POP_ATTEMPTS):
-                try:
-                    popped = await client.pop_message(thread_id)
-                except ConflictError:
-                    continue  # an append came between the read and the truncate
-                # None also comes back when a concurrent pop removed the item this one read (a thread's
-                # last_seq never goes down, so the truncate's condition held and it removed nothing):
-                # the session is empty only if the thread is.
-                if popped is not None or not await client.get_history(thread_id, limit=1):
-                    return popped
-            raise ConflictError(f"session {thread_id!r} kept changing during pop_item; try again")
+            return await client.pop_message(thread_id)
 
         popped = await self._call(pop)
         if popped is None:
