@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
-import filecmp
 import pathlib
 import shutil
 import subprocess
 import sys
 
 import pytest
+import yaml
+
+from devtools import gen
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-GENERATED = ROOT / "clients" / "python" / "src" / "chatmem" / "v1"
 
 
-def test_generated_code_has_not_drifted(tmp_path: pathlib.Path) -> None:
-    subprocess.run(
-        [sys.executable, str(ROOT / "clients/python/scripts/gen_protos.py"), "--out", str(tmp_path)],
-        check=True,
-        capture_output=True,
-    )
-    fresh = tmp_path / "chatmem" / "v1"
-    committed = sorted(p.name for p in GENERATED.iterdir() if p.name != "__pycache__")
-    assert committed == sorted(p.name for p in fresh.iterdir())
-    _, mismatch, errors = filecmp.cmpfiles(GENERATED, fresh, committed, shallow=False)
-    assert mismatch == [] and errors == [], f"regenerate with `make gen`: {mismatch or errors}"
+def test_every_generated_tree_matches_the_generator(tmp_path: pathlib.Path) -> None:
+    problems = gen.check_tools()
+    assert problems == [], problems
+    gen.generate(tmp_path)
+    for tree in gen.TREES:
+        assert any((tmp_path / tree).iterdir()), f"buf.gen.yaml wrote nothing into {tree}"
+    assert gen.drift(tmp_path) == [], "regenerate with `make gen`"
+
+
+def test_every_proto_declares_the_package_options_managed_mode_sets() -> None:
+    """Plain protoc users need the options in the files; buf.gen.yaml's managed mode must agree with them."""
+    config = yaml.safe_load((ROOT / "buf.gen.yaml").read_text())
+    managed = {o["file_option"]: o["value"] for o in config["managed"]["override"]}
+    assert set(managed) >= {"go_package", "java_package", "csharp_namespace"}
+    for proto in sorted((ROOT / "protos" / "chatmem" / "v1").glob("*.proto")):
+        text = proto.read_text()
+        for option, value in managed.items():
+            shown = str(value).lower() if isinstance(value, bool) else '"' + str(value).replace("\\", "\\\\") + '"'
+            assert f"option {option} = {shown};" in text, (proto.name, option)
 
 
 def _buf() -> str:

@@ -26,35 +26,36 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hatmem/v1/resources.proto\x12\nchatmem.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x01\n\x0cMessageInput\x12\x1e\n\x04role\x18\x01 \x01(\x0e\x32\x10.chatmem.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x38\n\x08metadata\x18\x04 \x03(\x0b\x32&.chatmem.v1.MessageInput.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x02\n\x07Message\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x1e\n\x04role\x18\x04 \x01(\x0e\x32\x10.chatmem.v1.Role\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x33\n\x08metadata\x18\x07 \x03(\x0b\x32!.chatmem.v1.Message.MetadataEntry\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x94\x02\n\x06Thread\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06pinned\x18\x06 \x01(\x08\x12\x15\n\rmessage_count\x18\x07 \x01(\x03\x12\x10\n\x08last_seq\x18\x08 \x01(\x03\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\nPreference\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12/\n\x0bupdate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x0bServingInfo\x12\x1e\n\x04tier\x18\x01 \x01(\x0e\x32\x10.chatmem.v1.Tier\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x12\x0f\n\x0bROLE_SYSTEM\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*<\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0e\n\nTIER_CACHE\x10\x01\x12\x0e\n\nTIER_STORE\x10\x02*Y\n\nDurability\x12\x1a\n\x16\x44URABILITY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44URABILITY_PERSISTED\x10\x01\x12\x15\n\x11\x44URABILITY_QUEUED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hatmem/v1/resources.proto\x12\nchatmem.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x01\n\x0cMessageInput\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x10.chatmem.v1.RoleR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x42\n\x08metadata\x18\x04 \x03(\x0b\x32&.chatmem.v1.MessageInput.MetadataEntryR\x08metadata\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xe8\x02\n\x07Message\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x1b\n\tthread_id\x18\x02 \x01(\tR\x08threadId\x12\x10\n\x03seq\x18\x03 \x01(\x03R\x03seq\x12$\n\x04role\x18\x04 \x01(\x0e\x32\x10.chatmem.v1.RoleR\x04role\x12\x18\n\x07\x63ontent\x18\x05 \x01(\tR\x07\x63ontent\x12\x12\n\x04name\x18\x06 \x01(\tR\x04name\x12=\n\x08metadata\x18\x07 \x03(\x0b\x32!.chatmem.v1.Message.MetadataEntryR\x08metadata\x12;\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xf6\x02\n\x06Thread\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x1b\n\tthread_id\x18\x02 \x01(\tR\x08threadId\x12\x17\n\x07user_id\x18\x03 \x01(\tR\x06userId\x12\x14\n\x05title\x18\x04 \x01(\tR\x05title\x12+\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x03ttl\x12\x16\n\x06pinned\x18\x06 \x01(\x08R\x06pinned\x12#\n\rmessage_count\x18\x07 \x01(\x03R\x0cmessageCount\x12\x19\n\x08last_seq\x18\x08 \x01(\x03R\x07lastSeq\x12;\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\"q\n\nPreference\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value\x12;\n\x0bupdate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\"O\n\x0bServingInfo\x12$\n\x04tier\x18\x01 \x01(\x0e\x32\x10.chatmem.v1.TierR\x04tier\x12\x1a\n\x08\x64\x65graded\x18\x02 \x01(\x08R\x08\x64\x65graded*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x12\x0f\n\x0bROLE_SYSTEM\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*<\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0e\n\nTIER_CACHE\x10\x01\x12\x0e\n\nTIER_STORE\x10\x02*Y\n\nDurability\x12\x1a\n\x16\x44URABILITY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44URABILITY_PERSISTED\x10\x01\x12\x15\n\x11\x44URABILITY_QUEUED\x10\x02\x42\xa4\x01\n\x0e\x64\x65v.chatmem.v1B\x0eResourcesProtoP\x01Z9github.com/chatmem/chatmem/clients/go/chatmemv1;chatmemv1\xa2\x02\x03\x43XX\xaa\x02\nChatmem.V1\xca\x02\nChatmem\\V1\xe2\x02\x16\x43hatmem\\V1\\GPBMetadata\xea\x02\x0b\x43hatmem::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatmem.v1.resources_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.chatmem.v1B\016ResourcesProtoP\001Z9github.com/chatmem/chatmem/clients/go/chatmemv1;chatmemv1\242\002\003CXX\252\002\nChatmem.V1\312\002\nChatmem\\V1\342\002\026Chatmem\\V1\\GPBMetadata\352\002\013Chatmem::V1'
   _globals['_MESSAGEINPUT_METADATAENTRY']._loaded_options = None
   _globals['_MESSAGEINPUT_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_MESSAGE_METADATAENTRY']._loaded_options = None
   _globals['_MESSAGE_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=1009
-  _globals['_ROLE']._serialized_end=1104
-  _globals['_TIER']._serialized_start=1106
-  _globals['_TIER']._serialized_end=1166
-  _globals['_DURABILITY']._serialized_start=1168
-  _globals['_DURABILITY']._serialized_end=1257
+  _globals['_ROLE']._serialized_start=1273
+  _globals['_ROLE']._serialized_end=1368
+  _globals['_TIER']._serialized_start=1370
+  _globals['_TIER']._serialized_end=1430
+  _globals['_DURABILITY']._serialized_start=1432
+  _globals['_DURABILITY']._serialized_end=1521
   _globals['_MESSAGEINPUT']._serialized_start=108
-  _globals['_MESSAGEINPUT']._serialized_end=292
-  _globals['_MESSAGEINPUT_METADATAENTRY']._serialized_start=245
-  _globals['_MESSAGEINPUT_METADATAENTRY']._serialized_end=292
-  _globals['_MESSAGE']._serialized_start=295
-  _globals['_MESSAGE']._serialized_end=572
-  _globals['_MESSAGE_METADATAENTRY']._serialized_start=245
-  _globals['_MESSAGE_METADATAENTRY']._serialized_end=292
-  _globals['_THREAD']._serialized_start=575
-  _globals['_THREAD']._serialized_end=851
-  _globals['_PREFERENCE']._serialized_start=853
-  _globals['_PREFERENCE']._serialized_end=942
-  _globals['_SERVINGINFO']._serialized_start=944
-  _globals['_SERVINGINFO']._serialized_end=1007
+  _globals['_MESSAGEINPUT']._serialized_end=335
+  _globals['_MESSAGEINPUT_METADATAENTRY']._serialized_start=276
+  _globals['_MESSAGEINPUT_METADATAENTRY']._serialized_end=335
+  _globals['_MESSAGE']._serialized_start=338
+  _globals['_MESSAGE']._serialized_end=698
+  _globals['_MESSAGE_METADATAENTRY']._serialized_start=276
+  _globals['_MESSAGE_METADATAENTRY']._serialized_end=335
+  _globals['_THREAD']._serialized_start=701
+  _globals['_THREAD']._serialized_end=1075
+  _globals['_PREFERENCE']._serialized_start=1077
+  _globals['_PREFERENCE']._serialized_end=1190
+  _globals['_SERVINGINFO']._serialized_start=1192
+  _globals['_SERVINGINFO']._serialized_end=1271
 # @@protoc_insertion_point(module_scope)

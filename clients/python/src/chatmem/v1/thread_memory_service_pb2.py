@@ -26,49 +26,50 @@ from chatmem.v1 import resources_pb2 as chatmem_dot_v1_dot_resources__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&chatmem/v1/thread_memory_service.proto\x12\nchatmem.v1\x1a\x1a\x63hatmem/v1/resources.proto\x1a\x1egoogle/protobuf/duration.proto\"\xfe\x01\n\x15\x41ppendMessagesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12*\n\x08messages\x18\x03 \x03(\x0b\x32\x18.chatmem.v1.MessageInput\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x1e\n\x11\x65xpected_last_seq\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07user_id\x18\x06 \x01(\t\x12\r\n\x05title\x18\x07 \x01(\t\x12&\n\x03ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationB\x14\n\x12_expected_last_seq\"\xa5\x01\n\x16\x41ppendMessagesResponse\x12\x0c\n\x04seqs\x18\x01 \x03(\x03\x12\x15\n\rmessage_count\x18\x02 \x01(\x03\x12*\n\ndurability\x18\x03 \x01(\x0e\x32\x16.chatmem.v1.Durability\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x12(\n\x07serving\x18\x05 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"K\n\x11GetHistoryRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"e\n\x12GetHistoryResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.chatmem.v1.Message\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"\x89\x01\n\x13ListMessagesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x11\n\tstart_seq\x18\x05 \x01(\x03\x12\x0f\n\x07reverse\x18\x06 \x01(\x08\"\x80\x01\n\x14ListMessagesResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.chatmem.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12(\n\x07serving\x18\x03 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"f\n\x14StreamHistoryRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\x12\x12\n\nchunk_size\x18\x04 \x01(\x05\"h\n\x15StreamHistoryResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.chatmem.v1.Message\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"v\n\x11GetContextRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x14\n\x0cmax_messages\x18\x04 \x01(\x05\x12\x11\n\tmax_chars\x18\x05 \x01(\x05\"\x80\x01\n\x12GetContextResponse\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12\x15\n\rmessage_count\x18\x02 \x01(\x05\x12\x18\n\x10preference_count\x18\x03 \x01(\x05\x12(\n\x07serving\x18\x04 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\";\n\x10GetThreadRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\"a\n\x11GetThreadResponse\x12\"\n\x06thread\x18\x01 \x01(\x0b\x32\x12.chatmem.v1.Thread\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"b\n\x12ListThreadsRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"}\n\x13ListThreadsResponse\x12#\n\x07threads\x18\x01 \x03(\x0b\x32\x12.chatmem.v1.Thread\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12(\n\x07serving\x18\x03 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"\xb8\x01\n\x13UpdateThreadRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x12\n\x05title\x18\x03 \x01(\tH\x00\x88\x01\x01\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x06pinned\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x08\n\x06_titleB\t\n\x07_pinned\"d\n\x14UpdateThreadResponse\x12\"\n\x06thread\x18\x01 \x01(\x0b\x32\x12.chatmem.v1.Thread\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"i\n\x13\x44\x65leteThreadRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x15\n\rallow_missing\x18\x04 \x01(\x08\"Z\n\x14\x44\x65leteThreadResponse\x12\x18\n\x10\x64\x65leted_messages\x18\x01 \x01(\x03\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo2\xf3\x05\n\x13ThreadMemoryService\x12W\n\x0e\x41ppendMessages\x12!.chatmem.v1.AppendMessagesRequest\x1a\".chatmem.v1.AppendMessagesResponse\x12K\n\nGetHistory\x12\x1d.chatmem.v1.GetHistoryRequest\x1a\x1e.chatmem.v1.GetHistoryResponse\x12Q\n\x0cListMessages\x12\x1f.chatmem.v1.ListMessagesRequest\x1a .chatmem.v1.ListMessagesResponse\x12V\n\rStreamHistory\x12 .chatmem.v1.StreamHistoryRequest\x1a!.chatmem.v1.StreamHistoryResponse0\x01\x12K\n\nGetContext\x12\x1d.chatmem.v1.GetContextRequest\x1a\x1e.chatmem.v1.GetContextResponse\x12H\n\tGetThread\x12\x1c.chatmem.v1.GetThreadRequest\x1a\x1d.chatmem.v1.GetThreadResponse\x12N\n\x0bListThreads\x12\x1e.chatmem.v1.ListThreadsRequest\x1a\x1f.chatmem.v1.ListThreadsResponse\x12Q\n\x0cUpdateThread\x12\x1f.chatmem.v1.UpdateThreadRequest\x1a .chatmem.v1.UpdateThreadResponse\x12Q\n\x0c\x44\x65leteThread\x12\x1f.chatmem.v1.DeleteThreadRequest\x1a .chatmem.v1.DeleteThreadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&chatmem/v1/thread_memory_service.proto\x12\nchatmem.v1\x1a\x1a\x63hatmem/v1/resources.proto\x1a\x1egoogle/protobuf/duration.proto\"\xcf\x02\n\x15\x41ppendMessagesRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x1b\n\tthread_id\x18\x02 \x01(\tR\x08threadId\x12\x34\n\x08messages\x18\x03 \x03(\x0b\x32\x18.chatmem.v1.MessageInputR\x08messages\x12\x1d\n\nrequest_id\x18\x04 \x01(\tR\trequestId\x12/\n\x11\x65xpected_last_seq\x18\x05 \x01(\x03H\x00R\x0f\x65xpectedLastSeq\x88\x01\x01\x12\x17\n\x07user_id\x18\x06 \x01(\tR\x06userId\x12\x14\n\x05title\x18\x07 \x01(\tR\x05title\x12+\n\x03ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationR\x03ttlB\x14\n\x12_expected_last_seq\"\xd8\x01\n\x16\x41ppendMessagesResponse\x12\x12\n\x04seqs\x18\x01 \x03(\x03R\x04seqs\x12#\n\rmessage_count\x18\x02 \x01(\x03R\x0cmessageCount\x12\x36\n\ndurability\x18\x03 \x01(\x0e\x32\x16.chatmem.v1.DurabilityR\ndurability\x12\x1a\n\x08replayed\x18\x04 \x01(\x08R\x08replayed\x12\x31\n\x07serving\x18\x05 \x01(\x0b\x32\x17.chatmem.v1.ServingInfoR\x07serving\"i\n\x11GetHistoryRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x1b\n\tthread_id\x18\x02 \x01(\tR\x08threadId\x12\x14\n\x05limit\x18\x03 \x01(\x05R\x05limit\"x\n\x12GetHistoryResponse\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x13.chatmem.v1.MessageR\x08messages\x12\x31\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfoR\x07serving\"\xc8\x01\n\x13ListMessagesRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x1b\n\tthread_id\x18\x02 \x01(\tR\x08threadId\x12\x1b\n\tpage_size\x18\x03 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x04 \x01(\tR\tpageToken\x12\x1b\n\tstart_seq\x18\x05 \x01(\x03R\x08startSeq\x12\x18\n\x07reverse\x18\x06 \x01(\x08R\x07reverse\"\xa2\x01\n\x14ListMessagesResponse\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x13.chatmem.v1.MessageR\x08messages\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x31\n\x07serving\x18\x03 \x01(\x0b\x32\x17.chatmem.v1.ServingInfoR\x07serving\"\x92\x01\n\x14StreamHistoryRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x1b\n\tthread_id\x18\x02 \x01(\tR\x08threadId\x12\x1b\n\tafter_seq\x18\x03 \x01(\x03R\x08\x61\x66terSeq\x12\x1d\n\nchunk_size\x18\x04 \x01(\x05R\tchunkSize\"{\n\x15StreamHistoryResponse\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x13.chatmem.v1.MessageR\x08messages\x12\x31\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfoR\x07serving\"\xac\x01\n\x11GetContextRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x1b\n\tthread_id\x18\x02 \x01(\tR\x08threadId\x12\x17\n\x07user_id\x18\x03 \x01(\tR\x06userId\x12!\n\x0cmax_messages\x18\x04 \x01(\x05R\x0bmaxMessages\x12\x1b\n\tmax_chars\x18\x05 \x01(\x05R\x08maxChars\"\xb1\x01\n\x12GetContextResponse\x12\x18\n\x07\x63ontext\x18\x01 \x01(\tR\x07\x63ontext\x12#\n\rmessage_count\x18\x02 \x01(\x05R\x0cmessageCount\x12)\n\x10preference_count\x18\x03 \x01(\x05R\x0fpreferenceCount\x12\x31\n\x07serving\x18\x04 \x01(\x0b\x32\x17.chatmem.v1.ServingInfoR\x07serving\"R\n\x10GetThreadRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x1b\n\tthread_id\x18\x02 \x01(\tR\x08threadId\"r\n\x11GetThreadResponse\x12*\n\x06thread\x18\x01 \x01(\x0b\x32\x12.chatmem.v1.ThreadR\x06thread\x12\x31\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfoR\x07serving\"\x8c\x01\n\x12ListThreadsRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x1b\n\tpage_size\x18\x03 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x04 \x01(\tR\tpageToken\"\x9e\x01\n\x13ListThreadsResponse\x12,\n\x07threads\x18\x01 \x03(\x0b\x32\x12.chatmem.v1.ThreadR\x07threads\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x31\n\x07serving\x18\x03 \x01(\x0b\x32\x17.chatmem.v1.ServingInfoR\x07serving\"\xee\x01\n\x13UpdateThreadRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x1b\n\tthread_id\x18\x02 \x01(\tR\x08threadId\x12\x19\n\x05title\x18\x03 \x01(\tH\x00R\x05title\x88\x01\x01\x12+\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationR\x03ttl\x12\x1b\n\x06pinned\x18\x05 \x01(\x08H\x01R\x06pinned\x88\x01\x01\x12\x1d\n\nrequest_id\x18\x06 \x01(\tR\trequestIdB\x08\n\x06_titleB\t\n\x07_pinned\"u\n\x14UpdateThreadResponse\x12*\n\x06thread\x18\x01 \x01(\x0b\x32\x12.chatmem.v1.ThreadR\x06thread\x12\x31\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfoR\x07serving\"\x99\x01\n\x13\x44\x65leteThreadRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x1b\n\tthread_id\x18\x02 \x01(\tR\x08threadId\x12\x1d\n\nrequest_id\x18\x03 \x01(\tR\trequestId\x12#\n\rallow_missing\x18\x04 \x01(\x08R\x0c\x61llowMissing\"t\n\x14\x44\x65leteThreadResponse\x12)\n\x10\x64\x65leted_messages\x18\x01 \x01(\x03R\x0f\x64\x65letedMessages\x12\x31\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfoR\x07serving2\xf3\x05\n\x13ThreadMemoryService\x12W\n\x0e\x41ppendMessages\x12!.chatmem.v1.AppendMessagesRequest\x1a\".chatmem.v1.AppendMessagesResponse\x12K\n\nGetHistory\x12\x1d.chatmem.v1.GetHistoryRequest\x1a\x1e.chatmem.v1.GetHistoryResponse\x12Q\n\x0cListMessages\x12\x1f.chatmem.v1.ListMessagesRequest\x1a .chatmem.v1.ListMessagesResponse\x12V\n\rStreamHistory\x12 .chatmem.v1.StreamHistoryRequest\x1a!.chatmem.v1.StreamHistoryResponse0\x01\x12K\n\nGetContext\x12\x1d.chatmem.v1.GetContextRequest\x1a\x1e.chatmem.v1.GetContextResponse\x12H\n\tGetThread\x12\x1c.chatmem.v1.GetThreadRequest\x1a\x1d.chatmem.v1.GetThreadResponse\x12N\n\x0bListThreads\x12\x1e.chatmem.v1.ListThreadsRequest\x1a\x1f.chatmem.v1.ListThreadsResponse\x12Q\n\x0cUpdateThread\x12\x1f.chatmem.v1.UpdateThreadRequest\x1a .chatmem.v1.UpdateThreadResponse\x12Q\n\x0c\x44\x65leteThread\x12\x1f.chatmem.v1.DeleteThreadRequest\x1a .chatmem.v1.DeleteThreadResponseB\xae\x01\n\x0e\x64\x65v.chatmem.v1B\x18ThreadMemoryServiceProtoP\x01Z9github.com/chatmem/chatmem/clients/go/chatmemv1;chatmemv1\xa2\x02\x03\x43XX\xaa\x02\nChatmem.V1\xca\x02\nChatmem\\V1\xe2\x02\x16\x43hatmem\\V1\\GPBMetadata\xea\x02\x0b\x43hatmem::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatmem.v1.thread_memory_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.chatmem.v1B\030ThreadMemoryServiceProtoP\001Z9github.com/chatmem/chatmem/clients/go/chatmemv1;chatmemv1\242\002\003CXX\252\002\nChatmem.V1\312\002\nChatmem\\V1\342\002\026Chatmem\\V1\\GPBMetadata\352\002\013Chatmem::V1'
   _globals['_APPENDMESSAGESREQUEST']._serialized_start=115
-  _globals['_APPENDMESSAGESREQUEST']._serialized_end=369
-  _globals['_APPENDMESSAGESRESPONSE']._serialized_start=372
-  _globals['_APPENDMESSAGESRESPONSE']._serialized_end=537
-  _globals['_GETHISTORYREQUEST']._serialized_start=539
-  _globals['_GETHISTORYREQUEST']._serialized_end=614
-  _globals['_GETHISTORYRESPONSE']._serialized_start=616
-  _globals['_GETHISTORYRESPONSE']._serialized_end=717
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=720
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=857
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=860
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=988
-  _globals['_STREAMHISTORYREQUEST']._serialized_start=990
-  _globals['_STREAMHISTORYREQUEST']._serialized_end=1092
-  _globals['_STREAMHISTORYRESPONSE']._serialized_start=1094
-  _globals['_STREAMHISTORYRESPONSE']._serialized_end=1198
-  _globals['_GETCONTEXTREQUEST']._serialized_start=1200
-  _globals['_GETCONTEXTREQUEST']._serialized_end=1318
-  _globals['_GETCONTEXTRESPONSE']._serialized_start=1321
-  _globals['_GETCONTEXTRESPONSE']._serialized_end=1449
-  _globals['_GETTHREADREQUEST']._serialized_start=1451
-  _globals['_GETTHREADREQUEST']._serialized_end=1510
-  _globals['_GETTHREADRESPONSE']._serialized_start=1512
-  _globals['_GETTHREADRESPONSE']._serialized_end=1609
-  _globals['_LISTTHREADSREQUEST']._serialized_start=1611
-  _globals['_LISTTHREADSREQUEST']._serialized_end=1709
-  _globals['_LISTTHREADSRESPONSE']._serialized_start=1711
-  _globals['_LISTTHREADSRESPONSE']._serialized_end=1836
-  _globals['_UPDATETHREADREQUEST']._serialized_start=1839
-  _globals['_UPDATETHREADREQUEST']._serialized_end=2023
-  _globals['_UPDATETHREADRESPONSE']._serialized_start=2025
-  _globals['_UPDATETHREADRESPONSE']._serialized_end=2125
-  _globals['_DELETETHREADREQUEST']._serialized_start=2127
-  _globals['_DELETETHREADREQUEST']._serialized_end=2232
-  _globals['_DELETETHREADRESPONSE']._serialized_start=2234
-  _globals['_DELETETHREADRESPONSE']._serialized_end=2324
-  _globals['_THREADMEMORYSERVICE']._serialized_start=2327
-  _globals['_THREADMEMORYSERVICE']._serialized_end=3082
+  _globals['_APPENDMESSAGESREQUEST']._serialized_end=450
+  _globals['_APPENDMESSAGESRESPONSE']._serialized_start=453
+  _globals['_APPENDMESSAGESRESPONSE']._serialized_end=669
+  _globals['_GETHISTORYREQUEST']._serialized_start=671
+  _globals['_GETHISTORYREQUEST']._serialized_end=776
+  _globals['_GETHISTORYRESPONSE']._serialized_start=778
+  _globals['_GETHISTORYRESPONSE']._serialized_end=898
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=901
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1101
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1104
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1266
+  _globals['_STREAMHISTORYREQUEST']._serialized_start=1269
+  _globals['_STREAMHISTORYREQUEST']._serialized_end=1415
+  _globals['_STREAMHISTORYRESPONSE']._serialized_start=1417
+  _globals['_STREAMHISTORYRESPONSE']._serialized_end=1540
+  _globals['_GETCONTEXTREQUEST']._serialized_start=1543
+  _globals['_GETCONTEXTREQUEST']._serialized_end=1715
+  _globals['_GETCONTEXTRESPONSE']._serialized_start=1718
+  _globals['_GETCONTEXTRESPONSE']._serialized_end=1895
+  _globals['_GETTHREADREQUEST']._serialized_start=1897
+  _globals['_GETTHREADREQUEST']._serialized_end=1979
+  _globals['_GETTHREADRESPONSE']._serialized_start=1981
+  _globals['_GETTHREADRESPONSE']._serialized_end=2095
+  _globals['_LISTTHREADSREQUEST']._serialized_start=2098
+  _globals['_LISTTHREADSREQUEST']._serialized_end=2238
+  _globals['_LISTTHREADSRESPONSE']._serialized_start=2241
+  _globals['_LISTTHREADSRESPONSE']._serialized_end=2399
+  _globals['_UPDATETHREADREQUEST']._serialized_start=2402
+  _globals['_UPDATETHREADREQUEST']._serialized_end=2640
+  _globals['_UPDATETHREADRESPONSE']._serialized_start=2642
+  _globals['_UPDATETHREADRESPONSE']._serialized_end=2759
+  _globals['_DELETETHREADREQUEST']._serialized_start=2762
+  _globals['_DELETETHREADREQUEST']._serialized_end=2915
+  _globals['_DELETETHREADRESPONSE']._serialized_start=2917
+  _globals['_DELETETHREADRESPONSE']._serialized_end=3033
+  _globals['_THREADMEMORYSERVICE']._serialized_start=3036
+  _globals['_THREADMEMORYSERVICE']._serialized_end=3791
 # @@protoc_insertion_point(module_scope)
