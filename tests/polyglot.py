@@ -48,7 +48,9 @@ async def build_typescript() -> None:
             return
         if not (TS / "node_modules").exists():
             pytest.fail("clients/typescript/node_modules is missing: run `make install` (npm ci)")
-        code, out = await run([need("node"), "node_modules/typescript/bin/tsc", "-p", "tsconfig.json"], TS, dict(os.environ))
+        code, out = await run(
+            [need("node"), "node_modules/typescript/bin/tsc", "-p", "tsconfig.json"], TS, dict(os.environ)
+        )
         assert code == 0, out
         _done.add("ts")
 
