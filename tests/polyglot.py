@@ -67,3 +67,14 @@ async def go(args: list[str], env: dict[str, str] | None = None, timeout_s: floa
     # PWD keeps the symlinked path: go resolves the package from it, and the real path is outside GOPATH.
     where = golang.package_dir()
     return await run(["go", *args], where, {**golang.env(), "PWD": str(where), **(env or {})}, timeout_s)
+
+
+async def go_interop(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run clients/go/cmd/chatmem-interop (built once per session into .gopath/bin)."""
+    binary = golang.GOPATH / "bin" / "chatmem-interop"
+    async with _built:
+        if "go-interop" not in _done:
+            code, out = await go(["build", "-o", str(binary), "./cmd/chatmem-interop"])
+            assert code == 0, out
+            _done.add("go-interop")
+    return await run([str(binary), *args], ROOT, {**os.environ, **env})
