@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -198,5 +199,25 @@ func TestStreamHistoryResumesAfterADroppedConnection(t *testing.T) {
 	}
 	if stream.Resumed < 1 || atomic.LoadInt32(conns) < 2 {
 		t.Fatalf("the connection was never cut (resumed %d, connections %d)", stream.Resumed, atomic.LoadInt32(conns))
+	}
+}
+
+func TestServiceConfigForOtherLanguagesIsAcceptedByGRPCGo(t *testing.T) {
+	config, err := os.ReadFile("../service_config.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// grpc-go validates a default service config when dialling: a bad one fails here.
+	conn, err := grpc.Dial(target(t), grpc.WithInsecure(), grpc.WithDefaultServiceConfig(string(config)))
+	if err != nil {
+		t.Fatalf("service_config.json: %v", err)
+	}
+	defer conn.Close()
+	reply, err := pb.NewThreadMemoryServiceClient(conn).GetHistory(context.Background(), &pb.GetHistoryRequest{ThreadId: "t"})
+	if err != nil || len(reply.GetMessages()) != 0 {
+		t.Fatalf("a call through the configured channel: %v %v", reply, err)
+	}
+	if _, err := grpc.Dial(target(t), grpc.WithInsecure(), grpc.WithDefaultServiceConfig(`{"methodConfig": [{"timeout": 10}]}`)); err == nil {
+		t.Fatal("grpc-go accepted a malformed service config, so this check proves nothing")
 	}
 }

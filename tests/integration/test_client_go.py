@@ -18,5 +18,5 @@ async def test_go_client_suite_passes_against_a_real_server() -> None:
         await h.close()
     assert code == 0, out
     passed = [line for line in out.splitlines() if line.startswith("--- PASS")]
-    assert len(passed) == 5, out
+    assert len(passed) == 6, out
     assert "--- SKIP" not in out and "--- FAIL" not in out
