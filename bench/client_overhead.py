@@ -4,8 +4,9 @@ One ``python -m server`` process on 127.0.0.1 (embedded SQLite, no Redis) holds 
 Each language's program calls GetHistory on it ``--calls`` times through the raw generated stub, then
 as many times through the wrapper (``MemoryClient.get_history``, ``memory.getHistory``,
 ``Client.GetHistory``), on one connection, for ``--rounds`` rounds after a warm-up round of each (raw
-first in even rounds, the wrapper first in odd ones). Two figures per call (median of the rounds): wall time, and the client process's CPU time (user +
-system), which the server's share of the round trip does not blur; the overhead is wrapper minus raw.
+first in even rounds, the wrapper first in odd ones). Two figures per call (median of the rounds): wall
+time, and the client process's CPU time (user + system), which the server's share of the round trip
+does not blur; the overhead is wrapper minus raw.
 The languages run one after another, never at once. It prints the load average before and after.
 Run ``.venv/bin/python -m bench.client_overhead`` after ``make install`` (node and go as for make test).
 """

@@ -12,6 +12,7 @@ import pytest
 
 from chatmem import NO_RETRY, ChatmemError, MemoryClient
 from chatmem.errors import from_grpc_error
+from chatmem.v1 import thread_memory_service_pb2 as pb
 from devtools.postgres import PostgresProcess
 from server.config import QuotaSettings
 from tests.authkit import create_key, with_auth
@@ -95,3 +96,37 @@ async def test_a_store_outage_is_store_unavailable(own_pg: PostgresProcess) -> N
         assert reasons == {"STORE_UNAVAILABLE"}
     finally:
         await h.close()
+
+
+async def test_a_bug_and_a_slow_store_still_carry_internal_and_deadline_reasons(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = await start_harness(make_settings(grpc={"default_timeout_s": 0.3}))
+    repo = h.app.repository
+
+    async def broken(*_: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    async def slow(*_: Any) -> Any:
+        await asyncio.sleep(2)
+
+    try:
+        # No client deadline: the server's own time budget (GRPC__DEFAULT_TIMEOUT_S) runs out first.
+        async with MemoryClient.connect(f"127.0.0.1:{h.app.port}", workspace_id=h.ws, retry=NO_RETRY) as memory:
+            repo.get_thread = broken  # type: ignore[method-assign]
+            internal = await failure(memory.get_thread("t"))
+            repo.history = slow  # type: ignore[method-assign]
+            # The raw stub, so that the call carries no deadline at all (the client's has a default).
+            with pytest.raises(grpc.aio.AioRpcError) as raw:
+                await memory.raw.threads.GetHistory(pb.GetHistoryRequest(workspace_id=h.ws, thread_id="t"))
+            late = from_grpc_error(raw.value)
+    finally:
+        await h.close()
+    assert (internal.code, internal.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL")
+    assert "a bug" not in internal.message, "no internals reach the caller"
+    assert "unexpected error in GetThread" in caplog.text
+    assert (late.code, late.reason, late.domain) == (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "DEADLINE_EXCEEDED",
+        "chatmem.dev",
+    )
