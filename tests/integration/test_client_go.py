@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.conftest import make_settings, start_harness
-from tests.polyglot import go
+from tests.polyglot import GO, go, run
 
 pytestmark = pytest.mark.integration
 
@@ -20,3 +22,10 @@ async def test_go_client_suite_passes_against_a_real_server() -> None:
     passed = [line for line in out.splitlines() if line.startswith("--- PASS")]
     assert len(passed) == 6, out
     assert "--- SKIP" not in out and "--- FAIL" not in out
+
+
+async def test_go_code_is_gofmt_clean_and_vets() -> None:
+    code, out = await run(["gofmt", "-l", "."], GO, dict(os.environ))
+    assert (code, out) == (0, ""), f"gofmt would change: {out}"
+    code, out = await go(["vet", "./..."])
+    assert code == 0, out
