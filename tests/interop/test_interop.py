@@ -1,5 +1,5 @@
 """The three clients against one server: a thread written by Node, read by Go and streamed by Python; the
-same validation failure and reason in each language; API-key auth from each."""
+same validation failure and reason in each language; API-key auth and mutual TLS from each."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import grpc
 import pytest
 
 from chatmem import NO_RETRY, ChatmemError, MemoryClient
-from tests.authkit import create_key, with_auth
+from tests.authkit import create_key, with_auth, with_grpc
 from tests.conftest import Harness, make_settings, start_harness
+from tests.pki import CertificateAuthority
 from tests.polyglot import go_interop, node
 
 pytestmark = pytest.mark.integration
@@ -65,6 +66,7 @@ async def test_each_client_reads_the_same_fields_and_reason_of_a_validation_erro
         "domain": error.domain,
         "fields": error.fields,  # type: ignore[attr-defined]
         "request_id": bool(error.request_id),
+        "message": error.message,
     }
     expected = {
         "code": grpc.StatusCode.INVALID_ARGUMENT.value[0],
@@ -72,6 +74,7 @@ async def test_each_client_reads_the_same_fields_and_reason_of_a_validation_erro
         "domain": "chatmem.dev",
         "fields": ["thread_id", "user_id", "messages"],
         "request_id": True,
+        "message": "invalid thread_id: may hold only letters, digits and _ - . : @, and must start with a letter or digit (and 2 more)",
     }
     assert python == expected
     assert await ts(server, env, "invalid") == expected
@@ -107,5 +110,34 @@ async def test_api_key_auth_from_each_language(tmp_path: pathlib.Path) -> None:
             with pytest.raises(ChatmemError) as caught:
                 await anonymous.get_thread("from-node")
         assert caught.value.reason == "UNAUTHENTICATED"
+    finally:
+        await h.close()
+
+
+async def test_mutual_tls_from_each_language(tmp_path: pathlib.Path) -> None:
+    ca = CertificateAuthority()
+    (tmp_path / "ca.crt").write_bytes(ca.cert)
+    server_cert, server_key = ca.issue("chatmem server", server=True).write(tmp_path, "server")
+    client_cert, client_key = ca.issue("chatmem client", server=False).write(tmp_path, "client")
+    settings = with_grpc(
+        make_settings(),
+        tls_cert_file=server_cert,
+        tls_key_file=server_key,
+        tls_client_ca_file=str(tmp_path / "ca.crt"),
+        tls_require_client_auth=True,
+    )
+    h = await start_harness(settings)
+    try:
+        trusted = {"CHATMEM_WORKSPACE": h.ws, "CHATMEM_CA": str(tmp_path / "ca.crt")}
+        mutual = {**trusted, "CHATMEM_CERT": client_cert, "CHATMEM_KEY": client_key}
+        assert (await ts(h, mutual, "append", "over-tls", "1"))["seqs"] == ["1", "2"]
+        assert [m["content"] for m in await golang(h, mutual, "window", "over-tls")] == [
+            "question 0 from node",
+            "answer 0 from node",
+        ]
+        # Without a client certificate the handshake fails: a transport error, with no server reason.
+        for reader in (ts, golang):
+            got = await reader(h, trusted, "history", "over-tls")
+            assert got["code"] == grpc.StatusCode.UNAVAILABLE.value[0] and got["reason"] == "", (reader.__name__, got)
     finally:
         await h.close()

@@ -167,7 +167,7 @@ export class MemoryClient {
         }
         return;
       } catch (err) {
-        const mapped = fromConnectError(err);
+        const mapped = fromConnectError(err, opts.signal?.aborted);
         if (!(mapped instanceof UnavailableError) || ++failures >= this.retry.maxAttempts) throw mapped;
         opts.onResume?.(afterSeq);
         await sleep(failures * 100);

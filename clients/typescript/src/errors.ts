@@ -65,8 +65,12 @@ const BY_CODE = new Map<Code, typeof ChatmemError>([
   [Code.Canceled, CancelledError],
 ]);
 
-/** Map any error of a Connect call to the matching ChatmemError (non-Connect errors are returned as they are). */
-export function fromConnectError(err: unknown): unknown {
+/**
+ * Map any error of a Connect call to the matching ChatmemError (non-Connect errors are returned as they are).
+ * `cancelledByCaller`: the caller aborted the call; otherwise a CANCELLED without a server reason is the
+ * transport's doing (e.g. a TLS handshake the server refused) and becomes UNAVAILABLE, as in gRPC's clients.
+ */
+export function fromConnectError(err: unknown, cancelledByCaller = false): unknown {
   if (!(err instanceof ConnectError)) return err;
   let info = { reason: "", domain: "", metadata: {} as Record<string, string> };
   let violations: FieldViolation[] = [];
@@ -80,7 +84,9 @@ export function fromConnectError(err: unknown): unknown {
   }
   // Connect reports a connection the network dropped (ECONNRESET, EPIPE, ...) as ABORTED; gRPC's own
   // clients call that UNAVAILABLE, and so do we, so that it is retried like any transport failure.
-  const code = err.code === Code.Aborted && !info.reason && isNetworkError(err.cause) ? Code.Unavailable : err.code;
+  const dropped = err.code === Code.Aborted && isNetworkError(err.cause);
+  const torn = err.code === Code.Canceled && !cancelledByCaller;
+  const code = !info.reason && (dropped || torn) ? Code.Unavailable : err.code;
   const Class = BY_CODE.get(code) ?? InternalError;
   return new Class(err.rawMessage, {
     code,

@@ -1,14 +1,19 @@
 // Command chatmem-interop is the Go side of tests/interop: one command per step, JSON on stdout. The
-// target, workspace and API key come from CHATMEM_TARGET, CHATMEM_WORKSPACE and CHATMEM_API_KEY.
+// target, workspace and API key come from CHATMEM_TARGET, CHATMEM_WORKSPACE and CHATMEM_API_KEY; TLS
+// from CHATMEM_CA (and CHATMEM_CERT, CHATMEM_KEY for a client certificate), PEM files.
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
+
+	"google.golang.org/grpc/credentials"
 
 	chatmem "github.com/chatmem/chatmem/clients/go"
 	pb "github.com/chatmem/chatmem/clients/go/chatmemv1"
@@ -20,6 +25,7 @@ type failure struct {
 	Domain    string   `json:"domain"`
 	Fields    []string `json:"fields"`
 	RequestID bool     `json:"request_id"`
+	Message   string   `json:"message"`
 }
 
 func describe(err error) (failure, error) {
@@ -27,12 +33,37 @@ func describe(err error) (failure, error) {
 	if !errors.As(err, &e) {
 		return failure{}, fmt.Errorf("not a chatmem error: %v", err)
 	}
-	return failure{int(e.Code), e.Reason, e.Domain, e.Fields(), e.RequestID != ""}, nil
+	return failure{int(e.Code), e.Reason, e.Domain, e.Fields(), e.RequestID != "", e.Message}, nil
+}
+
+func transport() (credentials.TransportCredentials, error) {
+	caFile := os.Getenv("CHATMEM_CA")
+	if caFile == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, err
+	}
+	config := &tls.Config{RootCAs: x509.NewCertPool()}
+	config.RootCAs.AppendCertsFromPEM(pem)
+	if cert, key := os.Getenv("CHATMEM_CERT"), os.Getenv("CHATMEM_KEY"); cert != "" && key != "" {
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, err
+		}
+		config.Certificates = []tls.Certificate{pair}
+	}
+	return credentials.NewTLS(config), nil
 }
 
 func run(args []string) (interface{}, error) {
+	creds, err := transport()
+	if err != nil {
+		return nil, err
+	}
 	c, err := chatmem.Dial(os.Getenv("CHATMEM_TARGET"), chatmem.Options{
-		WorkspaceID: os.Getenv("CHATMEM_WORKSPACE"), APIKey: os.Getenv("CHATMEM_API_KEY"), MaxAttempts: 1,
+		WorkspaceID: os.Getenv("CHATMEM_WORKSPACE"), APIKey: os.Getenv("CHATMEM_API_KEY"), MaxAttempts: 1, Credentials: creds,
 	})
 	if err != nil {
 		return nil, err
@@ -74,6 +105,9 @@ func run(args []string) (interface{}, error) {
 		return describe(err)
 	case "missing":
 		_, err := c.GetThread(ctx, thread)
+		return describe(err)
+	case "history":
+		_, err := c.GetHistory(ctx, thread, 0)
 		return describe(err)
 	}
 	return nil, fmt.Errorf("unknown command %v", args)
