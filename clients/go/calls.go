@@ -118,3 +118,14 @@ func (c *Client) DeletePreferences(ctx context.Context, userID string, keys ...s
 		return err
 	})
 }
+
+// UpdateThread changes a thread's title and/or pin (nil leaves it as it is) and returns the thread.
+func (c *Client) UpdateThread(ctx context.Context, threadID string, title *string, pinned *bool) (*pb.Thread, error) {
+	req := &pb.UpdateThreadRequest{WorkspaceId: c.opts.WorkspaceID, ThreadId: threadID, Title: title, Pinned: pinned, RequestId: NewRequestID()}
+	var out *pb.UpdateThreadResponse
+	err := c.call(ctx, func(ctx context.Context, o ...grpc.CallOption) (err error) {
+		out, err = c.Threads.UpdateThread(ctx, req, o...)
+		return err
+	})
+	return out.GetThread(), err
+}

@@ -70,7 +70,7 @@ func TestAppendHistoryContextAndPreferences(t *testing.T) {
 	}
 }
 
-func TestPagerWalksEveryPage(t *testing.T) {
+func TestPagersWalkEveryPageAndUpdateThread(t *testing.T) {
 	c, ctx := dial(t, target(t)), context.Background()
 	for i := 0; i < 5; i++ {
 		if _, err := c.Append(ctx, "paged", []*pb.MessageInput{Text("user", fmt.Sprint(i))}, nil); err != nil {
@@ -83,6 +83,22 @@ func TestPagerWalksEveryPage(t *testing.T) {
 	}
 	if pager.Err() != nil || fmt.Sprint(seen) != "[1 2 3 4 5]" {
 		t.Fatalf("pager: %v %v", seen, pager.Err())
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		if _, err := c.Append(ctx, id, []*pb.MessageInput{Text("user", id)}, &pb.AppendMessagesRequest{UserId: "ada"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	title, pinned := "renamed", true
+	if thread, err := c.UpdateThread(ctx, "b", &title, &pinned); err != nil || thread.GetTitle() != "renamed" || !thread.GetPinned() {
+		t.Fatalf("update: %v %v", thread, err)
+	}
+	threads, ids := c.ListThreads("ada", 1), map[string]bool{}
+	for threads.Next(ctx) {
+		ids[threads.Thread().GetThreadId()] = true
+	}
+	if threads.Err() != nil || fmt.Sprint(ids) != "map[a:true b:true c:true]" {
+		t.Fatalf("threads: %v %v", ids, threads.Err())
 	}
 }
 

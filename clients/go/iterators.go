@@ -132,3 +132,43 @@ func trailerOf(stream grpc.ClientStream) metadata.MD {
 	}
 	return stream.Trailer()
 }
+
+// ThreadPager walks a user's threads, newest first, page by page: for it.Next(ctx) { it.Thread() }.
+type ThreadPager struct {
+	c       *Client
+	req     *pb.ListThreadsRequest
+	page    []*pb.Thread
+	current *pb.Thread
+	done    bool
+	err     error
+}
+
+// ListThreads returns a pager over a user's threads (pageSize 0: the server's).
+func (c *Client) ListThreads(userID string, pageSize int32) *ThreadPager {
+	return &ThreadPager{c: c, req: &pb.ListThreadsRequest{WorkspaceId: c.opts.WorkspaceID, UserId: userID, PageSize: pageSize}}
+}
+
+// Next advances to the next thread, fetching a page when needed; false at the end or on an error.
+func (p *ThreadPager) Next(ctx context.Context) bool {
+	for len(p.page) == 0 {
+		if p.done || p.err != nil {
+			return false
+		}
+		var out *pb.ListThreadsResponse
+		p.err = p.c.call(ctx, func(ctx context.Context, o ...grpc.CallOption) (err error) {
+			out, err = p.c.Threads.ListThreads(ctx, p.req, o...)
+			return err
+		})
+		p.page = out.GetThreads()
+		p.req.PageToken = out.GetNextPageToken()
+		p.done = p.req.PageToken == ""
+	}
+	p.current, p.page = p.page[0], p.page[1:]
+	return true
+}
+
+// Thread returns the current thread.
+func (p *ThreadPager) Thread() *pb.Thread { return p.current }
+
+// Err returns the error that stopped the pager, if any.
+func (p *ThreadPager) Err() error { return p.err }
