@@ -57,13 +57,15 @@ def check_tools() -> list[str]:
 def generate(out: pathlib.Path) -> None:
     """Run buf generate with buf.gen.yaml, writing every tree under out (as laid out from the repo root)."""
     path = os.pathsep.join([str(BIN), str(TS / "node_modules" / ".bin"), os.environ.get("PATH", "")])
-    subprocess.run(
+    done = subprocess.run(
         [str(BIN / "buf"), "generate", "--template", "buf.gen.yaml", "-o", str(out)],
         cwd=ROOT,
         env={**os.environ, "PATH": path},
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"buf generate failed:\n{done.stderr}")
     py = out / TREES[0]
     (py / "__init__.py").write_text(PY_HEADER)
     (py / "py.typed").write_text("")
