@@ -3,9 +3,9 @@
 Each RPC of each chatmem.v1 service (found from the generated descriptors) gets ``EXAMPLES`` cases:
 descriptor-built requests mixed with targeted values, and bytes that are not a valid request. Properties:
 no call ends INTERNAL, UNKNOWN, UNAVAILABLE or DEADLINE_EXCEEDED (every call has a 5 s deadline); an
-INVALID_ARGUMENT carries a BadRequest naming the bad fields; where the answer is known from the request
-alone (bad ids, counts, seqs, foreign page tokens, unknown threads) it is that answer; every OK response
-parses as the declared type; and afterwards the process is alive, healthy, and drains its outbox.
+INVALID_ARGUMENT carries a BadRequest naming the bad fields, and every error the server makes an ErrorInfo;
+where the answer is known from the request alone (bad ids, counts, seqs, foreign page tokens, unknown
+threads) it is that answer; every OK response parses as the declared type; and afterwards the process is alive, healthy, and drains its outbox.
 """
 
 from __future__ import annotations
@@ -346,6 +346,16 @@ def _walk(msg: Message) -> Iterator[Message]:
             yield from _walk(sub)
 
 
+def _error_reason(err: grpc.RpcError) -> str:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    info = error_details_pb2.ErrorInfo()
+    found = [d for d in (status.details if status else ()) if d.Is(info.DESCRIPTOR)]
+    if not found:
+        return ""
+    found[0].Unpack(info)
+    return info.reason if info.domain == "chatmem.dev" else ""
+
+
 def check_response(rpc: Rpc, msg: Message, responses: list[Message]) -> None:
     """What every OK answer must hold: only the caller's workspace, thread and user; seqs in order; sizes."""
     asked = {name: getattr(msg, name) for name in ("workspace_id", "thread_id", "user_id") if hasattr(msg, name)}
@@ -396,6 +406,11 @@ def check(rpc: Rpc, case: Case, fuzz: Fuzzed, seen: collections.Counter[str]) ->
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         assert len(case.payload) > MAX_RECEIVE, f"{rpc.name}: RESOURCE_EXHAUSTED for a request within limits: {details}"
         return
+    if err is not None:
+        # Every status the server's code makes carries ErrorInfo (RESOURCE_EXHAUSTED above is gRPC's own).
+        reason = _error_reason(err)
+        assert reason, f"{rpc.name}: {code.name} without a chatmem.dev ErrorInfo: {details}"
+        seen[f"reason {reason}"] += 1
     named = _violations(err) if code == grpc.StatusCode.INVALID_ARGUMENT and err is not None else []
     try:
         # Raw bytes get the same oracle as messages once parsed here the way the server parses them.
@@ -442,6 +457,7 @@ def test_fuzz_rpc(fuzzed: Fuzzed, rpc: Rpc) -> None:
     assert sum(kinds.values()) >= EXAMPLES, f"only {sum(kinds.values())} cases ran"
     # The mix reaches both the handler's refusals and its success path, and the oracle decided some cases.
     assert seen["OK"] > 0 and seen["INVALID_ARGUMENT"] > 0, dict(seen)
+    assert seen["reason INVALID_ARGUMENT"] == seen["INVALID_ARGUMENT"], dict(seen)
     assert seen["expected INVALID_ARGUMENT"] > 0, dict(seen)
     if EXAMPLES >= 1000:  # a short run may not draw every kind
         assert set(kinds) == {"message", "random-bytes", "damaged", "wire-trap"}, dict(kinds)
