@@ -35,6 +35,11 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
 
+async def abort_error(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    """End the RPC with the status of ``exc``: a domain error's own, DEADLINE_EXCEEDED, else INTERNAL; never returns."""
+    await _abort(context, exc, method)
+
+
 def unary(
     fn: Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
 ) -> Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
