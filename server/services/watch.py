@@ -27,7 +27,7 @@ S = TypeVar("S")
 Req = TypeVar("Req")
 
 # Read a few more window items than the notices account for: a notice that is late then costs no store read.
-_SLACK = 16
+_SLACK = 4
 _SERVING = {
     (tier, degraded): pb.WatchThreadResponse(serving=convert.serving(Served(tier, degraded))).SerializeToString()
     for tier in Tier
@@ -158,11 +158,13 @@ class WatchLoop:
                 # Empty after messages were seen: deleted (NOT_FOUND) unless truncated, checked in the store.
                 await self._bounded(self._repo.get_thread(self._key))
             return
-        seqs = [seq_of(i) for i in items]
-        if seqs[0] <= self.last + 1 or len(items) < limit:
-            fresh = [i for s, i in zip(seqs, items, strict=True) if s > self.last]
-            if fresh:
-                for response in self._responses(fresh, seqs[-1], window.served):
+        if len(items) < limit or seq_of(items[0]) <= self.last + 1:
+            # Seqs ascend: only the new tail is looked at, from the end.
+            start = len(items)
+            while start and seq_of(items[start - 1]) > self.last:
+                start -= 1
+            if start < len(items):
+                for response in self._responses(items[start:], seq_of(items[-1]), window.served):
                     yield response
             return
         # The window starts after a message the client lacks: read the gap from the store, in pages.

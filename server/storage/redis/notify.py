@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 from server.storage.models import ThreadKey
+from server.storage.redis.connection import PipelinedRedis
 from server.storage.watch import WatchHub
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,14 @@ class RedisRelay:
         prefix: the key prefix (REDIS__KEY_PREFIX): replicas sharing it share the channel.
         hub: the watch hub fed by the subscription.
         timeout_s: a subscription silent this long after a ping is deemed dead.
+        publisher: a PipelinedRedis to PUBLISH through (a few µs a command instead of redis-py's ~40), or None.
     """
 
-    def __init__(self, client: Any, prefix: str, hub: WatchHub, *, timeout_s: float) -> None:
+    def __init__(
+        self, client: Any, prefix: str, hub: WatchHub, *, timeout_s: float, publisher: PipelinedRedis | None = None
+    ) -> None:
         self._client = client
+        self._publisher = publisher
         self.channel = f"{prefix}:watch"
         self._hub = hub
         self._timeout_s = max(timeout_s, _PING_S) + _PING_S
@@ -88,6 +93,8 @@ class RedisRelay:
                 await task
         self._tasks = []
         self._live = False
+        if self._publisher is not None:
+            await self._publisher.aclose()
 
     async def _publish(self) -> None:
         while True:
@@ -95,8 +102,12 @@ class RedisRelay:
             self._kick.clear()
             appended, removed = self._appended, self._removed
             self._appended, self._removed = {}, set()
+            payload = _encode(self._origin, appended, removed)
             try:
-                await self._client.publish(self.channel, _encode(self._origin, appended, removed))
+                if self._publisher is not None:
+                    await self._publisher.execute(b"PUBLISH", self.channel, payload)
+                else:
+                    await self._client.publish(self.channel, payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a lost notice costs the other replicas one re-check interval
