@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from chatmem import MemoryClient
+from chatmem import MemoryClient, NotFoundError, SyncMemoryClient
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
@@ -197,6 +197,37 @@ async def test_while_redis_is_down_watchers_poll_the_store_and_say_degraded(
         assert w.seqs == sorted(set(w.seqs)), w.seqs
         assert not w.responses[-1].serving.degraded
         await w.close()
+    finally:
+        await h.close()
+
+
+async def test_the_clients_watch_yields_messages_and_ends_at_its_timeout_or_with_not_found(
+    tmp_path: pathlib.Path,
+) -> None:
+    h = await start_harness(make_settings(sqlite_path=str(tmp_path / "client.db")))
+    target = f"127.0.0.1:{h.app.port}"
+    try:
+        await append(h, "t", 0)
+
+        def sync_watch() -> list[int]:
+            with SyncMemoryClient.connect(target, workspace_id=h.ws) as client:
+                return [m.seq for m in client.watch("t", timeout=1.0)]
+
+        assert await asyncio.to_thread(sync_watch) == [1, 2]
+        async with MemoryClient.connect(target, workspace_id=h.ws) as client:
+            seen: list[int] = []
+
+            async def follow() -> None:
+                async for m in client.watch("t", after_seq=1):
+                    seen.append(m.seq)
+                    if m.seq == 4:
+                        await client.delete_thread("t")
+
+            following = asyncio.ensure_future(follow())
+            await append(h, "t", 1)
+            with pytest.raises(NotFoundError):
+                await asyncio.wait_for(following, 10)
+            assert seen == [2, 3, 4]
     finally:
         await h.close()
 
