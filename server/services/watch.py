@@ -131,15 +131,16 @@ class WatchLoop:
         watcher = self._hub.open(self._key)
         try:
             removals = watcher.removals
+            fresh = True
             while True:
-                watcher.arm()
+                watcher.arm(fresh=fresh)
                 if watcher.removals != removals:
                     removals = watcher.removals
                     await self._bounded(self._repo.get_thread(self._key))  # NOT_FOUND ends the watch
                 async for response in self._fresh(watcher):
                     yield response
                 wait_s, _ = self._hub.interval()
-                await watcher.wait(wait_s)
+                fresh = not await watcher.wait(wait_s)  # a poll reads anew; a notice may share a read
         finally:
             watcher.close()
 
@@ -151,7 +152,7 @@ class WatchLoop:
         window_size = self._repo.window
         news = watcher.newest - self.last
         limit = min(window_size, news + _SLACK) if news > 0 else window_size
-        window = await self._bounded(self._repo.history(self._key, limit))
+        window, limit = await self._bounded(watcher.read(limit, lambda: self._repo.history(self._key, limit)))
         items = split_framed(window.framed)
         if not items:
             if self.last:

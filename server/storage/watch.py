@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 from server.errors import QuotaExceededError, UnavailableError
 from server.storage.models import ThreadKey
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 WATCH_RETRY_S = 1.0
 
@@ -37,13 +40,37 @@ class Relay(Protocol):
         ...
 
 
+class _Read(Generic[T]):
+    """A read of the thread shared by its watchers: it reflects every notice counted before it began."""
+
+    __slots__ = ("future", "limit", "notices")
+
+    def __init__(self, notices: int, limit: int, future: asyncio.Future[T]) -> None:
+        self.notices = notices
+        self.limit = limit
+        self.future = future
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    # A shared read whose watchers all left: take its outcome so that asyncio does not log it as lost.
+    if not future.cancelled():
+        future.exception()
+
+
 class _Thread:
-    __slots__ = ("newest", "removals", "watchers")
+    __slots__ = ("newest", "notices", "read", "removals", "watchers")
 
     def __init__(self) -> None:
         self.newest = 0
         self.removals = 0
+        self.notices = 0  # counts every wake-up, so that a watcher knows which shared reads are new enough
+        self.read: _Read[Any] | None = None
         self.watchers: set[Watcher] = set()
+
+    def wake(self) -> None:
+        self.notices += 1
+        for watcher in self.watchers:
+            watcher.wake()
 
 
 class Watcher:
@@ -53,13 +80,14 @@ class Watcher:
         key: the watched thread.
     """
 
-    __slots__ = ("_event", "_hub", "_thread", "key")
+    __slots__ = ("_armed_at", "_event", "_hub", "_thread", "key")
 
     def __init__(self, hub: WatchHub, key: ThreadKey, thread: _Thread) -> None:
         self._hub = hub
         self.key = key
         self._thread = thread
         self._event = asyncio.Event()
+        self._armed_at = 0
 
     @property
     def newest(self) -> int:
@@ -75,12 +103,34 @@ class Watcher:
         """Make the next ``wait`` return at once."""
         self._event.set()
 
-    def arm(self) -> None:
-        """Forget past wake-ups: call before reading, so that a notice during the read wakes the next wait."""
-        self._event.clear()
+    def arm(self, *, fresh: bool) -> None:
+        """Forget past wake-ups: call before reading, so that a notice during the read wakes the next wait.
 
-    async def wait(self, timeout_s: float) -> None:
-        """Wait until the thread may have changed, or ``timeout_s`` passes.
+        Args:
+            fresh: the next read must begin after this call (a poll, or the first read), rather than share
+                any read that began after the last notice.
+        """
+        self._event.clear()
+        if fresh:
+            self._thread.notices += 1
+        self._armed_at = self._thread.notices
+
+    async def read(self, limit: int, load: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+        """Return (a read of at least ``limit`` items that began after this watcher's ``arm``, its limit).
+
+        The watchers of one thread woken by one append share one read (a fan-out of N costs one read, not N).
+        """
+        thread = self._thread
+        shared = thread.read
+        if shared is None or shared.notices < self._armed_at or shared.limit < limit:
+            shared = _Read(thread.notices, limit, asyncio.ensure_future(load()))
+            shared.future.add_done_callback(_retrieve)
+            if thread.read is None or thread.read.notices <= shared.notices:
+                thread.read = shared
+        return await asyncio.shield(shared.future), shared.limit
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Wait until the thread may have changed, or ``timeout_s`` passes; return True if woken by a notice.
 
         Raises:
             UnavailableError: the server is shutting down (the client resumes on another replica).
@@ -93,6 +143,7 @@ class Watcher:
                 pass
         if self._hub.closing:
             raise UnavailableError("the server is shutting down; resume the watch", retry_after_s=0.2)
+        return self._event.is_set()
 
     def close(self) -> None:
         """End the watch and free its slot."""
@@ -150,6 +201,8 @@ class WatchHub:
         thread.watchers.discard(watcher)
         if not thread.watchers:
             del self._threads[watcher.key]
+            if thread.read is not None and not thread.read.future.done():
+                thread.read.future.cancel()
         ws = watcher.key.workspace_id
         left = self._per_workspace[ws] - 1
         if left:
@@ -189,8 +242,7 @@ class WatchHub:
         if thread is None or last_seq <= thread.newest:
             return
         thread.newest = last_seq
-        for watcher in thread.watchers:
-            watcher.wake()
+        thread.wake()
 
     def note_removed(self, key: ThreadKey) -> None:
         """Wake the thread's watchers to check whether it still exists."""
@@ -199,14 +251,12 @@ class WatchHub:
             return
         thread.removals += 1
         thread.newest = 0  # a thread deleted and created again numbers from 1 again
-        for watcher in thread.watchers:
-            watcher.wake()
+        thread.wake()
 
     def wake_all(self) -> None:
         """Wake every watcher (notices may have been lost, e.g. while the relay reconnected)."""
         for thread in self._threads.values():
-            for watcher in thread.watchers:
-                watcher.wake()
+            thread.wake()
 
     def close(self) -> None:
         """Refuse new watches and end the open ones with UNAVAILABLE, so their clients resume elsewhere."""

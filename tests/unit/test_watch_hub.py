@@ -31,18 +31,44 @@ async def test_an_append_wakes_the_threads_watchers_only_when_it_is_news() -> No
     a = ThreadKey("ws", "a")
     w = h.open(a)
     other = h.open(ThreadKey("ws", "b"))
-    w.arm()
+    w.arm(fresh=False)
     h.note_appended(a, 3)
     assert w.newest == 3
     await asyncio.wait_for(w.wait(10), 1)  # woken at once
-    w.arm()
+    w.arm(fresh=False)
     h.note_appended(a, 2)  # old news: no wake-up
     started = asyncio.get_running_loop().time()
-    await w.wait(0.05)
+    assert not await w.wait(0.05)
     assert asyncio.get_running_loop().time() - started >= 0.04
     assert other.newest == 0
     h.note_removed(a)
     assert w.removals == 1 and w.newest == 0
+
+
+async def test_watchers_woken_by_one_notice_share_one_read_and_a_poll_reads_anew() -> None:
+    h = hub(cap=0)
+    a = ThreadKey("ws", "a")
+    watchers = [h.open(a) for _ in range(3)]
+    loads = 0
+
+    async def load() -> int:
+        nonlocal loads
+        loads += 1
+        await asyncio.sleep(0.01)
+        return loads
+
+    for w in watchers:
+        w.arm(fresh=False)
+    h.note_appended(a, 1)
+    for w in watchers:
+        w.arm(fresh=False)
+    got = await asyncio.gather(*(w.read(5, load) for w in watchers))
+    assert loads == 1 and got == [(1, 5)] * 3
+    watchers[0].arm(fresh=False)
+    assert await watchers[0].read(5, load) == (1, 5)  # nothing new was noticed: the read still holds
+    assert await watchers[0].read(9, load) == (2, 9)  # more items than the shared read has: its own
+    watchers[1].arm(fresh=True)  # a poll: only a read that begins now will do
+    assert await watchers[1].read(5, load) == (3, 5)
 
 
 def test_the_cap_counts_watches_per_workspace_and_frees_slots() -> None:
@@ -61,7 +87,7 @@ def test_the_cap_counts_watches_per_workspace_and_frees_slots() -> None:
 async def test_closing_the_hub_ends_watches_with_unavailable() -> None:
     h = hub()
     w = h.open(ThreadKey("ws", "a"))
-    w.arm()
+    w.arm(fresh=False)
     waiting = asyncio.ensure_future(w.wait(10))
     await asyncio.sleep(0)
     h.close()
