@@ -243,15 +243,19 @@ def processes(tmp_path: pathlib.Path) -> Iterator[list[ServerProcess]]:
         s.kill()
 
 
-@pytest.mark.parametrize("mode", ["write_behind", "write_through"])
+@pytest.mark.parametrize("mode", ["write_behind", "write_through", "write_behind-cluster"])
 async def test_a_watcher_on_replica_a_sees_appends_made_through_replica_b(
+    request: pytest.FixtureRequest,
     tmp_path: pathlib.Path,
     pg_proc: PostgresProcess,
-    redis_proc: RedisProcess,
     processes: list[ServerProcess],
     mode: str,
 ) -> None:
-    env = server_env(redis_url=redis_proc.url, pg_url=pg_proc.url, prefix=f"cm{uuid.uuid4().hex[:6]}", mode=mode)
+    mode, _, cluster = mode.partition("-")
+    # On Redis Cluster a classic PUBLISH on any node reaches the subscribers of every node.
+    redis_url = request.getfixturevalue("redis_cluster" if cluster else "redis_proc").url
+    prefix = f"cm{uuid.uuid4().hex[:6]}"
+    env = server_env(redis_url=redis_url, pg_url=pg_proc.url, prefix=prefix, mode=mode, cluster=bool(cluster))
     env["WATCH__RECHECK_INTERVAL_S"] = "30"  # the notice must do it, not the safety re-read
     for _ in range(2):
         processes.append(await start_server(env, str(tmp_path)))
