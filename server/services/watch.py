@@ -35,15 +35,27 @@ _SERVING = {
 }
 
 
+_SEQ = 3
+_SUMMARIZES_THROUGH_SEQ = 14  # set on a CompactThread summary, which a compacted window starts with
+
+
 def seq_of(item: bytes) -> int:
-    """Return the seq (field 3) of a serialised Message without parsing the rest of it."""
+    """Return the seq of a serialised Message without parsing the rest of it."""
+    seq = varint_field(item, _SEQ)
+    if not seq:
+        raise ValueError("a stored message has no seq")
+    return seq
+
+
+def varint_field(item: bytes, number: int) -> int:
+    """Return the integer field ``number`` of a serialised message (0 when absent), skipping the others unparsed."""
     pos = 0
     while pos < len(item):
         tag, pos = _varint(item, pos)
         field, wire = tag >> 3, tag & 7
         if wire == 0:
             value, pos = _varint(item, pos)
-            if field == 3:
+            if field == number:
                 return value
         elif wire == 2:
             length, pos = _varint(item, pos)
@@ -54,7 +66,7 @@ def seq_of(item: bytes) -> int:
             pos += 4
         else:
             break
-    raise ValueError("a stored message has no seq")
+    return 0
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -159,7 +171,16 @@ class WatchLoop:
                 # Empty after messages were seen: deleted (NOT_FOUND) unless truncated, checked in the store.
                 await self._bounded(self._repo.get_thread(self._key))
             return
-        if len(items) < limit or seq_of(items[0]) <= self.last + 1:
+        through = varint_field(items[0], _SUMMARIZES_THROUGH_SEQ)
+        if through:
+            # A compacted window starts with a summary that stands in for the messages up to `through`:
+            # watchers get the messages themselves (from the store if they lack some), never the summary.
+            items = items[1:]
+            whole = not items or len(items) + 1 < limit or seq_of(items[0]) <= self.last + 1
+            covered = self.last >= through and whole
+        else:
+            covered = len(items) < limit or seq_of(items[0]) <= self.last + 1
+        if covered:
             # Seqs ascend: only the new tail is looked at, from the end.
             start = len(items)
             while start and seq_of(items[start - 1]) > self.last:

@@ -8,7 +8,7 @@ import pytest
 
 from chatmem.v1 import resources_pb2 as r
 from server.errors import QuotaExceededError, UnavailableError
-from server.services.watch import seq_of
+from server.services.watch import seq_of, varint_field
 from server.storage.models import ThreadKey
 from server.storage.redis.notify import RedisRelay, _encode
 from server.storage.watch import WatchHub
@@ -24,6 +24,9 @@ def test_seq_of_reads_field_3_whatever_comes_before_it() -> None:
         assert seq_of(m.SerializeToString()) == seq
     with pytest.raises(ValueError, match="no seq"):
         seq_of(r.Message(content="x").SerializeToString())
+    summary = r.Message(seq=7, content="summary", summarizes_through_seq=7).SerializeToString()
+    assert varint_field(summary, 14) == 7
+    assert varint_field(r.Message(seq=7).SerializeToString(), 14) == 0
 
 
 async def test_an_append_wakes_the_threads_watchers_only_when_it_is_news() -> None:
