@@ -110,6 +110,12 @@ class AbortedError(ChatmemError):
     code = code_pb2.ABORTED
 
 
+class FailedPreconditionError(ChatmemError):
+    """The thread is not in a state the request needs (for example compacting past its last seq)."""
+
+    code = code_pb2.FAILED_PRECONDITION
+
+
 class UnavailableError(ChatmemError):
     """A tier the request needs is down; the caller may retry later."""
 

@@ -34,6 +34,9 @@ def thread(t: ThreadInfo, default_ttl_s: int) -> resources_pb2.Thread:
         last_seq=t.last_seq,
         create_time=timestamp(t.create_time_us),
         update_time=timestamp(t.update_time_us),
+        parent_thread_id=t.parent_thread_id,
+        fork_seq=t.fork_seq,
+        compacted_through_seq=t.compacted_through,
     )
 
 

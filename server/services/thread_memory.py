@@ -28,7 +28,7 @@ from server.storage.models import (
 from server.storage.repository import Repository
 from server.storage.results import Served
 from server.storage.watch import WatchHub
-from server.validation import Checker
+from server.validation import MAX_SEQ, Checker
 
 _MAX_TTL_S = 366 * 24 * 3600
 _MAX_NANOS = 999_999_999
@@ -365,3 +365,71 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
             raise NotFoundError(f"thread {key.thread_id!r} not found")
         count, served = deleted
         return pb.DeleteThreadResponse(deleted_messages=count, serving=convert.serving(served))
+
+    @unary
+    async def ForkThread(  # noqa: N802
+        self, request: pb.ForkThreadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ForkThreadResponse:
+        """Copy a thread's messages up to a seq into a new thread."""
+        check = Checker(self._limits)
+        source = self._thread_key(check, request.workspace_id, request.thread_id)
+        target = ThreadKey(source.workspace_id, check.ident("new_thread_id", request.new_thread_id))
+        through = request.through_seq if request.HasField("through_seq") else None
+        if through is not None:
+            check.seq("through_seq", through)
+        check.ident("request_id", request.request_id, required=False)
+        check.ident("user_id", request.user_id, required=False)
+        check.text("title", request.title, 1024)
+        if request.new_thread_id == request.thread_id:
+            check.fail("new_thread_id", "must differ from thread_id")
+        check.done()
+        options = NewThreadOptions(request.user_id, request.title)
+        result, served = await self._repo.reshape.fork(source, target, through, options)
+        return pb.ForkThreadResponse(
+            thread=convert.thread(result.thread, self._default_ttl_s),
+            copied_messages=result.copied,
+            replayed=result.replayed,
+            serving=convert.serving(served),
+        )
+
+    @unary
+    async def TruncateThread(  # noqa: N802
+        self, request: pb.TruncateThreadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TruncateThreadResponse:
+        """Remove the messages after a seq; seqs are never reused."""
+        check = Checker(self._limits)
+        key = self._thread_key(check, request.workspace_id, request.thread_id)
+        check.seq("after_seq", request.after_seq)
+        expected = request.expected_last_seq if request.HasField("expected_last_seq") else None
+        if expected is not None:
+            check.seq("expected_last_seq", expected)
+        check.ident("request_id", request.request_id, required=False)
+        check.done()
+        result, served = await self._repo.reshape.truncate(key, request.after_seq, expected, self._limits.max_page_size)
+        return pb.TruncateThreadResponse(
+            removed=[convert.message(key.workspace_id, key.thread_id, m) for m in result.removed],
+            removed_count=result.removed_count,
+            thread=convert.thread(result.thread, self._default_ttl_s),
+            serving=convert.serving(served),
+        )
+
+    @unary
+    async def CompactThread(  # noqa: N802
+        self, request: pb.CompactThreadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompactThreadResponse:
+        """Record a summary that stands in for the messages up to a seq."""
+        check = Checker(self._limits)
+        key = self._thread_key(check, request.workspace_id, request.thread_id)
+        if request.through_seq < 1 or request.through_seq > MAX_SEQ:
+            check.fail("through_seq", f"must be between 1 and {MAX_SEQ}")
+        check.ident("request_id", request.request_id, required=False)
+        if not request.HasField("summary"):
+            check.fail("summary", "is required")
+        summary = message_input.to_new_message(check, "summary", request.summary)
+        check.done()
+        result, served = await self._repo.reshape.compact(key, request.through_seq, summary, request.request_id)
+        return pb.CompactThreadResponse(
+            thread=convert.thread(result.thread, self._default_ttl_s),
+            replayed=result.replayed,
+            serving=convert.serving(served),
+        )

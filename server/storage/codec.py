@@ -125,3 +125,35 @@ def decode_framed(framed: bytes) -> list[StoredMessage]:
         )
         for m, encoded in zip(parsed.messages, split_framed(framed), strict=True)
     ]
+
+
+# Field 13 (Message.compacted) = true, as a varint field; appended to a stored message it marks the copy
+# that ListMessages and StreamHistory send, without parsing it (the last value of a field wins).
+_COMPACTED_FLAG = bytes([(13 << 3) | 0, 1])
+
+
+def mark_compacted(encoded: bytes) -> bytes:
+    """Return a serialised message marked as compacted (a summary stands in for it)."""
+    return encoded + _COMPACTED_FLAG
+
+
+def decode_message(encoded: bytes) -> StoredMessage:
+    """Decode one serialised chatmem.v1.Message, keeping its bytes."""
+    return decode_framed(frame_item(encoded))[0]
+
+
+def reseat(workspace_id: str, thread_id: str, seq: int, message: StoredMessage) -> StoredMessage:
+    """Return a copy of a stored message placed in another thread at another seq (ForkThread's copies)."""
+    pb = resources_pb2.Message.FromString(encode_message(workspace_id, thread_id, message))
+    pb.thread_id, pb.seq = thread_id, seq
+    return dataclasses.replace(message, seq=seq, encoded=pb.SerializeToString())
+
+
+def encode_summary(workspace_id: str, thread_id: str, through_seq: int, summary: NewMessage, now_us: int) -> bytes:
+    """Serialise a CompactThread summary: a Message at seq ``through_seq`` that says what it stands for."""
+    stored = StoredMessage(
+        through_seq, summary.role, summary.content, summary.name, summary.metadata, now_us, extra=summary.extra
+    )
+    pb = resources_pb2.Message.FromString(encode_message(workspace_id, thread_id, stored))
+    pb.summarizes_through_seq = through_seq
+    return pb.SerializeToString()

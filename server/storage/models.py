@@ -90,7 +90,11 @@ class EncodedPage:
 
 @dataclass(frozen=True, slots=True)
 class ThreadInfo:
-    """A thread's metadata. ttl_seconds None means the server default; incarnation changes on re-creation."""
+    """A thread's metadata. ttl_seconds None means the server default; incarnation changes on re-creation.
+
+    A fork names its parent and the parent's last copied seq; ``compacted_through`` is the seq up to which
+    a CompactThread summary stands in for the messages (0: none).
+    """
 
     workspace_id: str
     thread_id: str
@@ -103,6 +107,9 @@ class ThreadInfo:
     incarnation: int
     create_time_us: int
     update_time_us: int
+    parent_thread_id: str = ""
+    fork_seq: int = 0
+    compacted_through: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,3 +318,34 @@ class QueuedReply:
 
 Fence = dict[int, int]
 """The repair epoch of each bucket a write around Redis was made under (see RepairLog.begin_recovery)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForkResult:
+    """A ForkThread: the new thread, how many messages it got, and whether an earlier call made it."""
+
+    thread: ThreadInfo
+    copied: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TruncateResult:
+    """A TruncateThread: the thread after it, the newest removed messages, their count and their ids.
+
+    ``removed`` holds at most the ``keep`` newest removed messages, oldest first; ``removed_ids`` every
+    client message id removed (so that the cache forgets them too).
+    """
+
+    thread: ThreadInfo
+    removed: list[StoredMessage]
+    removed_count: int
+    removed_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class CompactResult:
+    """A CompactThread: the thread after it, and whether an earlier call with the same request id made it."""
+
+    thread: ThreadInfo
+    replayed: bool

@@ -10,9 +10,11 @@ from server.storage.apikeys import KeyStore
 from server.storage.models import (
     AppendCommand,
     AppendResult,
+    CompactResult,
     EncodedPage,
     EncodedTail,
     Fence,
+    ForkResult,
     NewThreadOptions,
     PreferenceChange,
     PreferenceSet,
@@ -28,6 +30,7 @@ from server.storage.models import (
     ThreadPatch,
     ThreadTail,
     Trimmed,
+    TruncateResult,
     WindowRead,
 )
 
@@ -126,6 +129,46 @@ class ThreadStore(Protocol):
         ...
 
 
+class ReshapeStore(Protocol):
+    """Whole-thread changes (L2): fork, truncate and compact, each in one transaction."""
+
+    async def fork_thread(
+        self, source: ThreadKey, target: ThreadKey, through_seq: int | None, options: NewThreadOptions
+    ) -> ForkResult:
+        """Create ``target`` with ``source``'s messages up to ``through_seq`` (None: all), renumbered from 1.
+
+        A ``target`` that exists is a replay when it is a fork of ``source`` at that seq, else
+        AlreadyExistsError; an unknown source is NotFoundError.
+        """
+        ...
+
+    async def truncate_thread(
+        self,
+        key: ThreadKey,
+        after_seq: int,
+        expected_last_seq: int | None,
+        keep: int,
+        *,
+        repair: Fence | None = None,
+    ) -> TruncateResult:
+        """Delete the messages after ``after_seq``; last_seq stays, so seqs are never reused.
+
+        NotFoundError for an unknown thread, AbortedError when ``expected_last_seq`` does not match. A
+        compaction beyond ``after_seq`` is dropped with the messages its summary stood for.
+        """
+        ...
+
+    async def compact_thread(
+        self, key: ThreadKey, through_seq: int, summary: bytes, request_id: str, *, repair: Fence | None = None
+    ) -> CompactResult:
+        """Record ``summary`` (a serialised Message with seq = through_seq) as standing in for the messages up to it.
+
+        NotFoundError for an unknown thread; FailedPreconditionError when through_seq is past the last seq
+        or below the current compaction. A request_id equal to the last compaction's is a replay.
+        """
+        ...
+
+
 class PreferenceStore(Protocol):
     """A user's preferences (L2), versioned so that the cache applies changes in order."""
 
@@ -210,6 +253,11 @@ class Stores(Protocol):
         ...
 
     @property
+    def reshape(self) -> ReshapeStore:
+        """Fork, truncate and compact."""
+        ...
+
+    @property
     def threads(self) -> ThreadStore:
         """Thread rows."""
         ...
@@ -291,6 +339,10 @@ class Cache(Protocol):
 
     async def trim_thread(self, key: ThreadKey, incarnation: int, removed: int) -> None:
         """After retention deleted old messages of a live thread: drop its window, lower its counted length."""
+        ...
+
+    async def forget_message_ids(self, key: ThreadKey, message_ids: Sequence[str]) -> None:
+        """Forget queued message ids of a thread (a truncate removed those messages, so the ids are free)."""
         ...
 
     async def reconcile_thread(self, key: ThreadKey, seed: Seed) -> None:

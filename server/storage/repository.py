@@ -66,6 +66,7 @@ from server.storage.models import (
 from server.storage.observer import NoObserver, StorageObserver
 from server.storage.preferences import PreferenceRepository
 from server.storage.protocols import Cache, Stores
+from server.storage.reshape import Reshaper
 from server.storage.results import AppendOutcome, QueueProbe, Served, Window
 from server.storage.storewrite import StoreWriter
 from server.storage.tiers import Tiers
@@ -145,6 +146,14 @@ class Repository:
             fallback_gap=policy.max_unflushed if self.write_behind else 0,
             max_group=policy.max_group,
         )
+        self.reshape = Reshaper(
+            self.tiers,
+            stores.reshape,
+            stores.threads,
+            self._await_flushed,
+            lambda: self.write_behind,
+            lambda: self.events,
+        )
         self._hydrations: dict[ThreadKey, asyncio.Future[EncodedTail | None]] = {}
         self._background: set[asyncio.Future[object]] = set()
 
@@ -177,26 +186,31 @@ class Repository:
                 task.cancel()
         await self.tiers.close()
 
-    async def _await_flushed(self, key: ThreadKey, probe: QueueProbe | None = None) -> None:
+    async def _await_flushed(self, key: ThreadKey, probe: QueueProbe | None = None) -> bool:
         """In write_behind, wait (within the RPC's deadline) for what was queued when the read began.
 
         Later appends do not extend the wait, so a thread that is written all the time can still be read.
         ``probe`` is the thread's state as a read that just missed found it, which saves asking again.
+
+        Returns:
+            False when Redis could not say what is queued (the store may then lack acknowledged appends).
         """
         if not self.write_behind:
-            return
+            return True
         target = None
         while True:
             if probe is None:
                 used, state = await self.tiers.on_cache(key.bucket, lambda c: c.pending_seq(key))
             else:
                 used, state, probe = True, probe.pending, None
-            if not used or state is None:
-                return
+            if not used:
+                return False
+            if state is None:
+                return True
             newest, flushed = state
             target = newest if target is None else target
             if flushed >= target:
-                return
+                return True
             if self.store_health.down:
                 raise UnavailableError("the durable store is unavailable; queued messages cannot be read in full")
             await asyncio.sleep(_FLUSH_POLL_S)

@@ -117,6 +117,26 @@ async def test_a_window_trimmed_by_a_smaller_setting_is_a_miss_for_a_larger_one(
         await client.aclose()
 
 
+async def test_a_short_whole_window_answers_until_a_push_trims_it(redis_proc: RedisProcess) -> None:
+    client = aioredis.Redis.from_url(redis_proc.url)
+    try:
+        small = RedisCache(client, KeySpace(), window=5, thread_ttl_s=3600, prefs_ttl_s=3600)
+        large = RedisCache(client, KeySpace(), window=10, thread_ttl_s=3600, prefs_ttl_s=3600)
+        # a truncated thread: last seq 12, but only seqs 1-3 are left, so the window is short and whole
+        t = thread(12)
+        key = ThreadKey(t.workspace_id, t.thread_id)
+        assert await large.fill_window(t, enc(1, 2, 3)) is True
+        assert await large.read_window(key, 10) == framed(1, 2, 3)
+        assert await large.push_window(dataclasses.replace(t, last_seq=13), 13, enc(13)) is True
+        assert await large.read_window(key, 10) == framed(1, 2, 3, 13)
+        # a replica with a smaller window trims the list: it is no longer whole for the larger one
+        assert await small.push_window(dataclasses.replace(t, last_seq=15), 14, enc(14, 15)) is True
+        assert await small.read_window(key, 5) == framed(2, 3, 13, 14, 15)
+        assert await large.read_window(key, 10) is None
+    finally:
+        await client.aclose()
+
+
 async def test_a_push_larger_than_lua_can_unpack_still_extends_the_window(cache: RedisCache) -> None:
     # A group commit can hand one thread 256 appends x 100 messages; Lua's unpack() stops near 8000.
     t = thread(9000)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables.history import RunnableWithMessageHistory
 
@@ -163,3 +163,43 @@ async def test_sync_methods_with_an_async_client_say_what_to_use(memory: MemoryC
     assert [m.content for m in await history.aget_messages()] == ["hi", "hello"]
     await history.aclear()
     assert await memory.count("t") == 0
+
+
+async def test_astream_stores_the_turn_as_human_and_ai_messages(api: Harness, memory: MemoryClient) -> None:
+    # The reply streams as AIMessageChunks, whose type is "AIMessageChunk"; the history must still store it.
+    prompts = Prompts()
+    chain = chain_with_history(memory, prompts)
+    config: Any = {"configurable": {"session_id": "s-stream"}}
+    streamed = [chunk async for chunk in chain.astream({"question": "What is the capital of France?"}, config=config)]
+    assert len(streamed) > 1 and all(isinstance(c, AIMessageChunk) for c in streamed)
+    assert "".join(str(c.content) for c in streamed) == "Paris."
+    answer = [chunk async for chunk in chain.astream({"question": "How many people live there?"}, config=config)]
+    assert "".join(str(c.content) for c in answer) == "About 2 million."
+    assert prompts.seen == EXPECTED_PROMPTS, "the second turn saw the first, streamed one"
+    assert await memory.get_history("s-stream") == EXPECTED_HISTORY
+    back = await ChatmemChatMessageHistory(memory, "s-stream").aget_messages()
+    assert [type(m) for m in back] == [HumanMessage, AIMessage, HumanMessage, AIMessage]
+    reply = back[1]
+    assert reply == AIMessage(content="Paris.", id=reply.id) and reply.id
+    typed = await memory.get_history("s-stream", typed=True)
+    assert typed[1].message_id == reply.id and typed[1].envelope is not None
+    assert typed[1].envelope.format == "langchain"
+
+
+def sync_stream(target: str, workspace: str) -> tuple[str, list[BaseMessage]]:
+    with SyncMemoryClient.connect(target, workspace_id=workspace) as client:
+        chain = chain_with_history(client, Prompts())
+        config: Any = {"configurable": {"session_id": "s-sync-stream"}}
+        text = "".join(
+            str(c.content) for c in chain.stream({"question": "What is the capital of France?"}, config=config)
+        )
+        return text, ChatmemChatMessageHistory(client, "s-sync-stream").messages
+
+
+async def test_stream_with_a_sync_client_stores_the_turn(api: Harness) -> None:
+    text, back = await asyncio.to_thread(sync_stream, f"127.0.0.1:{api.app.port}", api.ws)
+    assert text == "Paris."
+    assert [(type(m), m.content) for m in back] == [
+        (HumanMessage, "What is the capital of France?"),
+        (AIMessage, "Paris."),
+    ]

@@ -225,3 +225,31 @@ async def test_both_tiers_down_is_unavailable_fast(
             await call()
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
         assert time.monotonic() - started < 2.0, "nothing is pretended, and nothing waits out the deadline"
+
+
+async def test_reshaping_with_redis_down_is_refused_in_write_behind_and_repaired_in_write_through(
+    h: Harness, own_redis: RedisProcess, mode: str
+) -> None:
+    for i in range(5):
+        await append(h, i)
+    await h.drained()
+    own_redis.stop()
+    truncate = pb.TruncateThreadRequest(workspace_id=h.ws, thread_id="t", after_seq=8)
+    if mode == "write_behind":
+        # Redis may hold acknowledged appends the store has not seen: a truncate now could let them
+        # reappear after it, so it waits for Redis instead.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await h.threads.TruncateThread(truncate, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        own_redis.start()
+        await until_recovered(h)
+        done = await h.threads.TruncateThread(truncate, timeout=5)
+        assert [m.seq for m in done.removed] == [9, 10]
+    else:
+        done = await h.threads.TruncateThread(truncate, timeout=5)
+        assert [m.seq for m in done.removed] == [9, 10] and done.serving.degraded
+        own_redis.start()
+        await until_recovered(h)
+    # the window Redis held before the truncate is never served again
+    got = await history(h)
+    assert [m.seq for m in got.messages] == list(range(1, 9))

@@ -8,7 +8,17 @@ import pytest
 from google.protobuf import timestamp_pb2
 from langchain_core.messages import AIMessage, ChatMessage, HumanMessage, SystemMessage, ToolMessage
 
-from chatmem import InvalidArgumentError, Message, MessageInput
+from chatmem import (
+    Envelope,
+    InvalidArgumentError,
+    Media,
+    Message,
+    MessageInput,
+    Reasoning,
+    TextPart,
+    ToolCall,
+    ToolResult,
+)
 from chatmem import _convert as convert
 from chatmem.langchain import to_chatmem, to_langchain
 from chatmem.v1 import resources_pb2 as r
@@ -117,3 +127,37 @@ def test_langchain_chat_messages_map_by_role_and_list_content_keeps_its_text() -
         to_chatmem(ChatMessage(content="x", role="narrator"))
     blocks = HumanMessage(content=[{"type": "text", "text": "look"}, {"type": "text", "text": " here"}])
     assert to_chatmem(blocks)["content"] == "look here"
+
+
+def test_v2_fields_and_every_part_kind_convert_both_ways() -> None:
+    parts = (
+        TextPart("look"),
+        Media("image/png", data=b"\x89PNG", size_bytes=4),
+        ToolCall("c1", "calc", '{"x": 1}'),
+        ToolResult("c1", (TextPart("2"), Media("image/jpeg", "https://x.example/a.jpg")), is_error=True),
+        Reasoning("hmm", b"\x00sig\xff"),
+        Reasoning(signature=b"blob", redacted=True),
+    )
+    sent = convert.message_input(
+        MessageInput(
+            "developer", parts=parts, envelope=Envelope("openai.chat", b"{}"), message_id="m-1", token_count=7
+        ),
+        "messages[0]",
+    )
+    assert sent.role == r.ROLE_DEVELOPER and sent.message_id == "m-1" and sent.token_count == 7
+    assert sent.envelope == r.Envelope(format="openai.chat", raw=b"{}")
+    assert [p.WhichOneof("kind") for p in sent.parts] == [
+        "text",
+        "media",
+        "tool_call",
+        "tool_result",
+        "reasoning",
+        "reasoning",
+    ]
+    back = r.Message(role=sent.role, parts=sent.parts, envelope=sent.envelope, message_id="m-1", token_count=7)
+    typed = convert.message(back)
+    assert typed.role == "developer" and typed.parts == parts
+    assert typed.envelope == Envelope("openai.chat", b"{}") and (typed.message_id, typed.token_count) == ("m-1", 7)
+    assert convert.message(r.Message(role=r.ROLE_USER, content="v1")).envelope is None
+    plain = convert.message_input(MessageInput("user", "hi"), "m")
+    assert not plain.parts and not plain.HasField("envelope") and plain.message_id == "" and plain.token_count == 0

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 MAX_CACHED_PREFERENCES = 2000
 
 
+_FORGET_BATCH = 500  # ids per HDEL, so that a huge truncate does not block Redis on one command
+
+
 class RedisCache:
     """Cache Protocol over redis.asyncio (works with a Redis or a RedisCluster client).
 
@@ -200,6 +203,12 @@ class RedisCache:
         k = self._keys.thread(key.workspace_id, key.thread_id)
         args = (incarnation, removed, k.field, self._thread_ttl_s)
         await self._run(self._trim_thread, (k.msgs, k.meta, k.pending), args)
+
+    async def forget_message_ids(self, key: ThreadKey, message_ids: Sequence[str]) -> None:
+        """Forget queued message ids of a thread (scripts.APPEND_QUEUED keeps them as '#' + id in reqs)."""
+        k = self._keys.thread(key.workspace_id, key.thread_id)
+        for start in range(0, len(message_ids), _FORGET_BATCH):
+            await self._client.hdel(k.reqs, *("#" + i for i in message_ids[start : start + _FORGET_BATCH]))
 
     async def reconcile_thread(self, key: ThreadKey, seed: Seed) -> None:
         """After writes went around Redis: drop the window and raise the counter to the store's."""

@@ -8,7 +8,10 @@ chatmem.v1.Message framed as an element of repeated field 1, newest last, trimme
   last  the seq of the newest element of ``msgs``; present only while ``msgs`` is a valid window;
   hw    the highest seq known to be committed (a fence against stale fills);
   ttl   the sliding TTL in seconds (0 = pinned, no expiry);
-  del   present when the thread was deleted (a tombstone that fences out late fills and pushes).
+  del   present when the thread was deleted (a tombstone that fences out late fills and pushes);
+  full  present while ``msgs`` holds the thread's whole window view from its start (a fill that found
+        fewer messages than the window), so that a short window of a truncated or compacted thread,
+        whose ``last`` exceeds its length, still answers. A push that trims the list clears it.
 A window is served only when ``last`` is present and ``del`` is not; anything else is a miss, and
 the repository hydrates from the store. No script ever appends to a list whose ``last`` is not
 exactly the seq before the new messages, so an expired or evicted key never gets a partial window.
@@ -50,12 +53,12 @@ end
 READ_WINDOW = (
     _KEEP
     + """
-local m = redis.call('HMGET', KEYS[2], 'last', 'ttl', 'del')
+local m = redis.call('HMGET', KEYS[2], 'last', 'ttl', 'del', 'full')
 if not m[1] or m[3] then return false end
 local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
 -- Fewer items than asked for, in a thread that has more: the window was trimmed shorter (another
 -- MEMORY__MAX_THREAD_MESSAGES wrote it), so it cannot answer this read.
-if #items == 0 or (#items < tonumber(ARGV[1]) and tonumber(m[1]) > #items) then return false end
+if #items == 0 or (#items < tonumber(ARGV[1]) and tonumber(m[1]) > #items and not m[4]) then return false end
 keep(tonumber(m[2]) or 0, KEYS[1], KEYS[2])
 return items
 """
@@ -68,10 +71,10 @@ return items
 READ_WINDOW_OR_PENDING = (
     _KEEP
     + """
-local m = redis.call('HMGET', KEYS[2], 'last', 'ttl', 'del', 'flushed', 'tg')
+local m = redis.call('HMGET', KEYS[2], 'last', 'ttl', 'del', 'flushed', 'tg', 'full')
 if m[1] and not m[3] then
   local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
-  if #items > 0 and (#items >= tonumber(ARGV[1]) or tonumber(m[1]) <= #items) then
+  if #items > 0 and (#items >= tonumber(ARGV[1]) or tonumber(m[1]) <= #items or m[6]) then
     keep(tonumber(m[2]) or 0, KEYS[1], KEYS[2])
     return items
   end
@@ -105,6 +108,11 @@ redis.call('HDEL', KEYS[2], 'del')
 redis.call('RPUSH', KEYS[1], unpack(ARGV, 6))
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1)
 redis.call('HSET', KEYS[2], 'inc', ARGV[1], 'last', ARGV[2], 'hw', ARGV[2], 'ttl', ARGV[3])
+if #ARGV - 5 < tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[2], 'full', 1)
+else
+  redis.call('HDEL', KEYS[2], 'full')
+end
 keep(tonumber(ARGV[3]), KEYS[1], KEYS[2])
 return 1
 """
@@ -132,7 +140,7 @@ elseif first == 1 then
   extend = true
 end
 if extend then
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, 6))
+  if redis.call('RPUSH', KEYS[1], unpack(ARGV, 6)) > tonumber(ARGV[5]) then redis.call('HDEL', KEYS[2], 'full') end
   redis.call('LTRIM', KEYS[1], -tonumber(ARGV[5]), -1)
   redis.call('HSET', KEYS[2], 'inc', ARGV[1], 'last', ARGV[3], 'hw', hw, 'ttl', ARGV[4])
   keep(ttl, KEYS[1], KEYS[2])
@@ -140,7 +148,7 @@ if extend then
 end
 redis.call('DEL', KEYS[1])
 if cinc ~= inc then redis.call('DEL', KEYS[2]) end
-redis.call('HDEL', KEYS[2], 'last')
+redis.call('HDEL', KEYS[2], 'last', 'full')
 redis.call('HSET', KEYS[2], 'inc', ARGV[1], 'hw', hw, 'ttl', ARGV[4])
 keep(ttl, KEYS[2])
 return 0
@@ -170,7 +178,7 @@ return 1
 # and in the pending marker that a seed would read, if they belong to that incarnation.
 TRIM_THREAD = """
 redis.call('DEL', KEYS[1])
-redis.call('HDEL', KEYS[2], 'last')
+redis.call('HDEL', KEYS[2], 'last', 'full')
 -- A new trim generation: a fill read from the store before this trim is refused (see FILL_WINDOW).
 if redis.call('HINCRBY', KEYS[2], 'tg', 1) == 1 and redis.call('HEXISTS', KEYS[2], 'inc') == 0 then
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
@@ -354,12 +362,12 @@ else
   extend = m[2] ~= false and tonumber(m[2]) == seq and redis.call('EXISTS', KEYS[1]) == 1
 end
 if extend then
-  redis.call('RPUSH', KEYS[1], unpack(framed))
+  if redis.call('RPUSH', KEYS[1], unpack(framed)) > tonumber(ARGV[5]) then redis.call('HDEL', KEYS[2], 'full') end
   redis.call('LTRIM', KEYS[1], -tonumber(ARGV[5]), -1)
   redis.call('HSET', KEYS[2], 'last', last)
 else
   redis.call('DEL', KEYS[1])
-  redis.call('HDEL', KEYS[2], 'last')
+  redis.call('HDEL', KEYS[2], 'last', 'full')
 end
 redis.call('HSET', KEYS[2], 'inc', inc, 'seq', last, 'hw', last, 'cnt', cnt, 'flushed', flushed, 'ttl', ttl)
 keep(ttl, KEYS[1], KEYS[2])
@@ -437,7 +445,7 @@ if m[5] or tonumber(m[1]) ~= tonumber(ARGV[1]) or not m[2] then
   return 0
 end
 local last = tonumber(ARGV[2])
-redis.call('HDEL', KEYS[2], 'last')
+redis.call('HDEL', KEYS[2], 'last', 'full')
 -- The store holds every seq up to its last one, so 'flushed' rises with the counter; the unflushed
 -- cap (seq - flushed) would otherwise count the fallback gap and refuse every append.
 local flushed = redis.call('HGET', KEYS[2], 'flushed')

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 from server.errors import AbortedError, AlreadyExistsError
-from server.storage.codec import with_encoding
+from server.storage.codec import encode_message, mark_compacted, with_encoding
 from server.storage.models import AppendCommand, AppendResult, QueuedAppend, StoredMessage, ThreadInfo, ThreadKey
 
 
@@ -210,3 +210,11 @@ def taken_message_id(cmd: AppendCommand, taken: Set[tuple[ThreadKey, str]]) -> A
 def message_ids(commands: Sequence[AppendCommand]) -> list[tuple[ThreadKey, str]]:
     """Return every (thread, message_id) pair the commands carry."""
     return [(c.key, m.message_id) for c in commands for m in c.messages if m.message_id]
+
+
+def compacted_copy(key: ThreadKey, message: StoredMessage, compacted: bool) -> StoredMessage:
+    """Return the message, its stored bytes marked as compacted when a summary stands in for it."""
+    if not compacted:
+        return message
+    encoded = mark_compacted(encode_message(key.workspace_id, key.thread_id, message))
+    return dataclasses.replace(message, encoded=encoded)

@@ -14,6 +14,7 @@ import grpc
 from chatmem import _convert
 from chatmem._channel import DEFAULT_TARGET, ChannelSpec
 from chatmem._pager import AsyncPager, Page
+from chatmem._reshape import ReshapeCalls
 from chatmem._retry import DEFAULT_RETRY, RetryPolicy, call_with_retry
 from chatmem._stream import resumable_chunks
 from chatmem._watch import watch_thread
@@ -104,7 +105,7 @@ def _seconds(value: float | None, default: float | None) -> float | None:
     return default if value is None else value
 
 
-class MemoryClient:
+class MemoryClient(ReshapeCalls):
     """The asyncio client of a chatmem server.
 
     Open it with ``connect`` (``async with MemoryClient.connect() as memory: ...``, or
@@ -238,7 +239,7 @@ class MemoryClient:
 
         Args:
             thread_id: the thread (the seeds' conversation id).
-            role: ``user``, ``assistant``, ``system`` or ``tool``.
+            role: ``user``, ``assistant``, ``system``, ``tool`` or ``developer``.
             content: the text.
             name: optional author name, such as a tool's.
             metadata: optional string metadata.
@@ -281,8 +282,9 @@ class MemoryClient:
 
         Args:
             thread_id: the thread.
-            messages: ``MessageInput`` objects or seeds-style dicts with ``role`` and ``content`` (and
-                optionally ``name`` and ``metadata``).
+            messages: ``MessageInput`` objects (with parts, an envelope, an id and a token count when
+                given; ``chatmem.formats`` builds them from OpenAI, Anthropic and LangChain messages) or
+                seeds-style dicts with ``role`` and ``content`` (and optionally ``name`` and ``metadata``).
             user_id: the owner of a new thread.
             title: the title of a new thread.
             ttl: the cache TTL of a new thread.
@@ -296,6 +298,8 @@ class MemoryClient:
         Raises:
             InvalidArgumentError: a message has an unknown role or non-text content (checked before
                 sending), or the server rejected a field.
+            ConflictError: a ``message_id`` the thread already holds (ALREADY_EXISTS; the ``BadRequest``
+                in ``details`` names ``messages[i].message_id``), or ``expected_last_seq`` did not match.
         """
         request = thread_memory_service_pb2.AppendMessagesRequest(
             workspace_id=self._workspace_id,
@@ -316,28 +320,63 @@ class MemoryClient:
 
     @overload
     async def get_history(
-        self, thread_id: str, *, limit: int = ..., typed: Literal[False] = ..., timeout: float | None = ...
+        self,
+        thread_id: str,
+        *,
+        limit: int = ...,
+        typed: Literal[False] = ...,
+        max_tokens: int | None = ...,
+        keep_system_prefix: bool = ...,
+        timeout: float | None = ...,
     ) -> ServedList[dict[str, str]]: ...
 
     @overload
     async def get_history(
-        self, thread_id: str, *, limit: int = ..., typed: Literal[True], timeout: float | None = ...
+        self,
+        thread_id: str,
+        *,
+        limit: int = ...,
+        typed: Literal[True],
+        max_tokens: int | None = ...,
+        keep_system_prefix: bool = ...,
+        timeout: float | None = ...,
     ) -> ServedList[Message]: ...
 
     @overload
     async def get_history(
-        self, thread_id: str, *, limit: int = ..., typed: bool, timeout: float | None = ...
+        self,
+        thread_id: str,
+        *,
+        limit: int = ...,
+        typed: bool,
+        max_tokens: int | None = ...,
+        keep_system_prefix: bool = ...,
+        timeout: float | None = ...,
     ) -> ServedList[dict[str, str]] | ServedList[Message]: ...
 
     async def get_history(
-        self, thread_id: str, *, limit: int = 0, typed: bool = False, timeout: float | None = None
+        self,
+        thread_id: str,
+        *,
+        limit: int = 0,
+        typed: bool = False,
+        max_tokens: int | None = None,
+        keep_system_prefix: bool = False,
+        timeout: float | None = None,
     ) -> ServedList[dict[str, str]] | ServedList[Message]:
         """Return the recent window of a thread, oldest first (GetHistory).
 
         Args:
             thread_id: the thread; an unknown one has an empty history.
             limit: how many of the newest messages; 0 means the server's window (50 by default).
-            typed: return ``Message`` objects (with seq, name, metadata and time) instead of dicts.
+            typed: return ``Message`` objects (with seq, name, metadata, time, parts, envelope, id and
+                token count) instead of dicts.
+            max_tokens: at most this many tokens in all; None (the default) means no token budget. The
+                newest messages that fit are returned, oldest first, and a tool call never comes without
+                its results nor a result without its call. A message counts its ``token_count``, or when
+                that is 0 the server's estimate: ceil(UTF-8 bytes of its text-bearing fields / 4), at least 1.
+            keep_system_prefix: with ``max_tokens``, the thread's leading system and developer
+                messages always come first, and count against the budget.
             timeout: the deadline in seconds, retries included.
 
         Returns:
@@ -346,8 +385,11 @@ class MemoryClient:
             tier answered and whether the server was degraded.
         """
         request = thread_memory_service_pb2.GetHistoryRequest(
-            workspace_id=self._workspace_id, thread_id=thread_id, limit=limit
+            workspace_id=self._workspace_id, thread_id=thread_id, limit=limit, keep_system_prefix=keep_system_prefix
         )
+        if max_tokens is not None:
+            # Only when given: the field has presence, and a budget of 0 tokens returns nothing.
+            request.max_tokens = max_tokens
         resp: thread_memory_service_pb2.GetHistoryResponse = await self._unary(
             self._threads.GetHistory, request, timeout
         )
@@ -479,6 +521,7 @@ class MemoryClient:
         user_id: str | None = None,
         max_messages: int = 0,
         max_chars: int = 0,
+        max_tokens: int | None = None,
         timeout: float | None = None,
     ) -> Context:
         """Return the prompt block for a thread and a user (GetContext).
@@ -488,6 +531,8 @@ class MemoryClient:
             user_id: the user; None means no ``User preferences:`` section.
             max_messages: at most this many recent messages; 0 means the server's window.
             max_chars: at most this many characters in the whole block (whole lines only); 0: no limit.
+            max_tokens: at most this many tokens of messages, chosen as ``get_history``'s ``max_tokens``
+                chooses them; None (the default) means no token budget.
             timeout: the deadline in seconds, retries included.
 
         Returns:
@@ -500,6 +545,8 @@ class MemoryClient:
             max_messages=max_messages,
             max_chars=max_chars,
         )
+        if max_tokens is not None:
+            request.max_tokens = max_tokens
         resp: thread_memory_service_pb2.GetContextResponse = await self._unary(
             self._threads.GetContext, request, timeout
         )

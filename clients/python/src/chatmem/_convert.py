@@ -13,12 +13,19 @@ from chatmem.types import (
     AppendResult,
     Context,
     Durability,
+    Envelope,
+    Media,
     Message,
     MessageInput,
+    Part,
     Preference,
+    Reasoning,
     Serving,
+    TextPart,
     Thread,
     Tier,
+    ToolCall,
+    ToolResult,
 )
 from chatmem.v1 import resources_pb2, thread_memory_service_pb2
 
@@ -27,6 +34,7 @@ _ROLE_TO_PB = {
     "assistant": resources_pb2.ROLE_ASSISTANT,
     "system": resources_pb2.ROLE_SYSTEM,
     "tool": resources_pb2.ROLE_TOOL,
+    "developer": resources_pb2.ROLE_DEVELOPER,
 }
 _ROLE_FROM_PB = {v: k for k, v in _ROLE_TO_PB.items()}
 _TIERS: dict[int, Tier] = {resources_pb2.TIER_CACHE: "cache", resources_pb2.TIER_STORE: "store"}
@@ -50,6 +58,42 @@ def role_to_pb(role: str, where: str = "role") -> resources_pb2.Role.ValueType:
         raise _invalid(where, problem) from None
 
 
+def part_to_pb(part: Part) -> resources_pb2.Part:
+    """Convert a typed part to its protobuf form."""
+    if isinstance(part, TextPart):
+        return resources_pb2.Part(text=part.text)
+    if isinstance(part, ToolCall):
+        return resources_pb2.Part(
+            tool_call=resources_pb2.ToolCall(id=part.id, name=part.name, arguments=part.arguments)
+        )
+    if isinstance(part, ToolResult):
+        result = resources_pb2.ToolResult(
+            tool_call_id=part.tool_call_id, parts=[part_to_pb(p) for p in part.parts], is_error=part.is_error
+        )
+        return resources_pb2.Part(tool_result=result)
+    if isinstance(part, Reasoning):
+        reasoning = resources_pb2.Reasoning(text=part.text, signature=part.signature, redacted=part.redacted)
+        return resources_pb2.Part(reasoning=reasoning)
+    media = resources_pb2.Media(uri=part.uri, mime_type=part.mime_type, size_bytes=part.size_bytes, data=part.data)
+    return resources_pb2.Part(media=media)
+
+
+def part(p: resources_pb2.Part) -> Part:
+    """Convert a protobuf part to its typed form (an unset one, from a newer server, reads as empty text)."""
+    kind = p.WhichOneof("kind")
+    if kind == "tool_call":
+        return ToolCall(id=p.tool_call.id, name=p.tool_call.name, arguments=p.tool_call.arguments)
+    if kind == "tool_result":
+        inner = tuple(q for q in (part(x) for x in p.tool_result.parts) if isinstance(q, TextPart | Media))
+        return ToolResult(tool_call_id=p.tool_result.tool_call_id, parts=inner, is_error=p.tool_result.is_error)
+    if kind == "reasoning":
+        return Reasoning(text=p.reasoning.text, signature=p.reasoning.signature, redacted=p.reasoning.redacted)
+    if kind == "media":
+        m = p.media
+        return Media(mime_type=m.mime_type, uri=m.uri, data=m.data, size_bytes=m.size_bytes)
+    return TextPart(p.text)
+
+
 def message_input(m: MessageInput | Mapping[str, Any], where: str) -> resources_pb2.MessageInput:
     """Build a MessageInput from the typed form or a seeds-style ``{"role", "content"}`` dict."""
     if isinstance(m, MessageInput):
@@ -60,9 +104,16 @@ def message_input(m: MessageInput | Mapping[str, Any], where: str) -> resources_
     if not isinstance(content, str):
         problem = f"must be a str, not {type(content).__name__}"
         raise _invalid(f"{where}.content", problem)
-    return resources_pb2.MessageInput(
+    out = resources_pb2.MessageInput(
         role=role_to_pb(str(role), f"{where}.role"), content=content, name=name, metadata=dict(metadata)
     )
+    if isinstance(m, MessageInput):
+        out.parts.extend(part_to_pb(p) for p in m.parts)
+        if m.envelope is not None:
+            out.envelope.CopyFrom(resources_pb2.Envelope(format=m.envelope.format, raw=m.envelope.raw))
+        out.message_id = m.message_id
+        out.token_count = m.token_count
+    return out
 
 
 def message_inputs(messages: Iterable[MessageInput | Mapping[str, Any]]) -> list[resources_pb2.MessageInput]:
@@ -99,6 +150,12 @@ def message(m: resources_pb2.Message) -> Message:
         create_time=timestamp(m.create_time),
         thread_id=m.thread_id,
         workspace_id=m.workspace_id,
+        parts=tuple(part(p) for p in m.parts),
+        envelope=Envelope(m.envelope.format, m.envelope.raw) if m.HasField("envelope") else None,
+        message_id=m.message_id,
+        token_count=m.token_count,
+        compacted=m.compacted,
+        summarizes_through_seq=m.summarizes_through_seq,
     )
 
 
@@ -120,6 +177,9 @@ def thread(t: resources_pb2.Thread) -> Thread:
         last_seq=t.last_seq,
         create_time=timestamp(t.create_time),
         update_time=timestamp(t.update_time),
+        parent_thread_id=t.parent_thread_id,
+        fork_seq=t.fork_seq,
+        compacted_through_seq=t.compacted_through_seq,
     )
 
 

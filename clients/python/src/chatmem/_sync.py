@@ -255,6 +255,10 @@ class SyncMemoryClient:
     count = _blocking(MemoryClient.count)
     update_thread = _blocking(MemoryClient.update_thread)
     delete_thread = _blocking(MemoryClient.delete_thread)
+    fork_thread = _blocking(MemoryClient.fork_thread)
+    truncate_thread = _blocking(MemoryClient.truncate_thread)
+    pop_message = _blocking(MemoryClient.pop_message)
+    compact_thread = _blocking(MemoryClient.compact_thread)
     clear = _blocking(MemoryClient.clear)
     set_preferences = _blocking(MemoryClient.set_preferences)
     delete_preferences = _blocking(MemoryClient.delete_preferences)
@@ -262,21 +266,49 @@ class SyncMemoryClient:
 
     @overload
     def get_history(
-        self, thread_id: str, *, limit: int = ..., typed: Literal[False] = ..., timeout: float | None = ...
+        self,
+        thread_id: str,
+        *,
+        limit: int = ...,
+        typed: Literal[False] = ...,
+        max_tokens: int | None = ...,
+        keep_system_prefix: bool = ...,
+        timeout: float | None = ...,
     ) -> ServedList[dict[str, str]]: ...
 
     @overload
     def get_history(
-        self, thread_id: str, *, limit: int = ..., typed: Literal[True], timeout: float | None = ...
+        self,
+        thread_id: str,
+        *,
+        limit: int = ...,
+        typed: Literal[True],
+        max_tokens: int | None = ...,
+        keep_system_prefix: bool = ...,
+        timeout: float | None = ...,
     ) -> ServedList[Message]: ...
 
     @overload
     def get_history(
-        self, thread_id: str, *, limit: int = ..., typed: bool, timeout: float | None = ...
+        self,
+        thread_id: str,
+        *,
+        limit: int = ...,
+        typed: bool,
+        max_tokens: int | None = ...,
+        keep_system_prefix: bool = ...,
+        timeout: float | None = ...,
     ) -> ServedList[dict[str, str]] | ServedList[Message]: ...
 
     def get_history(
-        self, thread_id: str, *, limit: int = 0, typed: bool = False, timeout: float | None = None
+        self,
+        thread_id: str,
+        *,
+        limit: int = 0,
+        typed: bool = False,
+        max_tokens: int | None = None,
+        keep_system_prefix: bool = False,
+        timeout: float | None = None,
     ) -> ServedList[dict[str, str]] | ServedList[Message]:
         """Return the recent window of a thread, oldest first; see ``MemoryClient.get_history``.
 
@@ -284,13 +316,24 @@ class SyncMemoryClient:
             thread_id: the thread; an unknown one has an empty history.
             limit: how many of the newest messages; 0 means the server's window.
             typed: return ``Message`` objects instead of ``{"role", "content"}`` dicts.
+            max_tokens: at most this many tokens, the newest messages that fit; None means no token budget.
+            keep_system_prefix: with ``max_tokens``, always return the leading system and developer messages.
             timeout: the deadline in seconds, retries included.
 
         Returns:
             The seeds' chat-config history, or ``Message`` objects with ``typed=True``; a list with ``.serving``.
         """
         refuse_inside_event_loop("get_history")
-        return self._portal.run(self._client.get_history(thread_id, limit=limit, typed=typed, timeout=timeout))
+        return self._portal.run(
+            self._client.get_history(
+                thread_id,
+                limit=limit,
+                typed=typed,
+                max_tokens=max_tokens,
+                keep_system_prefix=keep_system_prefix,
+                timeout=timeout,
+            )
+        )
 
     @overload
     def get_preferences(

@@ -32,6 +32,7 @@ class ThreadContextProvider:
         user_id: the user whose preferences to include, and who owns a new thread; None for none.
         max_messages: at most this many recent messages in the block; 0 means the server's window.
         max_chars: at most this many characters in the block (whole lines only); 0 means no limit.
+        max_tokens: at most this many tokens of messages (see ``MemoryClient.get_context``); None: no budget.
         timeout: the deadline of each call in seconds, retries included; keep it short, since the
             agent waits for it on every turn.
     """
@@ -44,6 +45,7 @@ class ThreadContextProvider:
         user_id: str | None = None,
         max_messages: int = 0,
         max_chars: int = 0,
+        max_tokens: int | None = None,
         timeout: float = 1.0,
     ) -> None:
         self._client = client
@@ -51,6 +53,7 @@ class ThreadContextProvider:
         self.user_id = user_id
         self.max_messages = max_messages
         self.max_chars = max_chars
+        self.max_tokens = max_tokens
         self.timeout = timeout
 
     async def invoking(self) -> str:
@@ -68,6 +71,7 @@ class ThreadContextProvider:
                 user_id=self.user_id,
                 max_messages=self.max_messages,
                 max_chars=self.max_chars,
+                max_tokens=self.max_tokens,
                 timeout=self.timeout,
             )
         except _UNREACHABLE as exc:

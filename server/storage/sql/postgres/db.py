@@ -22,7 +22,8 @@ US = "(extract(epoch FROM {col}) * 1000000)::bigint"
 TS = "(timestamptz 'epoch' + {arg} * interval '1 microsecond')"
 THREAD_COLS = (
     "t.workspace_id, t.thread_id, t.user_id, t.title, t.ttl_seconds, t.pinned, t.message_count, t.last_seq, "
-    f"t.incarnation, {US.format(col='t.create_time')} AS create_us, {US.format(col='t.update_time')} AS update_us"
+    f"t.incarnation, {US.format(col='t.create_time')} AS create_us, {US.format(col='t.update_time')} AS update_us, "
+    "t.parent_thread_id, t.fork_seq, t.compacted_through"
 )
 MSG_COLS = (
     f"m.seq, m.role, m.content, m.name, m.metadata::text AS metadata, {US.format(col='m.create_time')} AS msg_us, "
@@ -91,6 +92,9 @@ def thread_of(row: Any) -> ThreadInfo:
         incarnation=row["incarnation"],
         create_time_us=row["create_us"],
         update_time_us=row["update_us"],
+        parent_thread_id=row["parent_thread_id"],
+        fork_seq=row["fork_seq"],
+        compacted_through=row["compacted_through"],
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from server.storage.codec import encode_messages
+from server.storage.codec import decode_message, encode_messages, mark_compacted
 from server.storage.models import (
     AppendCommand,
     AppendResult,
@@ -23,7 +23,7 @@ from server.storage.models import (
     ThreadKey,
     ThreadTail,
 )
-from server.storage.sql.planner import Replay, message_ids, plan_appends
+from server.storage.sql.planner import Replay, compacted_copy, message_ids, plan_appends
 from server.storage.sql.postgres.db import (
     DELETE_EMPTY_THREADS,
     INSERT_MESSAGES,
@@ -205,12 +205,13 @@ class PostgresMessages:
         return await self._db.guard(run())  # type: ignore[no-any-return]
 
     async def _tail_rows(self, key: ThreadKey, limit: int, columns: str) -> list[Any]:
-        # The thread and its newest messages in one statement (one snapshot); no rows: no thread.
+        # The thread and its newest messages in one statement (one snapshot); no rows: no thread. A
+        # compacted thread's messages are those after its summary, which the callers put first.
         return await self._db.guard(  # type: ignore[no-any-return]
             self._db.pool.fetch(
-                f"SELECT {THREAD_COLS}, {columns} FROM threads t LEFT JOIN LATERAL ("
+                f"SELECT {THREAD_COLS}, t.summary, {columns} FROM threads t LEFT JOIN LATERAL ("
                 " SELECT * FROM messages WHERE workspace_id = t.workspace_id AND thread_id = t.thread_id"
-                " ORDER BY seq DESC LIMIT $3) m ON true "
+                " AND seq > t.compacted_through ORDER BY seq DESC LIMIT $3) m ON true "
                 "WHERE t.workspace_id = $1 AND t.thread_id = $2 ORDER BY m.seq",
                 key.workspace_id,
                 key.thread_id,
@@ -223,7 +224,11 @@ class PostgresMessages:
         rows = await self._tail_rows(key, limit, MSG_COLS)
         if not rows:
             return None
-        return ThreadTail(thread_of(rows[0]), [message_of(r) for r in rows if r["seq"] is not None])
+        messages = [message_of(r) for r in rows if r["seq"] is not None]
+        summary = rows[0]["summary"]
+        if summary is not None and len(messages) < limit:
+            messages.insert(0, decode_message(summary))
+        return ThreadTail(thread_of(rows[0]), messages)
 
     async def taken_message_ids(self, key: ThreadKey, ids: Sequence[str]) -> set[str]:
         """Return which of ``ids`` the thread already holds."""
@@ -241,6 +246,9 @@ class PostgresMessages:
             if tail is None:
                 return None
             return EncodedTail(tail.thread, encode_messages(key.workspace_id, key.thread_id, tail.messages))
+        summary = rows[0]["summary"]
+        if summary is not None and len(items) < limit:
+            items.insert(0, summary)
         return EncodedTail(thread_of(rows[0]), items)
 
     async def list_messages(self, key: ThreadKey, start_seq: int, reverse: bool, limit: int) -> list[StoredMessage]:
@@ -253,21 +261,24 @@ class PostgresMessages:
             start = start_seq
         rows = await self._db.guard(
             self._db.pool.fetch(
-                f"SELECT {MSG_COLS} FROM messages m WHERE m.workspace_id = $1 AND m.thread_id = $2 AND {sql} LIMIT $4",
+                f"SELECT {MSG_COLS}, m.seq <= t.compacted_through AS compacted FROM messages m "
+                "JOIN threads t ON t.workspace_id = m.workspace_id AND t.thread_id = m.thread_id "
+                f"WHERE m.workspace_id = $1 AND m.thread_id = $2 AND {sql} LIMIT $4",
                 key.workspace_id,
                 key.thread_id,
                 start,
                 limit,
             )
         )
-        return [message_of(r) for r in rows]
+        return [compacted_copy(key, message_of(r), r["compacted"]) for r in rows]
 
     async def encoded_page(self, key: ThreadKey, start_seq: int, limit: int) -> EncodedPage:
         """Return up to ``limit`` messages from ``start_seq`` (inclusive, ascending) as stored bytes."""
         rows = await self._db.guard(
             self._db.pool.fetch(
-                "SELECT seq, encoded FROM messages WHERE workspace_id = $1 AND thread_id = $2 AND seq >= $3 "
-                "ORDER BY seq LIMIT $4",
+                "SELECT m.seq, m.encoded, m.seq <= t.compacted_through FROM messages m "
+                "JOIN threads t ON t.workspace_id = m.workspace_id AND t.thread_id = m.thread_id "
+                "WHERE m.workspace_id = $1 AND m.thread_id = $2 AND m.seq >= $3 ORDER BY m.seq LIMIT $4",
                 key.workspace_id,
                 key.thread_id,
                 start_seq,
@@ -276,7 +287,7 @@ class PostgresMessages:
         )
         if not rows:
             return EncodedPage([], start_seq - 1)
-        items = [r[1] for r in rows]
+        items = [mark_compacted(r[1]) if r[2] and r[1] is not None else r[1] for r in rows]
         if None in items:  # rows written before the encoded column existed
             page = await self.list_messages(key, start_seq, False, limit)
             return EncodedPage(encode_messages(key.workspace_id, key.thread_id, page), page[-1].seq if page else 0)

@@ -10,6 +10,7 @@ from server.storage.sql.postgres.messages import PostgresMessages
 from server.storage.sql.postgres.outbox import PostgresOutbox
 from server.storage.sql.postgres.preferences import PostgresPreferences
 from server.storage.sql.postgres.repairs import PostgresRepairLog
+from server.storage.sql.postgres.reshape import PostgresReshape
 from server.storage.sql.postgres.retention import PostgresRetention
 from server.storage.sql.postgres.threads import PostgresThreads
 
@@ -25,6 +26,7 @@ class PostgresStore:
         self.db = db
         self.messages = PostgresMessages(db)
         self.threads = PostgresThreads(db)
+        self.reshape = PostgresReshape(db)
         self.preferences = PostgresPreferences(db)
         self.repairs = PostgresRepairLog(db)
         self.outbox = PostgresOutbox(db)

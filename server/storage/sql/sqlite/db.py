@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 THREAD_COLS = (
     "workspace_id, thread_id, user_id, title, ttl_seconds, pinned, message_count, last_seq, "
-    "incarnation, create_time, update_time"
+    "incarnation, create_time, update_time, parent_thread_id, fork_seq, compacted_through"
 )
 MSG_COLS = "seq, role, content, name, metadata, create_time, encoded"
 INSERT_MESSAGE = (
@@ -36,7 +36,10 @@ INSERT_MESSAGE = (
 
 def thread_of(row: Sequence[Any]) -> ThreadInfo:
     """Return the ThreadInfo of a row selected with THREAD_COLS."""
-    return ThreadInfo(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7], row[8], row[9], row[10])
+    return ThreadInfo(
+        row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7], row[8], row[9], row[10],
+        row[11], row[12], row[13],
+    )  # fmt: skip
 
 
 def message_of(row: Sequence[Any]) -> StoredMessage:

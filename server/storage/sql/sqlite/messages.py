@@ -6,7 +6,7 @@ import functools
 import sqlite3
 from collections.abc import Sequence
 
-from server.storage.codec import encode_messages
+from server.storage.codec import decode_message, encode_messages, mark_compacted
 from server.storage.models import (
     AppendCommand,
     AppendResult,
@@ -21,7 +21,7 @@ from server.storage.models import (
     ThreadKey,
     ThreadTail,
 )
-from server.storage.sql.planner import Replay, message_ids, plan_appends
+from server.storage.sql.planner import Replay, compacted_copy, message_ids, plan_appends
 from server.storage.sql.sqlite.db import (
     INSERT_MESSAGE,
     MSG_COLS,
@@ -157,11 +157,22 @@ class SqliteMessages:
             ).fetchone()
             if row is None:
                 return None
+            thread = thread_of(row)
+            # A compacted thread's window: its summary, then the messages after it.
             rows = db.execute(
-                f"SELECT {MSG_COLS} FROM messages WHERE workspace_id = ? AND thread_id = ? ORDER BY seq DESC LIMIT ?",
-                (key.workspace_id, key.thread_id, limit),
+                f"SELECT {MSG_COLS} FROM messages WHERE workspace_id = ? AND thread_id = ? AND seq > ? "
+                "ORDER BY seq DESC LIMIT ?",
+                (key.workspace_id, key.thread_id, thread.compacted_through, limit),
             ).fetchall()
-            return ThreadTail(thread_of(row), [message_of(r) for r in reversed(rows)])
+            messages = [message_of(r) for r in reversed(rows)]
+            if thread.compacted_through and len(messages) < limit:
+                summary = db.execute(
+                    "SELECT summary FROM threads WHERE workspace_id = ? AND thread_id = ?",
+                    (key.workspace_id, key.thread_id),
+                ).fetchone()[0]
+                if summary is not None:
+                    messages.insert(0, decode_message(summary))
+            return ThreadTail(thread, messages)
 
         return await self._db.call(run)
 
@@ -185,11 +196,13 @@ class SqliteMessages:
             cond, start = "seq >= ? ORDER BY seq", start_seq
 
         def run() -> list[StoredMessage]:
-            rows = self._db.connection().execute(
+            db = self._db.connection()
+            rows = db.execute(
                 f"SELECT {MSG_COLS} FROM messages WHERE workspace_id = ? AND thread_id = ? AND {cond} LIMIT ?",
                 (key.workspace_id, key.thread_id, start, limit),
-            )
-            return [message_of(r) for r in rows]
+            ).fetchall()
+            through = _compacted_through(db, key)
+            return [compacted_copy(key, message_of(r), r[0] <= through) for r in rows]
 
         return await self._db.call(run)
 
@@ -206,6 +219,8 @@ class SqliteMessages:
             if None in items:  # rows written before the encoded column existed: encode them here
                 full = self._db.connection().execute(f"SELECT {MSG_COLS} FROM messages {where}", args).fetchall()
                 items = encode_messages(key.workspace_id, key.thread_id, [message_of(r) for r in full])
+            through = _compacted_through(self._db.connection(), key)
+            items = [mark_compacted(item) if r[0] <= through else item for r, item in zip(rows, items, strict=True)]
             return EncodedPage(items, rows[-1][0])
 
         return await self._db.call(run)
@@ -221,3 +236,11 @@ def _taken_ids(db: sqlite3.Connection, pairs: Sequence[tuple[ThreadKey, str]]) -
             (key.workspace_id, key.thread_id, mid),
         ).fetchone()
     }
+
+
+def _compacted_through(db: sqlite3.Connection, key: ThreadKey) -> int:
+    row = db.execute(
+        "SELECT compacted_through FROM threads WHERE workspace_id = ? AND thread_id = ?",
+        (key.workspace_id, key.thread_id),
+    ).fetchone()
+    return int(row[0]) if row else 0

@@ -8,6 +8,7 @@ from server.storage.sql.sqlite.messages import SqliteMessages
 from server.storage.sql.sqlite.outbox import SqliteOutbox
 from server.storage.sql.sqlite.preferences import SqlitePreferences
 from server.storage.sql.sqlite.repairs import SqliteRepairLog
+from server.storage.sql.sqlite.reshape import SqliteReshape
 from server.storage.sql.sqlite.retention import SqliteRetention
 from server.storage.sql.sqlite.threads import SqliteThreads
 
@@ -23,6 +24,7 @@ class SqliteStore:
         self.db = SqliteDatabase(path)
         self.messages = SqliteMessages(self.db)
         self.threads = SqliteThreads(self.db)
+        self.reshape = SqliteReshape(self.db)
         self.preferences = SqlitePreferences(self.db)
         self.repairs = SqliteRepairLog(self.db)
         self.outbox = SqliteOutbox(self.db)

@@ -1,0 +1,1 @@
+"""Lossless converters: OpenAI Chat Completions, Anthropic and LangChain messages to chatmem messages and back."""
