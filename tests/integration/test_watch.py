@@ -120,6 +120,29 @@ async def test_deleting_a_watched_thread_ends_the_watch_with_not_found(api: Harn
     assert w.error is not None and w.error.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_watch_survives_truncation_and_never_sends_a_compaction_summary(api: Harness) -> None:
+    for i in range(3):
+        await append(api, "t", i)  # seqs 1..6
+    w = Watching(api.threads, api.ws, "t")
+    await w.until(lambda: w.seqs == [1, 2, 3, 4, 5, 6])
+    await api.threads.TruncateThread(pb.TruncateThreadRequest(workspace_id=api.ws, thread_id="t", after_seq=4))
+    await append(api, "t", 3)  # seqs are never reused: 7, 8
+    await w.until(lambda: w.seqs == [1, 2, 3, 4, 5, 6, 7, 8])
+    summary = r.MessageInput(role=r.ROLE_SYSTEM, content="the story so far")
+    compact = pb.CompactThreadRequest(workspace_id=api.ws, thread_id="t", through_seq=7, summary=summary)
+    await api.threads.CompactThread(compact)
+    await append(api, "t", 4)
+    await w.until(lambda: w.seqs[-2:] == [9, 10])
+    # A new watch from the start gets the messages themselves, compacted ones included, never the summary.
+    fresh = Watching(api.threads, api.ws, "t")
+    await fresh.until(lambda: fresh.seqs[-1:] == [10])
+    assert fresh.seqs == [1, 2, 3, 4, 7, 8, 9, 10]
+    assert not any(m.summarizes_through_seq for resp in fresh.responses for m in resp.messages)
+    assert w.error is None and fresh.error is None
+    await w.close()
+    await fresh.close()
+
+
 async def test_watches_beyond_the_cap_are_refused_with_resource_exhausted(tmp_path: pathlib.Path) -> None:
     settings = make_settings(sqlite_path=str(tmp_path / "cap.db"))
     settings.limits.max_watchers_per_workspace = 2
