@@ -246,9 +246,13 @@ async def create_server(
     repository = Repository(store, cache, policy_of(settings), observer=metrics, events=hub)
     relay = None
     if client is not None:
-        relay = hub.relay = RedisRelay(
-            client, settings.redis.key_prefix, hub, timeout_s=settings.redis.socket_timeout_s
-        )
+        r = settings.redis
+        # PUBLISH through a pipelined connection of its own: a few µs per command instead of redis-py's ~40.
+        publisher = None
+        if r.autopipeline and not r.cluster:
+            publisher = PipelinedRedis.like(client, timeout_s=r.socket_timeout_s, connect_timeout_s=r.connect_timeout_s)
+        relay = RedisRelay(client, r.key_prefix, hub, timeout_s=r.socket_timeout_s, publisher=publisher)
+        hub.relay = relay
     flusher = None
     if client is not None and repository.write_behind:
         o = settings.outbox
