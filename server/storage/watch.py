@@ -121,6 +121,8 @@ class Watcher:
         The watchers of one thread woken by one append share one read (a fan-out of N costs one read, not N).
         """
         thread = self._thread
+        if len(thread.watchers) == 1:
+            return await load(), limit  # nobody to share with: no task, no shield
         shared = thread.read
         if shared is None or shared.notices < self._armed_at or shared.limit < limit:
             shared = _Read(thread.notices, limit, asyncio.ensure_future(load()))
