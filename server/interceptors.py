@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,7 +23,9 @@ from typing import Any, Protocol
 import grpc
 
 from server.aborts import abort_with_error
-from server.errors import ChatmemError
+from server.errors import ChatmemError, InternalError
+
+log = logging.getLogger(__name__)
 
 CHATMEM_PREFIX = "/chatmem.v1."
 
@@ -75,6 +78,8 @@ def code_of(exc: BaseException | None, context: grpc.aio.ServicerContext) -> grp
         return grpc.StatusCode.OK
     if isinstance(exc, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED
+    if isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
+        return grpc.StatusCode.INTERNAL  # a layer's bug, which the pipeline ends as INTERNAL (see _leave)
     return grpc.StatusCode.UNKNOWN
 
 
@@ -149,21 +154,31 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships 
                 await scope.__aenter__()
                 entered.append(scope)
         except BaseException as exc:
-            await self._leave(entered, exc, call)
+            await self._leave(entered, exc, call, from_layer=True)
             raise AssertionError("unreachable: _leave re-raises") from exc
         return entered
 
     async def _leave(
-        self, entered: list[contextlib.AbstractAsyncContextManager[None]], exc: BaseException | None, call: Call
+        self,
+        entered: list[contextlib.AbstractAsyncContextManager[None]],
+        exc: BaseException | None,
+        call: Call,
+        from_layer: bool = False,
     ) -> None:
         # Innermost first, as nested ``async with`` blocks would; a layer that raises replaces the error.
         for scope in reversed(entered):
             try:
                 await scope.__aexit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
             except BaseException as raised:  # noqa: BLE001 - passed on below, like an async with block
+                from_layer = from_layer or raised is not exc
                 exc = raised
         if isinstance(exc, ChatmemError):
             await abort_with_error(call.context, exc)  # raises
+        if from_layer and isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
+            # A bug in a layer: INTERNAL with its ErrorInfo, as the handler wrapper does, not gRPC's bare
+            # UNKNOWN. Errors of the handler itself pass on as they are (it has mapped them already).
+            log.error("unexpected error in a layer of %s", call.method, exc_info=exc)
+            await abort_with_error(call.context, InternalError("internal error; see the server log"))
         if exc is not None:
             raise exc
 

@@ -112,7 +112,7 @@ class AdmissionLayer:
     def refuse(self, kind: str, message: str, retry_after_s: float) -> QuotaExceededError:
         """Count a refusal and build its error."""
         self.observer.rejected(kind)
-        return QuotaExceededError(message, retry_after_s)
+        return QuotaExceededError(message, retry_after_s, {"limit": kind})
 
     # --- Redis or the process ---------------------------------------------------------------------
 

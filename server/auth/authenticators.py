@@ -10,7 +10,7 @@ from typing import Protocol
 from server.auth import keys
 from server.auth.roles import AccessRole
 from server.auth.tokens import JwtVerifier, TokenError
-from server.errors import UnauthenticatedError, UnavailableError
+from server.errors import StoreDownError, UnauthenticatedError
 from server.interceptors import Principal
 from server.storage.apikeys import ApiKeyRecord, KeyStore
 from server.storage.protocols import StoreUnavailableError
@@ -104,7 +104,7 @@ class ApiKeyAuthenticator:
         try:
             record = await self._store.get_api_key(key_id)
         except StoreUnavailableError as exc:
-            raise UnavailableError("cannot check the API key: the store is unavailable") from exc
+            raise StoreDownError("cannot check the API key: the store is unavailable") from exc
         if record is None:
             self._cache.pop(key_id, None)
             return None

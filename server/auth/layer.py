@@ -11,7 +11,7 @@ from server.auth.limiter import FailureLimiter, peer_host
 from server.auth.roles import AccessRole, required_role
 from server.auth.tokens import JwtVerifier
 from server.config import AuthSettings
-from server.errors import PermissionDeniedError, QuotaExceededError, UnauthenticatedError
+from server.errors import AuthThrottledError, PermissionDeniedError, UnauthenticatedError
 from server.interceptors import Call
 from server.storage.apikeys import KeyStore
 
@@ -47,7 +47,7 @@ class AuthLayer:
             principal = await self._authenticator.authenticate(call.metadata, lookups=wait_s <= 0)
         except UnauthenticatedError as exc:
             if wait_s > 0:
-                raise QuotaExceededError("too many failed authentication attempts from this address", wait_s) from exc
+                raise AuthThrottledError("too many failed authentication attempts from this address", wait_s) from exc
             self._limiter.failed(peer)
             log.warning("authentication failed: peer=%s method=%s: %s", peer, call.method, exc.message)
             raise

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from server.aborts import abort_with_error
-from server.errors import ChatmemError
+from server.errors import ChatmemError, DeadlineExceededError, InternalError
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +27,13 @@ def time_budget(context: grpc.aio.ServicerContext, default_s: float) -> float:
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    # Every outcome goes through abort_with_error, so that each status carries its ErrorInfo.
     if isinstance(exc, ChatmemError):
         await abort_with_error(context, exc)
     if isinstance(exc, TimeoutError):
-        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the storage answered")
+        await abort_with_error(context, DeadlineExceededError("the deadline passed before the storage answered"))
     log.exception("unexpected error in %s", method, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+    await abort_with_error(context, InternalError("internal error; see the server log"))
 
 
 async def abort_error(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:

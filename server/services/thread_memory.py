@@ -10,7 +10,7 @@ from google.protobuf import duration_pb2
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
 from server.config import Settings
-from server.errors import NotFoundError
+from server.errors import ThreadNotFoundError
 from server.services import budgeted, context_block, convert, message_input, pagination, registry
 from server.services.handler import server_stream, unary
 from server.services.watch import WatchLoop, live_stream
@@ -362,7 +362,7 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         if deleted is None:
             if request.allow_missing:
                 return pb.DeleteThreadResponse(serving=convert.serving(self._repo.served_by_store(key)))
-            raise NotFoundError(f"thread {key.thread_id!r} not found")
+            raise ThreadNotFoundError(key.thread_id)
         count, served = deleted
         return pb.DeleteThreadResponse(deleted_messages=count, serving=convert.serving(served))
 

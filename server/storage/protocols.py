@@ -138,7 +138,7 @@ class ReshapeStore(Protocol):
         """Create ``target`` with ``source``'s messages up to ``through_seq`` (None: all), renumbered from 1.
 
         A ``target`` that exists is a replay when it is a fork of ``source`` at that seq, else
-        AlreadyExistsError; an unknown source is NotFoundError.
+        ThreadExistsError; an unknown source is ThreadNotFoundError.
         """
         ...
 
@@ -163,7 +163,7 @@ class ReshapeStore(Protocol):
     ) -> CompactResult:
         """Record ``summary`` (a serialised Message with seq = through_seq) as standing in for the messages up to it.
 
-        NotFoundError for an unknown thread; FailedPreconditionError when through_seq is past the last seq
+        ThreadNotFoundError for an unknown thread; CompactionRangeError when through_seq is past the last seq
         or below the current compaction. A request_id equal to the last compaction's is a replay.
         """
         ...

@@ -46,7 +46,14 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from server.errors import AbortedError, AlreadyExistsError, NotFoundError, UnavailableError
+from server.errors import (
+    AbortedError,
+    BacklogFullError,
+    MessageIdExistsError,
+    StoreDownError,
+    ThreadNotFoundError,
+    UnavailableError,
+)
 from server.storage.codec import encode_unsequenced, frame_repeated
 from server.storage.events import NoEvents, ThreadEvents
 from server.storage.health import TierHealth
@@ -212,7 +219,7 @@ class Repository:
             if flushed >= target:
                 return True
             if self.store_health.down:
-                raise UnavailableError("the durable store is unavailable; queued messages cannot be read in full")
+                raise StoreDownError("the durable store is unavailable; queued messages cannot be read in full")
             await asyncio.sleep(_FLUSH_POLL_S)
 
     # --- threads: writes -------------------------------------------------------------------------
@@ -282,13 +289,13 @@ class Repository:
             )
         if reply.kind == "taken":
             i = reply.value
-            raise AlreadyExistsError.message_id(i, command.messages[i].message_id, key.thread_id)
+            raise MessageIdExistsError(i, command.messages[i].message_id, key.thread_id)
         if reply.kind == "aborted":
             raise AbortedError(
                 f"thread {key.thread_id!r} has last seq {reply.value}, expected {command.expected_last_seq}"
             )
         if reply.kind == "backlog":
-            raise UnavailableError(
+            raise BacklogFullError(
                 f"thread {key.thread_id!r} has {reply.value} messages waiting for the store; retry later"
             )
         if reply.kind not in ("ok", "dup"):
@@ -336,7 +343,7 @@ class Repository:
         fence = await self.tiers.fence([key.bucket]) if skipped else None
         thread = await self.tiers.on_store(self._threads.update_thread(key, patch, repair=fence))
         if thread is None:
-            raise NotFoundError(f"thread {key.thread_id!r} not found")
+            raise ThreadNotFoundError(key.thread_id)
         if cache is not None and (patch.ttl_seconds is not None or patch.pinned is not None):
             used, _ = await self.tiers.on_cache(key.bucket, lambda c: c.retune_window(thread))
             skipped = not used
@@ -485,11 +492,11 @@ class Repository:
             pending.add_done_callback(_consume_quietly)  # a prefetch nobody awaits: take its outcome
 
     async def get_thread(self, key: ThreadKey) -> ThreadInfo:
-        """Return a thread's metadata or raise NotFoundError."""
+        """Return a thread's metadata or raise ThreadNotFoundError."""
         await self._await_flushed(key)
         thread = await self.tiers.on_store(self._threads.get_thread(key))
         if thread is None:
-            raise NotFoundError(f"thread {key.thread_id!r} not found")
+            raise ThreadNotFoundError(key.thread_id)
         return thread
 
     async def list_threads(

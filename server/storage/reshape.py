@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from server.errors import AlreadyExistsError, UnavailableError
+from server.errors import ThreadExistsError, UnavailableError
 from server.storage.codec import encode_summary
 from server.storage.events import ThreadEvents
 from server.storage.models import (
@@ -98,7 +98,7 @@ class Reshaper:
             if used and queued is not None:
                 found = await self._tiers.on_store(self._threads.get_thread(target))
                 if found is None or found.parent_thread_id != source.thread_id:
-                    raise AlreadyExistsError("new_thread_id", f"thread {target.thread_id!r} already exists")
+                    raise ThreadExistsError(target.thread_id)
         result = await self._tiers.on_store(self._store.fork_thread(source, target, through_seq, options))
         return result, Served(Tier.STORE, self._tiers.degraded(target.bucket))
 

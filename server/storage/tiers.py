@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from server.errors import UnavailableError
+from server.errors import CacheDownError, StoreDownError, UnavailableError
 from server.storage.buckets import BUCKETS
 from server.storage.health import CacheBreaker, TierHealth
 from server.storage.models import Fence, Repair, ThreadKey
@@ -199,13 +199,13 @@ class Tiers:
             return await op()
         except CacheFencedError as exc:
             if not await self.retry_cache(exc.buckets):
-                raise UnavailableError(
+                raise CacheDownError(
                     "Redis serves this thread again for other replicas, but this one cannot reach it"
                 ) from exc
         try:
             return await op()
         except CacheFencedError as exc:
-            raise UnavailableError("Redis recovered for this thread only for other replicas; retry") from exc
+            raise CacheDownError("Redis recovered for this thread only for other replicas; retry") from exc
 
     # --- the store -------------------------------------------------------------------------------
 
@@ -215,7 +215,7 @@ class Tiers:
             out = await call
         except StoreUnavailableError as exc:
             self.store_health.mark_down(str(exc))
-            raise UnavailableError(f"the durable store is unavailable: {exc}") from exc
+            raise StoreDownError(f"the durable store is unavailable: {exc}") from exc
         self.store_health.mark_up()
         return out
 
@@ -259,7 +259,7 @@ class Tiers:
         buckets = self._buckets(shard)
         try:
             if self.store_health.down:
-                raise UnavailableError("the store is down")
+                raise StoreDownError("the store is down")
             # A shard never checked waits for the store however slow it is: it has no safe way to go on.
             async with asyncio.timeout(self._check_timeout_s if shard in self._verified else None):
                 # The whole log first: it is empty unless an outage is being repaired, and then one read
@@ -278,7 +278,7 @@ class Tiers:
             # Nothing can be written around Redis while the store cannot commit, so a shard this process
             # checked before stays usable (cached windows keep serving); a shard it never checked does not.
             if shard not in self._verified:
-                raise UnavailableError(f"cannot read the repair log before first use: {exc}") from exc
+                raise StoreDownError(f"cannot read the repair log before first use: {exc}") from exc
             log.warning("repair log not read before using redis again: %s", exc)
             self._verified_at(shard, now, connects)
             return
@@ -313,7 +313,7 @@ class Tiers:
             for r in repairs:
                 await self._repair_one(self.cache, r)
             await self.on_store(self._repairs.clear_repairs(repairs))
-        raise UnavailableError("too many cache repairs to finish in one recovery")
+        raise CacheDownError("too many cache repairs to finish in one recovery")
 
     async def _repair_one(self, cache: Cache, repair: Repair) -> None:
         if repair.kind == "u":

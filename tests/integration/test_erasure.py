@@ -229,7 +229,7 @@ async def test_with_the_store_down_delete_user_is_unavailable_then_completes(
         assert down.value.code() == grpc.StatusCode.UNAVAILABLE
         failed = [rec for rec in caplog.records if rec.name == "chatmem.audit"]
         assert [(rec.action, rec.outcome, rec.user_id) for rec in failed] == [
-            ("delete_user", "failed: UnavailableError", "alice")
+            ("delete_user", "failed: StoreDownError", "alice")
         ]
         own_pg.start()
         out = None

@@ -3,9 +3,9 @@
 Each RPC of each chatmem.v1 service (found from the generated descriptors) gets ``EXAMPLES`` cases:
 descriptor-built requests mixed with targeted values, and bytes that are not a valid request. Properties:
 no call ends INTERNAL, UNKNOWN, UNAVAILABLE or DEADLINE_EXCEEDED (every call has a 5 s deadline); an
-INVALID_ARGUMENT carries a BadRequest naming the bad fields; where the answer is known from the request
-alone (bad ids, counts, seqs, foreign page tokens, unknown threads) it is that answer; every OK response
-parses as the declared type; and afterwards the process is alive, healthy, and drains its outbox.
+INVALID_ARGUMENT carries a BadRequest naming the bad fields, and every error the server makes an ErrorInfo;
+where the answer is known from the request alone (bad ids, counts, seqs, foreign page tokens, unknown
+threads) it is that answer; every OK response parses as the declared type; and afterwards the process is alive, healthy, and drains its outbox.
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ def _refused(fd: FieldDescriptor, value: object) -> bool:
         return False
     if name in COUNT_MAX:
         return not 0 <= value <= COUNT_MAX[name]
-    if name == "max_chars":
+    if name in ("max_chars", "max_tokens"):
         return value < 0
     return name.endswith("_seq") and fd.type == fd.TYPE_INT64 and not 0 <= value <= MAX_SEQ
 
@@ -265,7 +265,11 @@ def _bad_fields(msg: Message) -> set[str]:
 
 
 def _bad_messages(msg: Message) -> list[str]:
-    """Paths of bad messages[i] fields of an append (1..100 messages): unknown role, oversized or NUL text."""
+    """Paths of bad messages[i] fields of an append (1..100 messages): unknown role, oversized or NUL text.
+
+    A v2 message's content is checked as given (the server fills an empty one from the text parts, and
+    refuses a given one that is oversized, holds NUL or differs from them).
+    """
     if msg.DESCRIPTOR.name != "AppendMessagesRequest":
         return []
     messages = msg.messages  # type: ignore[attr-defined]
@@ -273,7 +277,7 @@ def _bad_messages(msg: Message) -> list[str]:
         return []
     bad = []
     for i, m in enumerate(messages):
-        if m.role not in (1, 2, 3, 4):
+        if m.role not in (1, 2, 3, 4, 5):
             bad.append(f"messages[{i}].role")
         if len(m.content.encode()) > MAX_CONTENT or "\x00" in m.content:
             bad.append(f"messages[{i}].content")
@@ -353,6 +357,16 @@ def _walk(msg: Message) -> Iterator[Message]:
             yield from _walk(sub)
 
 
+def _error_reason(err: grpc.RpcError) -> str:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    info = error_details_pb2.ErrorInfo()
+    found = [d for d in (status.details if status else ()) if d.Is(info.DESCRIPTOR)]
+    if not found:
+        return ""
+    found[0].Unpack(info)
+    return info.reason if info.domain == "chatmem.dev" else ""
+
+
 def check_response(rpc: Rpc, msg: Message, responses: list[Message]) -> None:
     """What every OK answer must hold: only the caller's workspace, thread and user; seqs in order; sizes."""
     asked = {name: getattr(msg, name) for name in ("workspace_id", "thread_id", "user_id") if hasattr(msg, name)}
@@ -360,6 +374,9 @@ def check_response(rpc: Rpc, msg: Message, responses: list[Message]) -> None:
         asked["workspace_id"] = asked["workspace_id"] or "default"
     if rpc.method.name == "AppendMessages":
         asked.pop("user_id")  # the owner of a new thread only; an existing thread keeps its own
+    if rpc.method.name == "ForkThread":
+        asked["thread_id"] = msg.new_thread_id  # type: ignore[attr-defined]  # the answer is the new thread
+        asked.pop("user_id")  # empty keeps the source's owner
     seqs: list[int] = []
     for response in responses:
         for sub in _walk(response):
@@ -375,7 +392,8 @@ def check_response(rpc: Rpc, msg: Message, responses: list[Message]) -> None:
         assert min(seqs) >= 1
     name = rpc.method.name
     if name == "GetHistory":
-        assert len(seqs) <= (msg.limit or 50)  # type: ignore[attr-defined]
+        budgeted = msg.HasField("max_tokens")  # type: ignore[attr-defined]
+        assert len(seqs) <= (msg.limit or (1000 if budgeted else 50))  # type: ignore[attr-defined]
     elif name == "ListMessages":
         assert len(seqs) <= (msg.page_size or 100)  # type: ignore[attr-defined]
     elif name in ("StreamHistory", "WatchThread"):
@@ -399,6 +417,11 @@ def check(rpc: Rpc, case: Case, fuzz: Fuzzed, seen: collections.Counter[str]) ->
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         assert len(case.payload) > MAX_RECEIVE, f"{rpc.name}: RESOURCE_EXHAUSTED for a request within limits: {details}"
         return
+    if err is not None:
+        # Every status the server's code makes carries ErrorInfo (RESOURCE_EXHAUSTED above is gRPC's own).
+        reason = _error_reason(err)
+        assert reason, f"{rpc.name}: {code.name} without a chatmem.dev ErrorInfo: {details}"
+        seen[f"reason {reason}"] += 1
     named = _violations(err) if code == grpc.StatusCode.INVALID_ARGUMENT and err is not None else []
     try:
         # Raw bytes get the same oracle as messages once parsed here the way the server parses them.
@@ -422,8 +445,9 @@ def check(rpc: Rpc, case: Case, fuzz: Fuzzed, seen: collections.Counter[str]) ->
         response_cls = message_factory.GetMessageClass(rpc.method.output_type)
         # FromString also proves the pass-through bytes (GetHistory, StreamHistory) are a valid response.
         check_response(rpc, msg, [response_cls.FromString(raw) for raw in responses])
-        if rpc.method.name == "AppendMessages":
-            fuzz.created.add((getattr(msg, "workspace_id", "") or "default", getattr(msg, "thread_id", "")))
+        if rpc.method.name in ("AppendMessages", "ForkThread"):
+            created = msg.new_thread_id if rpc.method.name == "ForkThread" else msg.thread_id  # type: ignore[attr-defined]
+            fuzz.created.add((getattr(msg, "workspace_id", "") or "default", created))
 
 
 @pytest.mark.parametrize("rpc", RPCS, ids=lambda rpc: rpc.name)
@@ -446,6 +470,7 @@ def test_fuzz_rpc(fuzzed: Fuzzed, rpc: Rpc) -> None:
     assert sum(kinds.values()) >= examples, f"only {sum(kinds.values())} cases ran"
     # The mix reaches both the handler's refusals and its success path, and the oracle decided some cases.
     assert seen["OK"] > 0 and seen["INVALID_ARGUMENT"] > 0, dict(seen)
+    assert seen["reason INVALID_ARGUMENT"] == seen["INVALID_ARGUMENT"], dict(seen)
     assert seen["expected INVALID_ARGUMENT"] > 0, dict(seen)
     if examples >= 1000:  # a short run may not draw every kind
         assert set(kinds) == {"message", "random-bytes", "damaged", "wire-trap"}, dict(kinds)

@@ -82,6 +82,23 @@ def test_retry_info_detail_becomes_retry_after() -> None:
     assert error.retry_after == 1.5
 
 
+def test_error_info_becomes_reason_domain_and_metadata_and_the_trailer_gives_the_request_id() -> None:
+    info = error_details_pb2.ErrorInfo(reason="THREAD_NOT_FOUND", domain="chatmem.dev", metadata={"thread_id": "t1"})
+    status = status_pb2.Status(code=grpc.StatusCode.NOT_FOUND.value[0], message="thread 't1' not found")
+    packed = any_pb2.Any()
+    packed.Pack(info)
+    status.details.append(packed)
+    trailing = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()), ("x-request-id", "r-42"))
+    error = errors.from_grpc_error(
+        grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), trailing, "thread 't1' not found")
+    )
+    assert isinstance(error, errors.NotFoundError)
+    assert (error.reason, error.domain, error.metadata) == ("THREAD_NOT_FOUND", "chatmem.dev", {"thread_id": "t1"})
+    assert error.request_id == "r-42"
+    bare = errors.from_grpc_error(rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused"))
+    assert (bare.reason, bare.domain, bare.metadata, bare.request_id) == ("", "", {}, None)
+
+
 def test_a_trailer_that_contradicts_the_status_line_is_ignored() -> None:
     status = status_pb2.Status(code=grpc.StatusCode.NOT_FOUND.value[0], message="other")
     trailing = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))

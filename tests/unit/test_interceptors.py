@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from server.errors import PermissionDeniedError
@@ -27,6 +28,8 @@ class Recording:
         try:
             if call.request == b"deny-" + self.name.encode():
                 raise PermissionDeniedError(f"{self.name} says no")
+            if call.request == b"crash-" + self.name.encode():
+                raise RuntimeError(f"{self.name} has a bug")
             yield
         except BaseException as e:
             exc = e
@@ -87,6 +90,20 @@ async def test_a_refusing_layer_stops_the_call_with_its_status(served: Any) -> N
     status = rpc_status.from_call(err.value)  # type: ignore[arg-type]
     assert status is not None and status.message == "b says no"
     assert log == ["a>Echo:", "b>Echo:", "b<PERMISSION_DENIED", "a<PERMISSION_DENIED"]
+
+
+async def test_a_layer_that_crashes_ends_the_call_internal_with_error_info(served: Any) -> None:
+    channel, log = served
+    echo = channel.unary_unary("/chatmem.v1.Fake/Echo", _ident, _ident)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await echo(b"crash-b")
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    status = rpc_status.from_call(err.value)  # type: ignore[arg-type]
+    info = error_details_pb2.ErrorInfo()
+    assert status is not None and status.details[0].Unpack(info)
+    assert (info.reason, info.domain) == ("INTERNAL", "chatmem.dev")
+    assert "has a bug" not in status.message
+    assert log[-1] == "a<INTERNAL"
 
 
 async def test_streams_are_wrapped_for_their_whole_length(served: Any) -> None:

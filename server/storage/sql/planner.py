@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
-from server.errors import AbortedError, AlreadyExistsError
+from server.errors import AbortedError, MessageIdExistsError
 from server.storage.codec import encode_message, mark_compacted, with_encoding
 from server.storage.models import AppendCommand, AppendResult, QueuedAppend, StoredMessage, ThreadInfo, ThreadKey
 
@@ -199,11 +199,11 @@ def count_inserted(inserted: Sequence[tuple[ThreadKey, int]]) -> dict[ThreadKey,
     return counts
 
 
-def taken_message_id(cmd: AppendCommand, taken: Set[tuple[ThreadKey, str]]) -> AlreadyExistsError | None:
+def taken_message_id(cmd: AppendCommand, taken: Set[tuple[ThreadKey, str]]) -> MessageIdExistsError | None:
     """Return the error for the first message of ``cmd`` whose id the thread already holds, if any."""
     for i, m in enumerate(cmd.messages):
         if m.message_id and (cmd.key, m.message_id) in taken:
-            return AlreadyExistsError.message_id(i, m.message_id, cmd.key.thread_id)
+            return MessageIdExistsError(i, m.message_id, cmd.key.thread_id)
     return None
 
 

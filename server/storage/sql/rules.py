@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from server.errors import AbortedError, FailedPreconditionError
+from server.errors import AbortedError, CompactionRangeError
 from server.storage.models import ThreadInfo
 
 
 def check_compaction(thread: ThreadInfo, through_seq: int) -> None:
     """Refuse a compaction past the thread's last seq or below its current one."""
     if through_seq > thread.last_seq:
-        raise FailedPreconditionError(
+        raise CompactionRangeError(
             f"through_seq {through_seq} is past the last seq {thread.last_seq} of thread {thread.thread_id!r}"
         )
     if through_seq < thread.compacted_through:
-        raise FailedPreconditionError(
+        raise CompactionRangeError(
             f"thread {thread.thread_id!r} is compacted through seq {thread.compacted_through}; through_seq "
             f"{through_seq} would undo part of it"
         )

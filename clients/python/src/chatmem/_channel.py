@@ -80,7 +80,9 @@ class ChannelSpec:
 
     def open_async(self) -> grpc.aio.Channel:
         """Open a grpc.aio channel; call it inside the event loop that will use the channel."""
-        interceptors = [_AsyncMetadata(self.metadata)] if self.metadata else None
+        interceptors = (
+            [_AsyncUnaryMetadata(self.metadata), _AsyncStreamMetadata(self.metadata)] if self.metadata else None
+        )
         if self.credentials is None:
             return grpc.aio.insecure_channel(self.target, options=self.options, interceptors=interceptors)
         return grpc.aio.secure_channel(self.target, self.credentials, options=self.options, interceptors=interceptors)
@@ -102,14 +104,24 @@ def _add_metadata(details: Any, extra: tuple[tuple[str, str], ...], *, aio: bool
     return details._replace(metadata=grpc.aio.Metadata(*merged) if aio else merged)
 
 
-class _AsyncMetadata(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    """Adds the connect-time metadata to every call of an async channel, raw stub calls included."""
+# grpc.aio files each interceptor under the first call kind it implements only (an if/elif on its
+# base classes), so one class for both kinds would leave streams without the metadata (the API key):
+# each kind gets its own class.
+class _AsyncUnaryMetadata(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Adds the connect-time metadata to every unary call of an async channel, raw stub calls included."""
 
     def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
         self._metadata = metadata
 
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(_add_metadata(client_call_details, self._metadata, aio=True), request)
+
+
+class _AsyncStreamMetadata(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds the connect-time metadata to every server-streaming call of an async channel (StreamHistory)."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
 
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(_add_metadata(client_call_details, self._metadata, aio=True), request)

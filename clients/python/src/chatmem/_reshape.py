@@ -7,9 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from chatmem import _convert
+from chatmem.errors import ConflictError
 from chatmem.types import Message, MessageInput, Thread, Truncation
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc
+
+_POP_ATTEMPTS = 5
 
 
 def _new_request_id() -> str:
@@ -114,29 +117,40 @@ class ReshapeCalls:
         """Remove and return the newest message of a thread, or None when it has none.
 
         It reads the newest message, then truncates after the seq before it on condition that the
-        thread has not changed since (``expected_last_seq``), so a concurrent append is never popped
-        in its place: that case raises ConflictError, and the caller may try again.
+        thread's last seq has not moved (``expected_last_seq``), so a concurrent append is never popped
+        in its place. A concurrent pop that took the same message makes the truncate remove nothing (a
+        thread's last seq never goes down); either race makes it read again, up to 5 times.
 
         Args:
             thread_id: the thread.
-            timeout: the deadline of each of the two calls, in seconds.
+            timeout: the deadline of each call, in seconds.
 
         Raises:
-            ConflictError: the thread changed between the read and the truncate.
+            ConflictError: the thread changed during every attempt.
         """
-        newest = await self._unary(
-            self._threads.GetHistory,
-            pb.GetHistoryRequest(workspace_id=self._workspace_id, thread_id=thread_id, limit=1),
-            timeout,
-        )
-        if not newest.messages:
-            return None
-        thread = await self._unary(
-            self._threads.GetThread, pb.GetThreadRequest(workspace_id=self._workspace_id, thread_id=thread_id), timeout
-        )
-        seq = newest.messages[-1].seq
-        done = await self.truncate_thread(thread_id, seq - 1, expected_last_seq=thread.thread.last_seq, timeout=timeout)
-        return done.removed[-1] if done.removed else None
+        for _ in range(_POP_ATTEMPTS):
+            newest = await self._unary(
+                self._threads.GetHistory,
+                pb.GetHistoryRequest(workspace_id=self._workspace_id, thread_id=thread_id, limit=1),
+                timeout,
+            )
+            if not newest.messages:
+                return None
+            thread = await self._unary(
+                self._threads.GetThread,
+                pb.GetThreadRequest(workspace_id=self._workspace_id, thread_id=thread_id),
+                timeout,
+            )
+            seq = newest.messages[-1].seq
+            try:
+                done = await self.truncate_thread(
+                    thread_id, seq - 1, expected_last_seq=thread.thread.last_seq, timeout=timeout
+                )
+            except ConflictError:
+                continue  # an append came between the read and the truncate
+            if done.removed:
+                return done.removed[-1]
+        raise ConflictError(f"thread {thread_id!r} kept changing while popping its newest message; try again")
 
     async def compact_thread(
         self,

@@ -36,6 +36,12 @@ class ChatmemError(Exception):
         retry_after: seconds the server asked the caller to wait before retrying
             (from a ``google.rpc.RetryInfo`` detail), or None.
         details: the unpacked ``google.rpc`` detail messages of the status, if any.
+        reason: the stable reason of the server's ``google.rpc.ErrorInfo`` (e.g. ``THREAD_NOT_FOUND``;
+            the README lists them), or ``""`` when the status did not come from the chatmem server
+            (no server reachable, a proxy, or gRPC itself, e.g. an oversized request).
+        domain: the ErrorInfo's domain (``chatmem.dev``), or ``""``.
+        metadata: the ErrorInfo's metadata (e.g. ``{"thread_id": ...}``).
+        request_id: the ``x-request-id`` the server echoed in the trailers, or None.
     """
 
     default_code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
@@ -47,12 +53,18 @@ class ChatmemError(Exception):
         code: grpc.StatusCode | None = None,
         retry_after: float | None = None,
         details: tuple[Any, ...] = (),
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
         self.retry_after = retry_after
         self.details = details
+        self.request_id = request_id
+        info = next((d for d in details if isinstance(d, error_details_pb2.ErrorInfo)), None)
+        self.reason: str = info.reason if info is not None else ""
+        self.domain: str = info.domain if info is not None else ""
+        self.metadata: dict[str, str] = dict(info.metadata) if info is not None else {}
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
@@ -192,7 +204,8 @@ def from_grpc_error(exc: grpc.RpcError) -> ChatmemError:
 
     Works for ``grpc.aio.AioRpcError`` and for the errors of blocking stubs. Rich details in the
     ``grpc-status-details-bin`` trailer are decoded: a ``BadRequest`` becomes
-    ``InvalidArgumentError.violations`` and a ``RetryInfo`` becomes ``retry_after``.
+    ``InvalidArgumentError.violations``, a ``RetryInfo`` becomes ``retry_after`` and an ``ErrorInfo``
+    becomes ``reason``, ``domain`` and ``metadata``.
 
     Args:
         exc: the error raised by a gRPC call.
@@ -210,9 +223,23 @@ def from_grpc_error(exc: grpc.RpcError) -> ChatmemError:
             retry_after = d.retry_delay.seconds + d.retry_delay.nanos / 1e9
         elif isinstance(d, error_details_pb2.BadRequest):
             violations += [FieldViolation(v.field, v.description) for v in d.field_violations]
+    request_id = _request_id(exc)
     cls = _BY_CODE.get(code, ChatmemError)
     if cls is InvalidArgumentError:
         return InvalidArgumentError(
-            message, violations=tuple(violations), code=code, retry_after=retry_after, details=details
+            message,
+            violations=tuple(violations),
+            code=code,
+            retry_after=retry_after,
+            details=details,
+            request_id=request_id,
         )
-    return cls(message, code=code, retry_after=retry_after, details=details)
+    return cls(message, code=code, retry_after=retry_after, details=details, request_id=request_id)
+
+
+def _request_id(exc: grpc.RpcError) -> str | None:
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == "x-request-id":
+            return value if isinstance(value, str) else value.decode()
+    return None

@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from server.errors import AlreadyExistsError, NotFoundError
+from server.errors import ThreadExistsError, ThreadNotFoundError
 from server.storage.codec import reseat
 from server.storage.models import (
     CompactResult,
@@ -36,7 +36,7 @@ _LOCK = f"SELECT {THREAD_COLS} FROM threads t WHERE t.workspace_id = $1 AND t.th
 async def _locked(conn: Any, key: ThreadKey) -> ThreadInfo:
     row = await conn.fetchrow(_LOCK, key.workspace_id, key.thread_id)
     if row is None:
-        raise NotFoundError(f"thread {key.thread_id!r} not found")
+        raise ThreadNotFoundError(key.thread_id)
     return thread_of(row)
 
 
@@ -69,7 +69,7 @@ class PostgresReshape:
                     found = thread_of(existing)
                     if found.parent_thread_id == source.thread_id and found.fork_seq == upto:
                         return ForkResult(found, found.message_count, True)
-                    raise AlreadyExistsError("new_thread_id", f"thread {target.thread_id!r} already exists")
+                    raise ThreadExistsError(target.thread_id)
                 rows = await conn.fetch(
                     f"SELECT {MSG_COLS} FROM messages m WHERE m.workspace_id = $1 AND m.thread_id = $2 "
                     "AND m.seq <= $3 ORDER BY m.seq",
@@ -110,7 +110,7 @@ class PostgresReshape:
             return await self._db.guard(run())  # type: ignore[no-any-return]
         except asyncpg.exceptions.UniqueViolationError:
             # A concurrent fork or first append created the thread between our check and our insert.
-            raise AlreadyExistsError("new_thread_id", f"thread {target.thread_id!r} already exists") from None
+            raise ThreadExistsError(target.thread_id) from None
 
     async def truncate_thread(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from server.errors import AlreadyExistsError, NotFoundError
+from server.errors import ThreadExistsError, ThreadNotFoundError
 from server.storage.codec import reseat
 from server.storage.models import (
     CompactResult,
@@ -40,7 +40,7 @@ def _thread(db: sqlite3.Connection, key: ThreadKey) -> ThreadInfo | None:
 def _existing(db: sqlite3.Connection, key: ThreadKey) -> ThreadInfo:
     thread = _thread(db, key)
     if thread is None:
-        raise NotFoundError(f"thread {key.thread_id!r} not found")
+        raise ThreadNotFoundError(key.thread_id)
     return thread
 
 
@@ -66,7 +66,7 @@ class SqliteReshape:
             if found is not None:
                 if found.parent_thread_id == source.thread_id and found.fork_seq == upto:
                     return ForkResult(found, found.message_count, True)
-                raise AlreadyExistsError("new_thread_id", f"thread {target.thread_id!r} already exists")
+                raise ThreadExistsError(target.thread_id)
             rows = db.execute(
                 f"SELECT {MSG_COLS} FROM messages WHERE {_WHERE} AND seq <= ? ORDER BY seq",
                 (source.workspace_id, source.thread_id, upto),

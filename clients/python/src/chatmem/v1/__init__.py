@@ -1,1 +1,1 @@
-"""Generated from protos/chatmem/v1 by clients/python/scripts/gen_protos.py. Do not edit."""
+"""Generated from protos/chatmem/v1 by devtools/gen.py (buf.gen.yaml). Do not edit."""

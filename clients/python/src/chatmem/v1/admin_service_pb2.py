@@ -25,17 +25,18 @@ _sym_db = _symbol_database.Default()
 from chatmem.v1 import resources_pb2 as chatmem_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63hatmem/v1/admin_service.proto\x12\nchatmem.v1\x1a\x1a\x63hatmem/v1/resources.proto\"N\n\x11\x44\x65leteUserRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x8e\x01\n\x12\x44\x65leteUserResponse\x12\x17\n\x0f\x64\x65leted_threads\x18\x01 \x01(\x03\x12\x18\n\x10\x64\x65leted_messages\x18\x02 \x01(\x03\x12\x1b\n\x13\x64\x65leted_preferences\x18\x03 \x01(\x03\x12(\n\x07serving\x18\x04 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo2[\n\x0c\x41\x64minService\x12K\n\nDeleteUser\x12\x1d.chatmem.v1.DeleteUserRequest\x1a\x1e.chatmem.v1.DeleteUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63hatmem/v1/admin_service.proto\x12\nchatmem.v1\x1a\x1a\x63hatmem/v1/resources.proto\"n\n\x11\x44\x65leteUserRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x1d\n\nrequest_id\x18\x03 \x01(\tR\trequestId\"\xcc\x01\n\x12\x44\x65leteUserResponse\x12\'\n\x0f\x64\x65leted_threads\x18\x01 \x01(\x03R\x0e\x64\x65letedThreads\x12)\n\x10\x64\x65leted_messages\x18\x02 \x01(\x03R\x0f\x64\x65letedMessages\x12/\n\x13\x64\x65leted_preferences\x18\x03 \x01(\x03R\x12\x64\x65letedPreferences\x12\x31\n\x07serving\x18\x04 \x01(\x0b\x32\x17.chatmem.v1.ServingInfoR\x07serving2[\n\x0c\x41\x64minService\x12K\n\nDeleteUser\x12\x1d.chatmem.v1.DeleteUserRequest\x1a\x1e.chatmem.v1.DeleteUserResponseB\xa7\x01\n\x0e\x64\x65v.chatmem.v1B\x11\x41\x64minServiceProtoP\x01Z9github.com/chatmem/chatmem/clients/go/chatmemv1;chatmemv1\xa2\x02\x03\x43XX\xaa\x02\nChatmem.V1\xca\x02\nChatmem\\V1\xe2\x02\x16\x43hatmem\\V1\\GPBMetadata\xea\x02\x0b\x43hatmem::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatmem.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.chatmem.v1B\021AdminServiceProtoP\001Z9github.com/chatmem/chatmem/clients/go/chatmemv1;chatmemv1\242\002\003CXX\252\002\nChatmem.V1\312\002\nChatmem\\V1\342\002\026Chatmem\\V1\\GPBMetadata\352\002\013Chatmem::V1'
   _globals['_DELETEUSERREQUEST']._serialized_start=74
-  _globals['_DELETEUSERREQUEST']._serialized_end=152
-  _globals['_DELETEUSERRESPONSE']._serialized_start=155
-  _globals['_DELETEUSERRESPONSE']._serialized_end=297
-  _globals['_ADMINSERVICE']._serialized_start=299
-  _globals['_ADMINSERVICE']._serialized_end=390
+  _globals['_DELETEUSERREQUEST']._serialized_end=184
+  _globals['_DELETEUSERRESPONSE']._serialized_start=187
+  _globals['_DELETEUSERRESPONSE']._serialized_end=391
+  _globals['_ADMINSERVICE']._serialized_start=393
+  _globals['_ADMINSERVICE']._serialized_end=484
 # @@protoc_insertion_point(module_scope)

@@ -25,29 +25,30 @@ _sym_db = _symbol_database.Default()
 from chatmem.v1 import resources_pb2 as chatmem_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$chatmem/v1/preferences_service.proto\x12\nchatmem.v1\x1a\x1a\x63hatmem/v1/resources.proto\"L\n\x15GetPreferencesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\"o\n\x16GetPreferencesResponse\x12+\n\x0bpreferences\x18\x01 \x03(\x0b\x32\x16.chatmem.v1.Preference\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"\xcf\x01\n\x15SetPreferencesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12G\n\x0bpreferences\x18\x03 \x03(\x0b\x32\x32.chatmem.v1.SetPreferencesRequest.PreferencesEntry\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x1a\x32\n\x10PreferencesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\x16SetPreferencesResponse\x12\x15\n\rupdated_count\x18\x01 \x01(\x05\x12*\n\ndurability\x18\x02 \x01(\x0e\x32\x16.chatmem.v1.Durability\x12(\n\x07serving\x18\x03 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo\"p\n\x18\x44\x65letePreferencesRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\\\n\x19\x44\x65letePreferencesResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x05\x12(\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfo2\xa8\x02\n\x12PreferencesService\x12W\n\x0eGetPreferences\x12!.chatmem.v1.GetPreferencesRequest\x1a\".chatmem.v1.GetPreferencesResponse\x12W\n\x0eSetPreferences\x12!.chatmem.v1.SetPreferencesRequest\x1a\".chatmem.v1.SetPreferencesResponse\x12`\n\x11\x44\x65letePreferences\x12$.chatmem.v1.DeletePreferencesRequest\x1a%.chatmem.v1.DeletePreferencesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$chatmem/v1/preferences_service.proto\x12\nchatmem.v1\x1a\x1a\x63hatmem/v1/resources.proto\"g\n\x15GetPreferencesRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x12\n\x04keys\x18\x03 \x03(\tR\x04keys\"\x85\x01\n\x16GetPreferencesResponse\x12\x38\n\x0bpreferences\x18\x01 \x03(\x0b\x32\x16.chatmem.v1.PreferenceR\x0bpreferences\x12\x31\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfoR\x07serving\"\x88\x02\n\x15SetPreferencesRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12T\n\x0bpreferences\x18\x03 \x03(\x0b\x32\x32.chatmem.v1.SetPreferencesRequest.PreferencesEntryR\x0bpreferences\x12\x1d\n\nrequest_id\x18\x04 \x01(\tR\trequestId\x1a>\n\x10PreferencesEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xa8\x01\n\x16SetPreferencesResponse\x12#\n\rupdated_count\x18\x01 \x01(\x05R\x0cupdatedCount\x12\x36\n\ndurability\x18\x02 \x01(\x0e\x32\x16.chatmem.v1.DurabilityR\ndurability\x12\x31\n\x07serving\x18\x03 \x01(\x0b\x32\x17.chatmem.v1.ServingInfoR\x07serving\"\x9b\x01\n\x18\x44\x65letePreferencesRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x12\n\x04keys\x18\x03 \x03(\tR\x04keys\x12\x10\n\x03\x61ll\x18\x04 \x01(\x08R\x03\x61ll\x12\x1d\n\nrequest_id\x18\x05 \x01(\tR\trequestId\"s\n\x19\x44\x65letePreferencesResponse\x12#\n\rdeleted_count\x18\x01 \x01(\x05R\x0c\x64\x65letedCount\x12\x31\n\x07serving\x18\x02 \x01(\x0b\x32\x17.chatmem.v1.ServingInfoR\x07serving2\xa8\x02\n\x12PreferencesService\x12W\n\x0eGetPreferences\x12!.chatmem.v1.GetPreferencesRequest\x1a\".chatmem.v1.GetPreferencesResponse\x12W\n\x0eSetPreferences\x12!.chatmem.v1.SetPreferencesRequest\x1a\".chatmem.v1.SetPreferencesResponse\x12`\n\x11\x44\x65letePreferences\x12$.chatmem.v1.DeletePreferencesRequest\x1a%.chatmem.v1.DeletePreferencesResponseB\xad\x01\n\x0e\x64\x65v.chatmem.v1B\x17PreferencesServiceProtoP\x01Z9github.com/chatmem/chatmem/clients/go/chatmemv1;chatmemv1\xa2\x02\x03\x43XX\xaa\x02\nChatmem.V1\xca\x02\nChatmem\\V1\xe2\x02\x16\x43hatmem\\V1\\GPBMetadata\xea\x02\x0b\x43hatmem::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatmem.v1.preferences_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.chatmem.v1B\027PreferencesServiceProtoP\001Z9github.com/chatmem/chatmem/clients/go/chatmemv1;chatmemv1\242\002\003CXX\252\002\nChatmem.V1\312\002\nChatmem\\V1\342\002\026Chatmem\\V1\\GPBMetadata\352\002\013Chatmem::V1'
   _globals['_SETPREFERENCESREQUEST_PREFERENCESENTRY']._loaded_options = None
   _globals['_SETPREFERENCESREQUEST_PREFERENCESENTRY']._serialized_options = b'8\001'
   _globals['_GETPREFERENCESREQUEST']._serialized_start=80
-  _globals['_GETPREFERENCESREQUEST']._serialized_end=156
-  _globals['_GETPREFERENCESRESPONSE']._serialized_start=158
-  _globals['_GETPREFERENCESRESPONSE']._serialized_end=269
-  _globals['_SETPREFERENCESREQUEST']._serialized_start=272
-  _globals['_SETPREFERENCESREQUEST']._serialized_end=479
-  _globals['_SETPREFERENCESREQUEST_PREFERENCESENTRY']._serialized_start=429
-  _globals['_SETPREFERENCESREQUEST_PREFERENCESENTRY']._serialized_end=479
-  _globals['_SETPREFERENCESRESPONSE']._serialized_start=482
-  _globals['_SETPREFERENCESRESPONSE']._serialized_end=615
-  _globals['_DELETEPREFERENCESREQUEST']._serialized_start=617
-  _globals['_DELETEPREFERENCESREQUEST']._serialized_end=729
-  _globals['_DELETEPREFERENCESRESPONSE']._serialized_start=731
-  _globals['_DELETEPREFERENCESRESPONSE']._serialized_end=823
-  _globals['_PREFERENCESSERVICE']._serialized_start=826
-  _globals['_PREFERENCESSERVICE']._serialized_end=1122
+  _globals['_GETPREFERENCESREQUEST']._serialized_end=183
+  _globals['_GETPREFERENCESRESPONSE']._serialized_start=186
+  _globals['_GETPREFERENCESRESPONSE']._serialized_end=319
+  _globals['_SETPREFERENCESREQUEST']._serialized_start=322
+  _globals['_SETPREFERENCESREQUEST']._serialized_end=586
+  _globals['_SETPREFERENCESREQUEST_PREFERENCESENTRY']._serialized_start=524
+  _globals['_SETPREFERENCESREQUEST_PREFERENCESENTRY']._serialized_end=586
+  _globals['_SETPREFERENCESRESPONSE']._serialized_start=589
+  _globals['_SETPREFERENCESRESPONSE']._serialized_end=757
+  _globals['_DELETEPREFERENCESREQUEST']._serialized_start=760
+  _globals['_DELETEPREFERENCESREQUEST']._serialized_end=915
+  _globals['_DELETEPREFERENCESRESPONSE']._serialized_start=917
+  _globals['_DELETEPREFERENCESRESPONSE']._serialized_end=1032
+  _globals['_PREFERENCESSERVICE']._serialized_start=1035
+  _globals['_PREFERENCESSERVICE']._serialized_end=1331
 # @@protoc_insertion_point(module_scope)

@@ -26,47 +26,48 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hatmem/v1/resources.proto\x12\nchatmem.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x02\n\x0cMessageInput\x12\x1e\n\x04role\x18\x01 \x01(\x0e\x32\x10.chatmem.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x38\n\x08metadata\x18\x04 \x03(\x0b\x32&.chatmem.v1.MessageInput.MetadataEntry\x12\x1f\n\x05parts\x18\t \x03(\x0b\x32\x10.chatmem.v1.Part\x12&\n\x08\x65nvelope\x18\n \x01(\x0b\x32\x14.chatmem.v1.Envelope\x12\x12\n\nmessage_id\x18\x0b \x01(\t\x12\x13\n\x0btoken_count\x18\x0c \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xba\x03\n\x07Message\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x1e\n\x04role\x18\x04 \x01(\x0e\x32\x10.chatmem.v1.Role\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x33\n\x08metadata\x18\x07 \x03(\x0b\x32!.chatmem.v1.Message.MetadataEntry\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x05parts\x18\t \x03(\x0b\x32\x10.chatmem.v1.Part\x12&\n\x08\x65nvelope\x18\n \x01(\x0b\x32\x14.chatmem.v1.Envelope\x12\x12\n\nmessage_id\x18\x0b \x01(\t\x12\x13\n\x0btoken_count\x18\x0c \x01(\x05\x12\x11\n\tcompacted\x18\r \x01(\x08\x12\x1e\n\x16summarizes_through_seq\x18\x0e \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc8\x01\n\x04Part\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\ttool_call\x18\x02 \x01(\x0b\x32\x14.chatmem.v1.ToolCallH\x00\x12-\n\x0btool_result\x18\x03 \x01(\x0b\x32\x16.chatmem.v1.ToolResultH\x00\x12*\n\treasoning\x18\x04 \x01(\x0b\x32\x15.chatmem.v1.ReasoningH\x00\x12\"\n\x05media\x18\x05 \x01(\x0b\x32\x11.chatmem.v1.MediaH\x00\x42\x06\n\x04kind\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"U\n\nToolResult\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x1f\n\x05parts\x18\x02 \x03(\x0b\x32\x10.chatmem.v1.Part\x12\x10\n\x08is_error\x18\x03 \x01(\x08\">\n\tReasoning\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x10\n\x08redacted\x18\x03 \x01(\x08\"I\n\x05Media\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\'\n\x08\x45nvelope\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0b\n\x03raw\x18\x02 \x01(\x0c\"\xdf\x02\n\x06Thread\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06pinned\x18\x06 \x01(\x08\x12\x15\n\rmessage_count\x18\x07 \x01(\x03\x12\x10\n\x08last_seq\x18\x08 \x01(\x03\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10parent_thread_id\x18\x0b \x01(\t\x12\x10\n\x08\x66ork_seq\x18\x0c \x01(\x03\x12\x1d\n\x15\x63ompacted_through_seq\x18\r \x01(\x03\"Y\n\nPreference\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12/\n\x0bupdate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x0bServingInfo\x12\x1e\n\x04tier\x18\x01 \x01(\x0e\x32\x10.chatmem.v1.Tier\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08*s\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x12\x0f\n\x0bROLE_SYSTEM\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x12\x12\n\x0eROLE_DEVELOPER\x10\x05*<\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0e\n\nTIER_CACHE\x10\x01\x12\x0e\n\nTIER_STORE\x10\x02*Y\n\nDurability\x12\x1a\n\x16\x44URABILITY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44URABILITY_PERSISTED\x10\x01\x12\x15\n\x11\x44URABILITY_QUEUED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hatmem/v1/resources.proto\x12\nchatmem.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfd\x02\n\x0cMessageInput\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x10.chatmem.v1.RoleR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x42\n\x08metadata\x18\x04 \x03(\x0b\x32&.chatmem.v1.MessageInput.MetadataEntryR\x08metadata\x12&\n\x05parts\x18\t \x03(\x0b\x32\x10.chatmem.v1.PartR\x05parts\x12\x30\n\x08\x65nvelope\x18\n \x01(\x0b\x32\x14.chatmem.v1.EnvelopeR\x08\x65nvelope\x12\x1d\n\nmessage_id\x18\x0b \x01(\tR\tmessageId\x12\x1f\n\x0btoken_count\x18\x0c \x01(\x05R\ntokenCount\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xd6\x04\n\x07Message\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x1b\n\tthread_id\x18\x02 \x01(\tR\x08threadId\x12\x10\n\x03seq\x18\x03 \x01(\x03R\x03seq\x12$\n\x04role\x18\x04 \x01(\x0e\x32\x10.chatmem.v1.RoleR\x04role\x12\x18\n\x07\x63ontent\x18\x05 \x01(\tR\x07\x63ontent\x12\x12\n\x04name\x18\x06 \x01(\tR\x04name\x12=\n\x08metadata\x18\x07 \x03(\x0b\x32!.chatmem.v1.Message.MetadataEntryR\x08metadata\x12;\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12&\n\x05parts\x18\t \x03(\x0b\x32\x10.chatmem.v1.PartR\x05parts\x12\x30\n\x08\x65nvelope\x18\n \x01(\x0b\x32\x14.chatmem.v1.EnvelopeR\x08\x65nvelope\x12\x1d\n\nmessage_id\x18\x0b \x01(\tR\tmessageId\x12\x1f\n\x0btoken_count\x18\x0c \x01(\x05R\ntokenCount\x12\x1c\n\tcompacted\x18\r \x01(\x08R\tcompacted\x12\x34\n\x16summarizes_through_seq\x18\x0e \x01(\x03R\x14summarizesThroughSeq\x1a;\n\rMetadataEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xf6\x01\n\x04Part\x12\x14\n\x04text\x18\x01 \x01(\tH\x00R\x04text\x12\x33\n\ttool_call\x18\x02 \x01(\x0b\x32\x14.chatmem.v1.ToolCallH\x00R\x08toolCall\x12\x39\n\x0btool_result\x18\x03 \x01(\x0b\x32\x16.chatmem.v1.ToolResultH\x00R\ntoolResult\x12\x35\n\treasoning\x18\x04 \x01(\x0b\x32\x15.chatmem.v1.ReasoningH\x00R\treasoning\x12)\n\x05media\x18\x05 \x01(\x0b\x32\x11.chatmem.v1.MediaH\x00R\x05mediaB\x06\n\x04kind\"L\n\x08ToolCall\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n\targuments\x18\x03 \x01(\tR\targuments\"q\n\nToolResult\x12 \n\x0ctool_call_id\x18\x01 \x01(\tR\ntoolCallId\x12&\n\x05parts\x18\x02 \x03(\x0b\x32\x10.chatmem.v1.PartR\x05parts\x12\x19\n\x08is_error\x18\x03 \x01(\x08R\x07isError\"Y\n\tReasoning\x12\x12\n\x04text\x18\x01 \x01(\tR\x04text\x12\x1c\n\tsignature\x18\x02 \x01(\x0cR\tsignature\x12\x1a\n\x08redacted\x18\x03 \x01(\x08R\x08redacted\"i\n\x05Media\x12\x10\n\x03uri\x18\x01 \x01(\tR\x03uri\x12\x1b\n\tmime_type\x18\x02 \x01(\tR\x08mimeType\x12\x1d\n\nsize_bytes\x18\x03 \x01(\x03R\tsizeBytes\x12\x12\n\x04\x64\x61ta\x18\x04 \x01(\x0cR\x04\x64\x61ta\"4\n\x08\x45nvelope\x12\x16\n\x06\x66ormat\x18\x01 \x01(\tR\x06\x66ormat\x12\x10\n\x03raw\x18\x02 \x01(\x0cR\x03raw\"\xef\x03\n\x06Thread\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x1b\n\tthread_id\x18\x02 \x01(\tR\x08threadId\x12\x17\n\x07user_id\x18\x03 \x01(\tR\x06userId\x12\x14\n\x05title\x18\x04 \x01(\tR\x05title\x12+\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x03ttl\x12\x16\n\x06pinned\x18\x06 \x01(\x08R\x06pinned\x12#\n\rmessage_count\x18\x07 \x01(\x03R\x0cmessageCount\x12\x19\n\x08last_seq\x18\x08 \x01(\x03R\x07lastSeq\x12;\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\x12(\n\x10parent_thread_id\x18\x0b \x01(\tR\x0eparentThreadId\x12\x19\n\x08\x66ork_seq\x18\x0c \x01(\x03R\x07\x66orkSeq\x12\x32\n\x15\x63ompacted_through_seq\x18\r \x01(\x03R\x13\x63ompactedThroughSeq\"q\n\nPreference\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value\x12;\n\x0bupdate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\"O\n\x0bServingInfo\x12$\n\x04tier\x18\x01 \x01(\x0e\x32\x10.chatmem.v1.TierR\x04tier\x12\x1a\n\x08\x64\x65graded\x18\x02 \x01(\x08R\x08\x64\x65graded*s\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x12\x0f\n\x0bROLE_SYSTEM\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x12\x12\n\x0eROLE_DEVELOPER\x10\x05*<\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0e\n\nTIER_CACHE\x10\x01\x12\x0e\n\nTIER_STORE\x10\x02*Y\n\nDurability\x12\x1a\n\x16\x44URABILITY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44URABILITY_PERSISTED\x10\x01\x12\x15\n\x11\x44URABILITY_QUEUED\x10\x02\x42\xa4\x01\n\x0e\x64\x65v.chatmem.v1B\x0eResourcesProtoP\x01Z9github.com/chatmem/chatmem/clients/go/chatmemv1;chatmemv1\xa2\x02\x03\x43XX\xaa\x02\nChatmem.V1\xca\x02\nChatmem\\V1\xe2\x02\x16\x43hatmem\\V1\\GPBMetadata\xea\x02\x0b\x43hatmem::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatmem.v1.resources_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.chatmem.v1B\016ResourcesProtoP\001Z9github.com/chatmem/chatmem/clients/go/chatmemv1;chatmemv1\242\002\003CXX\252\002\nChatmem.V1\312\002\nChatmem\\V1\342\002\026Chatmem\\V1\\GPBMetadata\352\002\013Chatmem::V1'
   _globals['_MESSAGEINPUT_METADATAENTRY']._loaded_options = None
   _globals['_MESSAGEINPUT_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_MESSAGE_METADATAENTRY']._loaded_options = None
   _globals['_MESSAGE_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=1890
-  _globals['_ROLE']._serialized_end=2005
-  _globals['_TIER']._serialized_start=2007
-  _globals['_TIER']._serialized_end=2067
-  _globals['_DURABILITY']._serialized_start=2069
-  _globals['_DURABILITY']._serialized_end=2158
+  _globals['_ROLE']._serialized_start=2480
+  _globals['_ROLE']._serialized_end=2595
+  _globals['_TIER']._serialized_start=2597
+  _globals['_TIER']._serialized_end=2657
+  _globals['_DURABILITY']._serialized_start=2659
+  _globals['_DURABILITY']._serialized_end=2748
   _globals['_MESSAGEINPUT']._serialized_start=108
-  _globals['_MESSAGEINPUT']._serialized_end=406
-  _globals['_MESSAGEINPUT_METADATAENTRY']._serialized_start=359
-  _globals['_MESSAGEINPUT_METADATAENTRY']._serialized_end=406
-  _globals['_MESSAGE']._serialized_start=409
-  _globals['_MESSAGE']._serialized_end=851
-  _globals['_MESSAGE_METADATAENTRY']._serialized_start=359
-  _globals['_MESSAGE_METADATAENTRY']._serialized_end=406
-  _globals['_PART']._serialized_start=854
-  _globals['_PART']._serialized_end=1054
-  _globals['_TOOLCALL']._serialized_start=1056
-  _globals['_TOOLCALL']._serialized_end=1111
-  _globals['_TOOLRESULT']._serialized_start=1113
-  _globals['_TOOLRESULT']._serialized_end=1198
-  _globals['_REASONING']._serialized_start=1200
-  _globals['_REASONING']._serialized_end=1262
-  _globals['_MEDIA']._serialized_start=1264
-  _globals['_MEDIA']._serialized_end=1337
-  _globals['_ENVELOPE']._serialized_start=1339
-  _globals['_ENVELOPE']._serialized_end=1378
-  _globals['_THREAD']._serialized_start=1381
-  _globals['_THREAD']._serialized_end=1732
-  _globals['_PREFERENCE']._serialized_start=1734
-  _globals['_PREFERENCE']._serialized_end=1823
-  _globals['_SERVINGINFO']._serialized_start=1825
-  _globals['_SERVINGINFO']._serialized_end=1888
+  _globals['_MESSAGEINPUT']._serialized_end=489
+  _globals['_MESSAGEINPUT_METADATAENTRY']._serialized_start=430
+  _globals['_MESSAGEINPUT_METADATAENTRY']._serialized_end=489
+  _globals['_MESSAGE']._serialized_start=492
+  _globals['_MESSAGE']._serialized_end=1090
+  _globals['_MESSAGE_METADATAENTRY']._serialized_start=430
+  _globals['_MESSAGE_METADATAENTRY']._serialized_end=489
+  _globals['_PART']._serialized_start=1093
+  _globals['_PART']._serialized_end=1339
+  _globals['_TOOLCALL']._serialized_start=1341
+  _globals['_TOOLCALL']._serialized_end=1417
+  _globals['_TOOLRESULT']._serialized_start=1419
+  _globals['_TOOLRESULT']._serialized_end=1532
+  _globals['_REASONING']._serialized_start=1534
+  _globals['_REASONING']._serialized_end=1623
+  _globals['_MEDIA']._serialized_start=1625
+  _globals['_MEDIA']._serialized_end=1730
+  _globals['_ENVELOPE']._serialized_start=1732
+  _globals['_ENVELOPE']._serialized_end=1784
+  _globals['_THREAD']._serialized_start=1787
+  _globals['_THREAD']._serialized_end=2282
+  _globals['_PREFERENCE']._serialized_start=2284
+  _globals['_PREFERENCE']._serialized_end=2397
+  _globals['_SERVINGINFO']._serialized_start=2399
+  _globals['_SERVINGINFO']._serialized_end=2478
 # @@protoc_insertion_point(module_scope)

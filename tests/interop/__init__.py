@@ -1,0 +1,1 @@
+"""Interop tests: the Python, TypeScript and Go clients on one server."""
