@@ -40,11 +40,13 @@ from server.storage.protocols import Cache, RetentionStore, Stores
 from server.storage.redis.cache import RedisCache, build_redis_client
 from server.storage.redis.connection import ConnectCounter, PipelinedRedis
 from server.storage.redis.keys import KeySpace
+from server.storage.redis.notify import RedisRelay
 from server.storage.redis.outbox import Flusher
 from server.storage.repository import Policy, Repository
 from server.storage.retention import Sweeper
 from server.storage.sql.postgres.store import PostgresStore
 from server.storage.sql.sqlite.store import SqliteStore
+from server.storage.watch import WatchHub
 from server.tls import CertificateReloader
 
 log = logging.getLogger(__name__)
@@ -142,6 +144,8 @@ class App:
     metrics: MetricsEndpoint | None = None
     sampler: Sampler | None = None
     admission: AdmissionLayer | None = None
+    watch: WatchHub | None = None
+    relay: RedisRelay | None = None
 
     async def start(self) -> None:
         """Start the metrics endpoint, the flusher and the server; warn about a Redis that does not persist."""
@@ -159,6 +163,8 @@ class App:
                     "are lost if Redis restarts before they are flushed. Run Redis with appendonly yes."
                 )
             await self.flusher.start()
+        if self.relay is not None:
+            self.relay.start()
         await self.server.start()
         if self.sweeper is not None:
             await self.sweeper.start()
@@ -178,7 +184,11 @@ class App:
         """Graceful shutdown: NOT_SERVING, drain in-flight RPCs, finish commits, close pools."""
         grace = self.settings.grpc.shutdown_grace_s if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
+        if self.watch is not None:
+            self.watch.close()  # open watches end with UNAVAILABLE now: they would hold the drain to its end
         await self.server.stop(grace)
+        if self.relay is not None:
+            await self.relay.stop()
         if self.sweeper is not None:
             await self.sweeper.stop()
         if self.health_server is not None:
@@ -227,7 +237,22 @@ async def create_server(
     if client is not None:
         cache = open_cache(settings, client, connects)
     metrics = Metrics() if settings.metrics.address else None
-    repository = Repository(store, cache, policy_of(settings), observer=metrics)
+    hub = WatchHub(
+        max_per_workspace=settings.limits.max_watchers_per_workspace,
+        poll_s=settings.watch.poll_interval_s,
+        recheck_s=settings.watch.recheck_interval_s,
+        shared_store=bool(settings.database.url),
+    )
+    repository = Repository(store, cache, policy_of(settings), observer=metrics, events=hub)
+    relay = None
+    if client is not None:
+        r = settings.redis
+        # PUBLISH through a pipelined connection of its own: a few µs per command instead of redis-py's ~40.
+        publisher = None
+        if r.autopipeline and not r.cluster:
+            publisher = PipelinedRedis.like(client, timeout_s=r.socket_timeout_s, connect_timeout_s=r.connect_timeout_s)
+        relay = RedisRelay(client, r.key_prefix, hub, timeout_s=r.socket_timeout_s, publisher=publisher)
+        hub.relay = relay
     flusher = None
     if client is not None and repository.write_behind:
         o = settings.outbox
@@ -284,7 +309,7 @@ async def create_server(
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    register_thread_memory(ThreadMemoryService(repository, settings), server)
+    register_thread_memory(ThreadMemoryService(repository, settings, hub), server)
     register_preferences(PreferencesService(repository, settings), server)
     register_admin(AdminService(Eraser(repository, store.retention), settings), server)
     health = HealthService()
@@ -322,6 +347,8 @@ async def create_server(
         else None,
         sampler=sampler,
         admission=admission,
+        watch=hub,
+        relay=relay,
         sweeper=sweeper_of(settings, Eraser(repository, store.retention), store.retention),
         health_server=health_server,
         health_port=health_port,

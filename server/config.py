@@ -165,6 +165,9 @@ class LimitSettings(BaseModel):
     stream_frame_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     max_preferences_per_request: int = Field(default=100, ge=1)
     max_preference_value_bytes: int = Field(default=64 * 1024, ge=1)
+    max_watchers_per_workspace: int = Field(
+        default=1000, ge=0, description="open WatchThread calls per workspace in each process; 0 = no cap"
+    )
 
     @model_validator(mode="after")
     def _pages_fit(self) -> LimitSettings:
@@ -229,6 +232,17 @@ class TracingSettings(BaseModel):
     enabled: bool = False
 
 
+class WatchSettings(BaseModel):
+    """WatchThread (WATCH__)."""
+
+    poll_interval_s: float = Field(
+        default=0.5, gt=0, description="how often watchers read the store while Redis notices cannot arrive"
+    )
+    recheck_interval_s: float = Field(
+        default=2.0, gt=0, description="how often watchers read anyway while notices arrive (bounds a lost notice)"
+    )
+
+
 class Settings(BaseSettings):
     """All settings. Build once in __main__ (or a test) and pass down."""
 
@@ -244,6 +258,7 @@ class Settings(BaseSettings):
     quota: QuotaSettings = QuotaSettings()
     metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()
+    watch: WatchSettings = WatchSettings()
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     echo_request_id: bool = Field(default=True, description="send x-request-id back in trailing metadata")

@@ -6,6 +6,7 @@ isolation and role tests cover it.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -74,6 +75,11 @@ BUILDERS: dict[str, Builder] = {
 }
 
 
+# Streams that never end on their own: ``invoke`` reads their first response, or waits this long for one.
+OPEN_ENDED = frozenset({f"{_T}WatchThread"})
+OPEN_ENDED_WAIT_S = 1.0
+
+
 def case_builders_cover_every_rpc() -> list[Rpc]:
     """Return every RPC, failing if one has no builder."""
     rpcs = chatmem_methods()
@@ -85,11 +91,24 @@ def case_builders_cover_every_rpc() -> list[Rpc]:
 async def invoke(
     channel: grpc.aio.Channel, rpc: Rpc, request: Any, metadata: Sequence[tuple[str, str]], deadline_s: float = 10.0
 ) -> list[Any]:
-    """Call any chatmem RPC; return its responses (one for a unary RPC). Raises grpc.aio.AioRpcError."""
+    """Call any chatmem RPC; return its responses (one for a unary RPC). Raises grpc.aio.AioRpcError.
+
+    An open-ended stream (``OPEN_ENDED``) returns its first response, or none if it sends nothing within
+    ``OPEN_ENDED_WAIT_S`` (it was admitted and is waiting for news: allowed and served); then it is cancelled.
+    """
     resp = rpc.response_class
     if rpc.streaming:
         stream = channel.unary_stream(rpc.path, request_serializer=type(request).SerializeToString,
                                       response_deserializer=resp.FromString)  # fmt: skip
+        if rpc.path in OPEN_ENDED:
+            call = stream(request, metadata=tuple(metadata), timeout=deadline_s)
+            try:
+                first = await asyncio.wait_for(call.read(), OPEN_ENDED_WAIT_S)
+            except TimeoutError:
+                return []
+            finally:
+                call.cancel()
+            return [] if first is grpc.aio.EOF else [first]
         return [item async for item in stream(request, metadata=tuple(metadata), timeout=deadline_s)]
     unary = channel.unary_unary(rpc.path, request_serializer=type(request).SerializeToString,
                                 response_deserializer=resp.FromString)  # fmt: skip

@@ -31,6 +31,9 @@ from server.validation import DEFAULT_WORKSPACE, is_valid_id
 log = logging.getLogger(__name__)
 
 STREAM_RETRY_S = 1.0
+# Open-ended streams (mostly idle, capped by LIMITS__MAX_WATCHERS_PER_WORKSPACE): they take neither an
+# in-flight slot, which sheds work, nor a StreamHistory slot, which would let watchers starve exports.
+_OPEN_ENDED = frozenset({"WatchThread"})
 # A crashed replica's stream slots come back after this; open streams renew every third of it.
 STREAM_LEASE_S = 30.0
 
@@ -216,12 +219,14 @@ class _Admission:
 
     async def __aenter__(self) -> None:
         layer, call = self._layer, self._call
-        if layer.max_in_flight and layer.in_flight >= layer.max_in_flight:
+        open_ended = call.name in _OPEN_ENDED
+        if not open_ended and layer.max_in_flight and layer.in_flight >= layer.max_in_flight:
             raise layer.refuse(
                 "in_flight", "the server is at its limit of concurrent requests", layer.in_flight_retry_s
             )
-        layer.in_flight += 1
-        self._entered = True
+        if not open_ended:
+            layer.in_flight += 1
+            self._entered = True
         if not layer.per_workspace:
             return
         try:
@@ -229,7 +234,7 @@ class _Admission:
             # An invalid workspace id is refused by validation right after this; it is not charged.
             if not is_valid_id(ws):
                 return
-            if layer.max_streams and call.streaming:
+            if layer.max_streams and call.streaming and not open_ended:
                 self._stream = (ws, await layer.open_stream(ws))
             n_bytes = append_bytes(call.request) if layer.count_bytes and call.name == "AppendMessages" else 0
             if layer.local is not None and (layer.count_requests or n_bytes):

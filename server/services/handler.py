@@ -36,6 +36,11 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     await abort_with_error(context, InternalError("internal error; see the server log"))
 
 
+async def abort_error(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    """End the RPC with the status of ``exc``: a domain error's own, DEADLINE_EXCEEDED, else INTERNAL; never returns."""
+    await _abort(context, exc, method)
+
+
 def unary(
     fn: Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
 ) -> Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:

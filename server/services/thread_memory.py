@@ -13,6 +13,7 @@ from server.config import Settings
 from server.errors import ThreadNotFoundError
 from server.services import budgeted, context_block, convert, message_input, pagination, registry
 from server.services.handler import server_stream, unary
+from server.services.watch import WatchLoop, live_stream
 from server.storage.codec import frame_item, frame_repeated
 from server.storage.models import (
     AppendCommand,
@@ -26,12 +27,13 @@ from server.storage.models import (
 )
 from server.storage.repository import Repository
 from server.storage.results import Served
+from server.storage.watch import WatchHub
 from server.validation import MAX_SEQ, Checker
 
 _MAX_TTL_S = 366 * 24 * 3600
 _MAX_NANOS = 999_999_999
 # Methods whose handlers return pre-serialised bytes.
-_BYTES_METHODS = {"GetHistory", "StreamHistory"}
+_BYTES_METHODS = {"GetHistory", "StreamHistory", "WatchThread"}
 # The serving field (field 2 of GetHistoryResponse and of StreamHistoryResponse) for every
 # (tier, degraded), serialised once.
 _SERVING_FIELD = {
@@ -54,10 +56,20 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
     Args:
         repository: the consistency policy over cache and store.
         settings: the server settings.
+        hub: the process's watch hub (None: one of its own, which hears only this servicer's repository).
     """
 
-    def __init__(self, repository: Repository, settings: Settings) -> None:
+    def __init__(self, repository: Repository, settings: Settings, hub: WatchHub | None = None) -> None:
         self._repo = repository
+        if hub is None:
+            hub = WatchHub(
+                max_per_workspace=settings.limits.max_watchers_per_workspace,
+                poll_s=settings.watch.poll_interval_s,
+                recheck_s=settings.watch.recheck_interval_s,
+                shared_store=bool(settings.database.url),
+            )
+            repository.events = hub
+        self._hub = hub
         self._limits = settings.limits
         self._default_ttl_s = int(settings.memory.thread_ttl_hours * 3600)
         self.default_timeout_s = settings.grpc.default_timeout_s
@@ -248,6 +260,30 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
             response.serving.tier = int(served.tier)  # type: ignore[assignment]
             response.serving.degraded = degraded
         return response
+
+    @live_stream
+    async def WatchThread(  # type: ignore[override]  # noqa: N802
+        self, request: pb.WatchThreadRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """Send the messages after after_seq, then each new one, until the client cancels or its deadline ends.
+
+        Responses leave as bytes (see ``register``) framed from the stored messages, as in StreamHistory.
+        """
+        check = Checker(self._limits)
+        key = self._thread_key(check, request.workspace_id, request.thread_id)
+        check.seq("after_seq", request.after_seq)
+        check.done()
+        loop = WatchLoop(
+            self._repo,
+            self._hub,
+            key,
+            request.after_seq,
+            chunk=self._limits.default_stream_chunk,
+            frame_bytes=self._limits.stream_frame_bytes,
+            read_timeout_s=self.default_timeout_s,
+        )
+        async for response in loop.run():
+            yield response
 
     @unary
     async def GetThread(  # noqa: N802

@@ -56,6 +56,7 @@ from tests.fuzz_strategies import (
     is_valid_id,
     requests,
 )
+from tests.rpccases import OPEN_ENDED
 from tests.rpcs import Rpc, chatmem_methods
 
 pytestmark = pytest.mark.integration
@@ -64,6 +65,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Cases per RPC. CI runs the default; a larger value fuzzes longer.
 EXAMPLES = int(os.environ.get("CHATMEM_FUZZ_EXAMPLES", "2000"))
 CALL_DEADLINE_S = 5.0
+# WatchThread never ends on its own: its calls get this deadline, at which an admitted watch counts as OK
+# (allowed and served, with what it sent until then); fewer cases, as each valid one waits the deadline out.
+WATCH_DEADLINE_S = 0.3
+WATCH_EXAMPLES = max(1, EXAMPLES // 8)
 MAX_RECEIVE = 8 * 1024 * 1024  # the server's GRPC__MAX_RECEIVE_MESSAGE_BYTES default
 
 settings.register_profile(
@@ -125,12 +130,18 @@ def _create_database(pg: PostgresProcess) -> str:
 
 def _call(channel: grpc.Channel, rpc: Rpc, payload: bytes) -> tuple[grpc.StatusCode, list[bytes], grpc.RpcError | None]:
     """Send raw request bytes; return the status, the raw response messages, and the error if any."""
+    received: list[bytes] = []
     try:
+        if rpc.path in OPEN_ENDED:
+            received.extend(channel.unary_stream(rpc.path)(payload, timeout=WATCH_DEADLINE_S))
+            return grpc.StatusCode.OK, received, None
         if rpc.method.server_streaming:
             call = channel.unary_stream(rpc.path)(payload, timeout=CALL_DEADLINE_S)
             return grpc.StatusCode.OK, list(call), None
         return grpc.StatusCode.OK, [channel.unary_unary(rpc.path)(payload, timeout=CALL_DEADLINE_S)], None
     except grpc.RpcError as err:
+        if rpc.path in OPEN_ENDED and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return grpc.StatusCode.OK, received, None
         return err.code(), [], err
 
 
@@ -385,7 +396,7 @@ def check_response(rpc: Rpc, msg: Message, responses: list[Message]) -> None:
         assert len(seqs) <= (msg.limit or (1000 if budgeted else 50))  # type: ignore[attr-defined]
     elif name == "ListMessages":
         assert len(seqs) <= (msg.page_size or 100)  # type: ignore[attr-defined]
-    elif name == "StreamHistory":
+    elif name in ("StreamHistory", "WatchThread"):
         assert all(seq > msg.after_seq for seq in seqs)  # type: ignore[attr-defined]
     elif name == "AppendMessages":
         done = responses[0]
@@ -445,7 +456,9 @@ def test_fuzz_rpc(fuzzed: Fuzzed, rpc: Rpc) -> None:
     seen: collections.Counter[str] = collections.Counter()
     started = time.monotonic()
 
-    @settings(PROFILE)
+    examples = WATCH_EXAMPLES if rpc.path in OPEN_ENDED else EXAMPLES
+
+    @settings(PROFILE, max_examples=examples)
     @given(case=requests(rpc, fuzzed.hostile, fuzzed.plausible))
     def fuzz(case: Case) -> None:
         kinds[case.kind] += 1
@@ -454,12 +467,12 @@ def test_fuzz_rpc(fuzzed: Fuzzed, rpc: Rpc) -> None:
     fuzz()
     elapsed = time.monotonic() - started
     print(f"{rpc.name}: {sum(kinds.values())} cases in {elapsed:.1f}s; kinds {dict(kinds)}; seen {dict(seen)}")
-    assert sum(kinds.values()) >= EXAMPLES, f"only {sum(kinds.values())} cases ran"
+    assert sum(kinds.values()) >= examples, f"only {sum(kinds.values())} cases ran"
     # The mix reaches both the handler's refusals and its success path, and the oracle decided some cases.
     assert seen["OK"] > 0 and seen["INVALID_ARGUMENT"] > 0, dict(seen)
     assert seen["reason INVALID_ARGUMENT"] == seen["INVALID_ARGUMENT"], dict(seen)
     assert seen["expected INVALID_ARGUMENT"] > 0, dict(seen)
-    if EXAMPLES >= 1000:  # a short run may not draw every kind
+    if examples >= 1000:  # a short run may not draw every kind
         assert set(kinds) == {"message", "random-bytes", "damaged", "wire-trap"}, dict(kinds)
     assert fuzzed.server.proc is not None and fuzzed.server.proc.poll() is None, "the server process died"
 

@@ -17,6 +17,7 @@ from chatmem._pager import AsyncPager, Page
 from chatmem._reshape import ReshapeCalls
 from chatmem._retry import DEFAULT_RETRY, RetryPolicy, call_with_retry
 from chatmem._stream import resumable_chunks
+from chatmem._watch import watch_thread
 from chatmem.errors import NotFoundError
 from chatmem.types import (
     AppendResult,
@@ -484,6 +485,34 @@ class MemoryClient(ReshapeCalls):
         )
         async for chunk in chunks:
             yield [_convert.message(m) for m in chunk]
+
+    def watch(
+        self, thread_id: str, *, after_seq: int = 0, timeout: float | None = None, max_failures: int | None = None
+    ) -> AsyncIterator[Message]:
+        """Follow a thread live (WatchThread): each message after ``after_seq``, then each new one, in seq order.
+
+        A dropped stream (a server restart, a lost connection) is reopened after the last seq received,
+        with backoff, so every message arrives exactly once. The thread need not exist yet. Deleting it
+        ends the iteration with ``NotFoundError``.
+
+        Args:
+            thread_id: the thread.
+            after_seq: start after this seq (0: the whole thread first).
+            timeout: stop after this many seconds (no error); None (the default) to watch until you stop.
+            max_failures: consecutive failed reconnections before the error is raised; None to keep trying.
+
+        Returns:
+            An async iterator of messages.
+        """
+        return watch_thread(
+            self._threads,
+            self._workspace_id,
+            thread_id,
+            after_seq=after_seq,
+            policy=self._retry,
+            timeout=timeout,
+            max_failures=max_failures,
+        )
 
     async def get_context(
         self,

@@ -437,3 +437,20 @@ class SyncMemoryClient:
         chunks = self._client._history_chunks(thread_id, after_seq, chunk_size, timeout, idle_timeout)
         for chunk in self._portal.iterate(chunks, "stream_history"):
             yield from chunk
+
+    def watch(
+        self, thread_id: str, *, after_seq: int = 0, timeout: float | None = None, max_failures: int | None = None
+    ) -> Iterator[Message]:
+        """Follow a thread live, resuming by itself; see ``MemoryClient.watch``.
+
+        Args:
+            thread_id: the thread.
+            after_seq: start after this seq (0: the whole thread first).
+            timeout: stop after this many seconds (no error); None to watch until you stop iterating.
+            max_failures: consecutive failed reconnections before the error is raised; None to keep trying.
+
+        Yields:
+            Each message.
+        """
+        messages = self._client.watch(thread_id, after_seq=after_seq, timeout=timeout, max_failures=max_failures)
+        yield from self._portal.iterate(messages, "watch")
