@@ -161,6 +161,12 @@ class WatchLoop:
             return await work
 
     async def _fresh(self, watcher: Watcher) -> AsyncIterator[bytes]:
+        tail = watcher.tail
+        if tail is not None and tail.first_seq == self.last + 1:
+            # The news is exactly one local append, whose stored bytes the hub kept: no read needed.
+            for response in self._responses(list(tail.items), watcher.newest, tail.served):
+                yield response
+            return
         window_size = self._repo.window
         news = watcher.newest - self.last
         limit = min(window_size, news + _SLACK) if news > 0 else window_size

@@ -86,6 +86,14 @@ def encode_unsequenced(workspace_id: str, thread_id: str, message: NewMessage, c
     )
 
 
+def sequenced(encoded: bytes, seq: int) -> bytes:
+    """Return an unsequenced message with its seq, byte for byte as the write_behind script stores it."""
+    return encoded + _SEQ_TAG + _varint(seq)
+
+
+_SEQ_TAG = bytes([(3 << 3) | 0])
+
+
 def split_framed(framed: bytes) -> list[bytes]:
     """Return the serialised messages of a buffer framed as repeated field 1, without parsing them."""
     items = []

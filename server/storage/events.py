@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from server.storage.models import ThreadKey
+from server.storage.results import Served
 
 
 class ThreadEvents(Protocol):
     """Receives a thread's changes once they are acknowledged; called inline, so it must not block."""
 
-    def appended(self, key: ThreadKey, last_seq: int) -> None:
-        """Take note that messages up to ``last_seq`` were appended to the thread."""
+    def appended(
+        self, key: ThreadKey, last_seq: int, items: Sequence[bytes] = (), served: Served | None = None
+    ) -> None:
+        """Take note that messages up to ``last_seq`` were appended to the thread.
+
+        ``items`` are the appended messages as stored (ending at ``last_seq``), when the append has them,
+        and ``served`` how the append was served.
+        """
         ...
 
     def removed(self, key: ThreadKey) -> None:
@@ -22,7 +30,9 @@ class ThreadEvents(Protocol):
 class NoEvents:
     """The listener when nobody listens."""
 
-    def appended(self, key: ThreadKey, last_seq: int) -> None:
+    def appended(
+        self, key: ThreadKey, last_seq: int, items: Sequence[bytes] = (), served: Served | None = None
+    ) -> None:
         """Ignore an append."""
 
     def removed(self, key: ThreadKey) -> None:

@@ -54,7 +54,7 @@ from server.errors import (
     ThreadNotFoundError,
     UnavailableError,
 )
-from server.storage.codec import encode_unsequenced, frame_repeated
+from server.storage.codec import encode_unsequenced, frame_repeated, sequenced
 from server.storage.events import NoEvents, ThreadEvents
 from server.storage.health import TierHealth
 from server.storage.models import (
@@ -230,7 +230,7 @@ class Repository:
         # A load that started before this write must not answer a read that starts after it.
         self._hydrations.pop(command.key, None)
         if outcome.count:
-            self.events.appended(command.key, outcome.first_seq + outcome.count - 1)
+            self.events.appended(command.key, outcome.first_seq + outcome.count - 1, outcome.items, outcome.served)
         return outcome
 
     async def _append(self, command: AppendCommand) -> AppendOutcome:
@@ -256,6 +256,7 @@ class Repository:
             result.replayed,
             Durability.PERSISTED,
             Served(Tier.STORE, self.tiers.degraded(command.key.bucket, degraded)),
+            tuple(m.encoded for m in result.stored if m.encoded is not None),
         )
 
     async def _append_queued(self, cache: Cache, command: AppendCommand) -> AppendOutcome:
@@ -300,13 +301,15 @@ class Repository:
             )
         if reply.kind not in ("ok", "dup"):
             raise UnavailableError(f"unexpected reply from the append script: {reply.kind}")
+        replayed = reply.kind == "dup"
         return AppendOutcome(
             reply.first,
             reply.count,
             reply.message_count,
-            reply.kind == "dup",
+            replayed,
             Durability.QUEUED,
             Served(Tier.CACHE, self.tiers.degraded(key.bucket)),
+            () if replayed else tuple(sequenced(e, reply.first + i) for i, e in enumerate(request.encoded)),
         )
 
     async def _unused_ids(self, command: AppendCommand) -> tuple[str, ...]:

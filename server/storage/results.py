@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from server.storage.models import Durability, PreferenceValue, Tier
 
@@ -17,7 +17,7 @@ class Served:
 
 @dataclass(frozen=True, slots=True)
 class AppendOutcome:
-    """An acknowledged append."""
+    """An acknowledged append; ``items`` are the stored messages' bytes (none on a replay)."""
 
     first_seq: int
     count: int
@@ -25,6 +25,7 @@ class AppendOutcome:
     replayed: bool
     durability: Durability
     served: Served
+    items: tuple[bytes, ...] = field(default=(), repr=False)
 
     @property
     def seqs(self) -> list[int]:

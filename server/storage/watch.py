@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from server.errors import QuotaExceededError, UnavailableError
 from server.storage.models import ThreadKey
+from server.storage.results import Served
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +60,14 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 class _Thread:
-    __slots__ = ("newest", "notices", "read", "removals", "watchers")
+    __slots__ = ("newest", "notices", "read", "removals", "tail", "watchers")
 
     def __init__(self) -> None:
         self.newest = 0
         self.removals = 0
+        # The newest local append's messages as stored, ending at ``newest``, and how it was served: a
+        # watcher that has everything before them sends these bytes without reading the tiers again.
+        self.tail: Tail | None = None
         self.notices = 0  # counts every wake-up, so that a watcher knows which shared reads are new enough
         self.read: _Read[Any] | None = None
         self.watchers: set[Watcher] = set()
@@ -71,6 +76,15 @@ class _Thread:
         self.notices += 1
         for watcher in self.watchers:
             watcher.wake()
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """A local append's stored messages: their first seq, their bytes, and how the append was served."""
+
+    first_seq: int
+    items: tuple[bytes, ...]
+    served: Served
 
 
 class Watcher:
@@ -93,6 +107,14 @@ class Watcher:
     def newest(self) -> int:
         """The newest seq this process knows was appended to the thread (0: none known)."""
         return self._thread.newest
+
+    @property
+    def tail(self) -> Tail | None:
+        """The newest local append's messages, when they end at ``newest`` (else None)."""
+        tail = self._thread.tail
+        if tail is None or tail.first_seq + len(tail.items) - 1 != self._thread.newest:
+            return None
+        return tail
 
     @property
     def removals(self) -> int:
@@ -226,8 +248,13 @@ class WatchHub:
 
     # --- notices (ThreadEvents, and the relay's) --------------------------------------------------
 
-    def appended(self, key: ThreadKey, last_seq: int) -> None:
+    def appended(
+        self, key: ThreadKey, last_seq: int, items: Sequence[bytes] = (), served: Served | None = None
+    ) -> None:
         """Note an append acknowledged by this process, here and on the other replicas."""
+        thread = self._threads.get(key)
+        if thread is not None and items and served is not None and last_seq > thread.newest:
+            thread.tail = Tail(last_seq - len(items) + 1, tuple(items), served)
         self.note_appended(key, last_seq)
         if self.relay is not None:
             self.relay.publish_appended(key, last_seq)
@@ -253,6 +280,7 @@ class WatchHub:
             return
         thread.removals += 1
         thread.newest = 0  # a thread deleted and created again numbers from 1 again
+        thread.tail = None
         thread.wake()
 
     def wake_all(self) -> None:
