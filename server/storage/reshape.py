@@ -100,6 +100,8 @@ class Reshaper:
                 if found is None or found.parent_thread_id != source.thread_id:
                     raise ThreadExistsError(target.thread_id)
         result = await self._tiers.on_store(self._store.fork_thread(source, target, through_seq, options))
+        if result.copied and not result.replayed:
+            self._events().appended(target, result.thread.last_seq)  # watchers of the new id wake now
         return result, Served(Tier.STORE, self._tiers.degraded(target.bucket))
 
     async def truncate(
