@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 _PING_S = 1.0
 _BACKOFF_S = (0.1, 0.2, 0.5, 1.0)
+_STOP_ATTEMPTS = 50
+_STOP_WAIT_S = 0.1
 
 
 def _encode(origin: str, appended: dict[ThreadKey, int], removed: set[ThreadKey]) -> bytes:
@@ -62,6 +64,7 @@ class RedisRelay:
         self._kick = asyncio.Event()
         self._live = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     @property
     def live(self) -> bool:
@@ -85,19 +88,29 @@ class RedisRelay:
         self._tasks = [loop.create_task(self._publish()), loop.create_task(self._subscribe())]
 
     async def stop(self) -> None:
-        """Stop both tasks (notices still queued are dropped: watchers re-check on their own)."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        """Stop both tasks (notices still queued are dropped: watchers re-check on their own).
+
+        A cancellation that lands while redis-py opens a connection can be lost inside it, so the tasks
+        are cancelled again until they end, and their loops also check ``_stopping``.
+        """
+        self._stopping = True
+        tasks, self._tasks = self._tasks, []
+        for _ in range(_STOP_ATTEMPTS):
+            pending = [t for t in tasks if not t.done()]
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=_STOP_WAIT_S)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.debug("a watch relay task ended with %r", task.exception())
         self._live = False
         if self._publisher is not None:
             await self._publisher.aclose()
 
     async def _publish(self) -> None:
-        while True:
+        while not self._stopping:
             await self._kick.wait()
             self._kick.clear()
             appended, removed = self._appended, self._removed
@@ -115,7 +128,7 @@ class RedisRelay:
 
     async def _subscribe(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             pubsub = self._client.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
@@ -138,7 +151,7 @@ class RedisRelay:
         loop = asyncio.get_running_loop()
         heard = loop.time()
         pinged = heard
-        while True:
+        while not self._stopping:
             message = await pubsub.get_message(timeout=_PING_S)
             now = loop.time()
             if message is not None:
