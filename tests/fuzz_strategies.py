@@ -382,6 +382,14 @@ class PlausibleStrategies(RequestStrategies):
                 return st.one_of(st.sampled_from(p.users), fresh)
             if name == "page_token":
                 return st.sampled_from(["", *sorted(p.tokens)])
+            if name in ("new_thread_id", "message_id", "id", "tool_call_id"):
+                return fresh
+            if name == "format":
+                return st.sampled_from(["openai.chat", "openai.responses", "anthropic", "langchain"])
+            if name == "mime_type":
+                return st.sampled_from(["image/png", "audio/wav", "application/pdf"])
+            if name == "uri":
+                return st.sampled_from(["https://example.com/a.png", "s3://bucket/key"])
         return self._one(fd, text)
 
     def _one(self, fd: FieldDescriptor, text: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:

@@ -145,6 +145,16 @@ def _call(channel: grpc.Channel, rpc: Rpc, payload: bytes) -> tuple[grpc.StatusC
         return err.code(), [], err
 
 
+def _refill(channel: grpc.Channel, pools: Pools) -> None:
+    """Append a few messages to every pool thread in every pool workspace (creating it again if deleted)."""
+    append = channel.unary_unary("/chatmem.v1.ThreadMemoryService/AppendMessages")
+    for ws in pools.workspaces:
+        for thread in pools.threads:
+            messages = [r.MessageInput(role=r.ROLE_USER + i % 2, content=f"refill {i}") for i in range(8)]
+            append(pb.AppendMessagesRequest(workspace_id=ws, thread_id=thread, messages=messages).SerializeToString(),
+                   timeout=30)  # fmt: skip
+
+
 def _seed(channel: grpc.Channel, pools: Pools) -> None:
     """Threads, users, preferences and the page tokens issued for them, in every pool workspace."""
     append = channel.unary_unary("/chatmem.v1.ThreadMemoryService/AppendMessages")
@@ -457,6 +467,9 @@ def test_fuzz_rpc(fuzzed: Fuzzed, rpc: Rpc) -> None:
     started = time.monotonic()
 
     examples = WATCH_EXAMPLES if rpc.path in OPEN_ENDED else EXAMPLES
+    # The RPCs fuzzed earlier (DeleteThread, TruncateThread) may have emptied or removed the pool's
+    # threads; those that need a thread with messages must still reach their success path.
+    _refill(fuzzed.channel, fuzzed.pools)
 
     @settings(PROFILE, max_examples=examples)
     @given(case=requests(rpc, fuzzed.hostile, fuzzed.plausible))
