@@ -44,13 +44,12 @@ async def read(
     window = await repo.history(key, asked)
     served = window.served
     items = split_framed(window.framed)
-    if asked < limit and len(items) == asked:
-        parsed = [resources_pb2.Message.FromString(i) for i in items]
-        if budget.select(parsed, max_tokens, complete=False).needs_more:
-            wider = await repo.history(key, limit)
-            served = _worse(served, wider.served)
-            items = split_framed(wider.framed)
     parsed = [resources_pb2.Message.FromString(i) for i in items]
+    if asked < limit and len(items) == asked and budget.select(parsed, max_tokens, complete=False).needs_more:
+        wider = await repo.history(key, limit)
+        served = _worse(served, wider.served)
+        items = split_framed(wider.framed)
+        parsed = [resources_pb2.Message.FromString(i) for i in items]
     head_items: list[bytes] = []
     head: list[resources_pb2.Message] = []
     if keep_prefix and parsed:

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Protocol
 
 from server.storage.models import ThreadKey
-from server.storage.results import Served
+from server.storage.results import AppendOutcome
 
 
 class ThreadEvents(Protocol):
     """Receives a thread's changes once they are acknowledged; called inline, so it must not block."""
 
-    def appended(
-        self, key: ThreadKey, last_seq: int, items: Sequence[bytes] = (), served: Served | None = None
-    ) -> None:
+    def appended(self, key: ThreadKey, last_seq: int, outcome: AppendOutcome | None = None) -> None:
         """Take note that messages up to ``last_seq`` were appended to the thread.
 
-        ``items`` are the appended messages as stored (ending at ``last_seq``), when the append has them,
-        and ``served`` how the append was served.
+        ``outcome`` is the append's, when the append was made here (it can give the stored messages).
         """
         ...
 
@@ -30,9 +26,7 @@ class ThreadEvents(Protocol):
 class NoEvents:
     """The listener when nobody listens."""
 
-    def appended(
-        self, key: ThreadKey, last_seq: int, items: Sequence[bytes] = (), served: Served | None = None
-    ) -> None:
+    def appended(self, key: ThreadKey, last_seq: int, outcome: AppendOutcome | None = None) -> None:
         """Ignore an append."""
 
     def removed(self, key: ThreadKey) -> None:

@@ -54,7 +54,7 @@ from server.errors import (
     ThreadNotFoundError,
     UnavailableError,
 )
-from server.storage.codec import encode_unsequenced, frame_repeated, sequenced
+from server.storage.codec import encode_unsequenced, frame_repeated
 from server.storage.events import NoEvents, ThreadEvents
 from server.storage.health import TierHealth
 from server.storage.models import (
@@ -230,7 +230,7 @@ class Repository:
         # A load that started before this write must not answer a read that starts after it.
         self._hydrations.pop(command.key, None)
         if outcome.count:
-            self.events.appended(command.key, outcome.first_seq + outcome.count - 1, outcome.items, outcome.served)
+            self.events.appended(command.key, outcome.first_seq + outcome.count - 1, outcome)
         return outcome
 
     async def _append(self, command: AppendCommand) -> AppendOutcome:
@@ -309,7 +309,8 @@ class Repository:
             replayed,
             Durability.QUEUED,
             Served(Tier.CACHE, self.tiers.degraded(key.bucket)),
-            () if replayed else tuple(sequenced(e, reply.first + i) for i, e in enumerate(request.encoded)),
+            () if replayed else request.encoded,
+            unsequenced=True,
         )
 
     async def _unused_ids(self, command: AppendCommand) -> tuple[str, ...]:
@@ -325,7 +326,8 @@ class Repository:
         try:
             taken = await self.tiers.on_store(self._messages.taken_message_ids(command.key, [i for i in ids if i]))
         except UnavailableError:
-            log.warning("message ids of an append to %s were checked against queued appends only", command.key)
+            # Once per request would flood the log during an outage; the store's health logs the outage.
+            log.debug("message ids of an append to %s were checked against queued appends only", command.key)
             return ids
         # Not refused here: a retry of an append that stored these ids is a replay, which only the
         # script can recognise, so the ids the store holds go to it as '!' (refused after that check).

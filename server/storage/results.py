@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from server.storage.codec import sequenced
 from server.storage.models import Durability, PreferenceValue, Tier
 
 
@@ -17,7 +18,12 @@ class Served:
 
 @dataclass(frozen=True, slots=True)
 class AppendOutcome:
-    """An acknowledged append; ``items`` are the stored messages' bytes (none on a replay)."""
+    """An acknowledged append.
+
+    ``encoded`` holds the appended messages as stored (none on a replay), or, when ``unsequenced``, as the
+    write_behind script received them: without the seq it appends to each. ``stored_items`` builds the
+    stored form only for a caller that needs it (a watched thread), so an unwatched append copies nothing.
+    """
 
     first_seq: int
     count: int
@@ -25,7 +31,14 @@ class AppendOutcome:
     replayed: bool
     durability: Durability
     served: Served
-    items: tuple[bytes, ...] = field(default=(), repr=False)
+    encoded: tuple[bytes, ...] = field(default=(), repr=False)
+    unsequenced: bool = False
+
+    def stored_items(self) -> tuple[bytes, ...]:
+        """Return the appended messages byte for byte as the tiers store them."""
+        if not self.unsequenced:
+            return self.encoded
+        return tuple(sequenced(e, self.first_seq + i) for i, e in enumerate(self.encoded))
 
     @property
     def seqs(self) -> list[int]:

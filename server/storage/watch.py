@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from server.errors import QuotaExceededError, UnavailableError
 from server.storage.models import ThreadKey
-from server.storage.results import Served
+from server.storage.results import AppendOutcome, Served
 
 log = logging.getLogger(__name__)
 
@@ -248,13 +248,12 @@ class WatchHub:
 
     # --- notices (ThreadEvents, and the relay's) --------------------------------------------------
 
-    def appended(
-        self, key: ThreadKey, last_seq: int, items: Sequence[bytes] = (), served: Served | None = None
-    ) -> None:
+    def appended(self, key: ThreadKey, last_seq: int, outcome: AppendOutcome | None = None) -> None:
         """Note an append acknowledged by this process, here and on the other replicas."""
         thread = self._threads.get(key)
-        if thread is not None and items and served is not None and last_seq > thread.newest:
-            thread.tail = Tail(last_seq - len(items) + 1, tuple(items), served)
+        if thread is not None and outcome is not None and outcome.encoded and last_seq > thread.newest:
+            # Only a watched thread's append builds the stored form (write_behind adds each seq).
+            thread.tail = Tail(outcome.first_seq, outcome.stored_items(), outcome.served)
         self.note_appended(key, last_seq)
         if self.relay is not None:
             self.relay.publish_appended(key, last_seq)
