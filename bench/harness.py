@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
+from bench import percore
 from bench.config import BACKGROUND_SAMPLE_S, NOISE_RETRY_BUDGET, NOISY_CORES, QUICK, Config, Row, peer_status
 from bench.cpu import machine_busy_seconds
 from bench.latency import machine_info
@@ -151,6 +152,7 @@ def run(config: Config, argv: Sequence[str] = ()) -> tuple[dict[str, Any], pathl
         "workload": h.workload.to_json(),
         "phases": [asdict(r) for r in h.rows],
         "ratios": ratio_lines(h.rows, config),
+        "per_core": percore.report_lines(h.rows, config),
         "checks": [{**asdict(c), "verdict": c.verdict} for c in found],
         "cores": cores_summary(h.rows),
         "server_problems": problems,
@@ -198,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print("chatmem / limit and chatmem / peer:")
     print("\n".join(report["ratios"]) or "(none)")
+    print()
+    print("\n".join(report["per_core"]) or "CPU/op with 1 and 2 workers: not measured")
     print()
     print("targets:")
     print(format_checks([Check(**{k: v for k, v in c.items() if k != "verdict"}) for c in report["checks"]]))

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from bench import percore
 from bench.children import LimitGrpcProcess, Loadgen
 from bench.config import (
     DATABASES,
@@ -46,6 +47,7 @@ from bench.workload import (
     LIMIT_POSTGRES,
     LIMIT_REDIS,
     PEERS,
+    PER_CORE,
     READ,
     RPC,
     STREAM,
@@ -118,7 +120,9 @@ class Harness:
 
     def start_servers(self) -> None:
         """Start the chatmem servers and limit-grpc as processes of their own."""
-        for target, mode in ((CHATMEM_WB, "write_behind"), (CHATMEM_WT, "write_through")):
+        modes = {CHATMEM_WB: "write_behind", CHATMEM_WT: "write_through"}
+        servers = [*modes.items(), *((t, "write_behind") for t in PER_CORE)]
+        for target, mode in servers:
             if not self.active(target):
                 continue
             env = {
@@ -128,9 +132,10 @@ class Harness:
                 "MEMORY__WRITE_MODE": mode,
                 "MEMORY__MAX_THREAD_MESSAGES": str(self.config.window),
                 "LOG_LEVEL": "WARNING",
+                "GRPC__WORKERS": str(self.config.server_workers),
             }
-            if self.config.server_workers > 1:
-                env["GRPC__WORKERS"] = str(self.config.server_workers)
+            if target in PER_CORE:
+                env.update(percore.server_env(target))
             server = ServerProcess(env, self.workdir)
             server.start()
             self.stack.callback(server.stop)
@@ -162,6 +167,16 @@ class Harness:
                     "write_mode": "write_behind" if target == CHATMEM_WB else "write_through",
                     "bulk_db_url": bulk_url if target == CHATMEM_WB else "",
                     "channels": self.config.channels or (1 if self.config.server_workers == 1 else 4),
+                }
+            elif target in PER_CORE:
+                out[target] = {
+                    "kind": "chatmem",
+                    "address": self.setup[f"{target}_address"],
+                    "redis_url": self.redis.url,
+                    "redis_prefix": REDIS_PREFIXES[target],
+                    "write_mode": "write_behind",
+                    "bulk_db_url": "",
+                    **percore.spec_extra(),
                 }
             elif target == LIMIT_GRPC:
                 out[target] = {"kind": target, "address": self.setup[f"{target}_address"]}
@@ -229,6 +244,9 @@ class Harness:
             self.setup["preload_drain_s"] = round(
                 wait_drained(self.redis.url, REDIS_PREFIXES[CHATMEM_WB], DRAIN_TIMEOUT_S), 2
             )
+        for target in PER_CORE:
+            if self.active(target):
+                wait_drained(self.redis.url, REDIS_PREFIXES[target], DRAIN_TIMEOUT_S)
         asyncio.run(vacuum([db_url(self.pg.url, DATABASES[t]) for t in DATABASES if self.active(t)]))
         self.setup["preload_total_s"] = round(time.perf_counter() - started, 1)
 
@@ -255,6 +273,7 @@ class Harness:
             if target in self.config.targets
             and op in supported_ops(target, self.config.chat_lengths)
             and (not self.config.ops or op in self.config.ops)
+            and percore.runs_at(target, c, self.config)
         ]
 
     def run_phases(self) -> None:
@@ -323,8 +342,8 @@ class Harness:
         if failures:
             raise RuntimeError("; ".join(failures))
         drain = None
-        if target == CHATMEM_WB and (op == APPEND or is_chat(op)):
-            drain = round(wait_drained(self.redis.url, REDIS_PREFIXES[CHATMEM_WB], DRAIN_TIMEOUT_S), 3)
+        if target in (CHATMEM_WB, *PER_CORE) and (op == APPEND or is_chat(op)):
+            drain = round(wait_drained(self.redis.url, REDIS_PREFIXES[target], DRAIN_TIMEOUT_S), 3)
 
         def cpu(pids: Sequence[int | None]) -> float:
             return sum(tree_seconds(p, after) - tree_seconds(p, before) for p in pids)

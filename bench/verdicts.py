@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bench import percore
 from bench.config import Config, Row
 from bench.report import find, fmt_us
 from bench.workload import (
@@ -112,6 +113,21 @@ def checks(rows: Sequence[Row], config: Config) -> list[Check]:
             ">=",
         )
     )
+    out += per_core_checks(rows, config)
+    return out
+
+
+def per_core_checks(rows: Sequence[Row], config: Config) -> list[Check]:
+    """Server CPU per op with 2 workers / with 1 (bench/percore.py), at the highest concurrency: <= 1.2x."""
+    c = max(config.concurrency)
+    out = []
+    for op, label in percore.OPS:
+        one, two = percore.pair(rows, op, c)
+        detail = ""
+        if one and two:
+            detail = f"{fmt_us(two.server_cpu_us_per_op)} vs {fmt_us(one.server_cpu_us_per_op)} us/op"
+        name = f"{label}: server CPU/op with 2 workers / with 1, c={c}"
+        out.append(Check(name, percore.cpu_ratio(one, two), percore.BOUND, "<=", detail))
     return out
 
 

@@ -27,7 +27,14 @@ LANGCHAIN_POSTGRES = "langchain-postgres"
 LANGCHAIN_REDIS = "langchain-redis"
 CHATMEM_WB = "chatmem-wb"
 CHATMEM_WT = "chatmem-wt"
-ALL_TARGETS = (LIMIT_GRPC, LIMIT_REDIS, LIMIT_POSTGRES, LANGCHAIN_POSTGRES, LANGCHAIN_REDIS, CHATMEM_WB, CHATMEM_WT)
+# write_behind servers with GRPC__WORKERS=1 and 2, called over several channels: CPU per op with 1 and 2
+# workers (bench/percore.py).
+CHATMEM_WB_W1 = "chatmem-wb-w1"
+CHATMEM_WB_W2 = "chatmem-wb-w2"
+PER_CORE = (CHATMEM_WB_W1, CHATMEM_WB_W2)
+ALL_TARGETS = (
+    LIMIT_GRPC, LIMIT_REDIS, LIMIT_POSTGRES, LANGCHAIN_POSTGRES, LANGCHAIN_REDIS, CHATMEM_WB, CHATMEM_WT, *PER_CORE
+)  # fmt: skip
 PEERS = (LANGCHAIN_POSTGRES, LANGCHAIN_REDIS)
 LIMITS = (LIMIT_GRPC, LIMIT_REDIS, LIMIT_POSTGRES)
 CHATMEM = (CHATMEM_WB, CHATMEM_WT)
@@ -55,6 +62,8 @@ def supported_ops(target: str, chat_lengths: tuple[int, ...]) -> tuple[str, ...]
         return (RPC,)
     if target in (LIMIT_POSTGRES, CHATMEM_WB):
         return (READ, HYDRATE, STREAM, *chats, APPEND)
+    if target in PER_CORE:
+        return (READ, APPEND)
     return (READ, *chats, APPEND)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
 from server import healthcheck
@@ -11,6 +12,8 @@ from server.app import open_store, serve
 from server.auth import cli as keys_cli
 from server.config import Settings
 from server.observability.logs import configure_logging
+
+log = logging.getLogger("server")
 
 
 async def _migrate(settings: Settings) -> None:
@@ -50,9 +53,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "keys":
         sys.exit(asyncio.run(_keys(settings, args)))
-    if settings.grpc.workers > 1:
+    if settings.worker_count > 1:
         from server.workers import run_workers
 
+        if settings.grpc.workers == "auto":
+            log.info("GRPC__WORKERS=auto: %d workers, one per core", settings.worker_count)
         asyncio.run(_migrate(settings))  # once, before the workers race to it
         sys.exit(run_workers(settings))
     try:

@@ -270,6 +270,9 @@ async def create_server(
             store_health=repository.store_health,
         )
     g = settings.grpc
+    # Off unless workers share the port on purpose: otherwise a second server on the same port would start
+    # silently and steal traffic.
+    reuse_port = 1 if settings.worker_count > 1 else 0
     sampler = None
     if metrics is not None:
         interval = settings.metrics.sample_interval_s
@@ -298,9 +301,7 @@ async def create_server(
     server = grpc.aio.server(
         interceptors=[Pipeline(layers)] if layers else None,
         options=[
-            # Off unless workers share the port on purpose: otherwise a second server on the same
-            # port would start silently and steal traffic.
-            ("grpc.so_reuseport", 1 if g.workers > 1 else 0),
+            ("grpc.so_reuseport", reuse_port),
             ("grpc.max_receive_message_length", g.max_receive_message_bytes),
             ("grpc.max_send_message_length", g.max_send_message_bytes),
             ("grpc.keepalive_time_ms", g.keepalive_time_ms),
@@ -328,7 +329,7 @@ async def create_server(
     health_server, health_port = None, None
     if g.health_address:
         # Plaintext and health only, for probes that cannot present a client certificate or a credential.
-        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if g.workers > 1 else 0)])
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", reuse_port)])
         health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
         health_port = health_server.add_insecure_port(g.health_address)
         if health_port == 0:
