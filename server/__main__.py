@@ -25,6 +25,31 @@ async def _migrate(settings: Settings) -> None:
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
 
 
+async def _auto_workers(settings: Settings) -> Settings:
+    """Resolve GRPC__WORKERS=auto: one worker per core, fewer when their pools would not fit in PostgreSQL.
+
+    Each worker opens up to DATABASE__POOL_MAX_SIZE connections; more workers than PostgreSQL has
+    connections for would fail their queries under load ("too many clients"), so auto stays within the
+    connections free at start-up.
+    """
+    from server.storage.sql.postgres.capacity import free_connections
+
+    cores = settings.worker_count
+    db = settings.database
+    assert db.url is not None  # worker_count is 1 without PostgreSQL
+    fit = max(1, await free_connections(db.url, db.connect_timeout_s) // db.pool_max_size)
+    count = min(cores, fit)
+    if count < cores:
+        log.warning(
+            "GRPC__WORKERS=auto: %d workers, not one per core (%d): PostgreSQL has connections for %d pools of "
+            "DATABASE__POOL_MAX_SIZE=%d",
+            count, cores, fit, db.pool_max_size,
+        )  # fmt: skip
+    else:
+        log.info("GRPC__WORKERS=auto: %d workers, one per core", count)
+    return settings.model_copy(update={"grpc": settings.grpc.model_copy(update={"workers": count})})
+
+
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     store = await open_store(settings)
     try:
@@ -54,11 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "keys":
         sys.exit(asyncio.run(_keys(settings, args)))
     if settings.worker_count > 1:
+        asyncio.run(_migrate(settings))  # once, before the workers race to it
+        if settings.grpc.workers == "auto":
+            settings = asyncio.run(_auto_workers(settings))
+    if settings.worker_count > 1:
         from server.workers import run_workers
 
-        if settings.grpc.workers == "auto":
-            log.info("GRPC__WORKERS=auto: %d workers, one per core", settings.worker_count)
-        asyncio.run(_migrate(settings))  # once, before the workers race to it
         sys.exit(run_workers(settings))
     try:
         import uvloop

@@ -254,3 +254,28 @@ async def test_auto_workers_one_per_core_with_postgresql_die_with_their_parent(t
         if proc.poll() is None:
             proc.kill()
         pg.close()
+
+
+async def test_auto_workers_stay_within_postgresql_free_connections(tmp_path: pathlib.Path) -> None:
+    """Every worker opens up to DATABASE__POOL_MAX_SIZE connections: auto starts no more workers than fit."""
+    from server.cores import available_cores
+
+    if available_cores() < 2:
+        pytest.skip("one core: auto is one worker whatever PostgreSQL allows")
+    pg = PostgresProcess({"max_connections": "20"})  # 17 for clients: one pool of 10 fits, two do not
+    pg.start()
+    port = free_port()
+    env = {**server_env(tmp_path, port, DATABASE__URL=pg.url, DATABASE__POOL_MAX_SIZE="10"), "PYTHONPATH": str(ROOT)}
+    proc = spawn_server(env, tmp_path)
+    try:
+        channel = await wait_serving(port)
+        assert await asyncio.to_thread(children_of, proc.pid) == [], "one process: two pools would not fit"
+        await pb_grpc.ThreadMemoryServiceStub(channel).GetHistory(pb.GetHistoryRequest(thread_id="t"), timeout=10)
+        await channel.close()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.to_thread(proc.communicate, timeout=30)
+        assert "not one per core" in out and "DATABASE__POOL_MAX_SIZE=10" in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pg.close()
