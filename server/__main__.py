@@ -37,7 +37,11 @@ async def _auto_workers(settings: Settings) -> Settings:
     cores = settings.worker_count
     db = settings.database
     assert db.url is not None  # worker_count is 1 without PostgreSQL
-    fit = max(1, await free_connections(db.url, db.connect_timeout_s) // db.pool_max_size)
+    try:
+        fit = max(1, await free_connections(db.url, db.connect_timeout_s) // db.pool_max_size)
+    except Exception as exc:  # noqa: BLE001 - whatever the reason, unknown room means one pool, as before auto
+        log.warning("GRPC__WORKERS=auto: could not read PostgreSQL's free connections (%s); one worker", exc)
+        fit = 1
     count = min(cores, fit)
     if count < cores:
         log.warning(
