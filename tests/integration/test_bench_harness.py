@@ -50,3 +50,7 @@ def test_harness_produces_figures_for_every_target(tmp_path: pathlib.Path) -> No
                 assert row["server_cpu_us_per_op"] is not None, (target, op)
     assert {c["verdict"] for c in data["checks"]} <= {"PASS", "FAIL", "n/a"}
     assert data["checks"], "no targets were computed"
+    # CPU per op with 1 and 2 workers (bench/percore.py): both figures, a ratio, a verdict.
+    per_core = [c for c in data["checks"] if "with 2 workers" in c["name"]]
+    assert len(per_core) == 2 and all(c["verdict"] in ("PASS", "FAIL") for c in per_core), per_core
+    assert len(data["per_core"]) == 2 and all("CPU/op with 1 and 2 workers" in x for x in data["per_core"])
