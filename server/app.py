@@ -296,7 +296,6 @@ async def create_server(
     if admission is not None:
         layers.append(admission)
     server = grpc.aio.server(
-        interceptors=[Pipeline(layers)] if layers else None,
         options=[
             # Off unless workers share the port on purpose: otherwise a second server on the same
             # port would start silently and steal traffic.
@@ -309,9 +308,10 @@ async def create_server(
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    register_thread_memory(ThreadMemoryService(repository, settings, hub), server)
-    register_preferences(PreferencesService(repository, settings), server)
-    register_admin(AdminService(Eraser(repository, store.retention), settings), server)
+    pipeline = Pipeline(layers)
+    register_thread_memory(ThreadMemoryService(repository, settings, hub), server, pipeline)
+    register_preferences(PreferencesService(repository, settings), server, pipeline)
+    register_admin(AdminService(Eraser(repository, store.retention), settings), server, pipeline)
     health = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if settings.reflection_enabled:
