@@ -268,6 +268,11 @@ async def create_server(
             claim_interval_s=o.claim_interval_s,
             cluster=settings.redis.cluster,
             store_health=repository.store_health,
+            reader=PipelinedRedis.like(
+                client, timeout_s=settings.redis.socket_timeout_s, connect_timeout_s=settings.redis.connect_timeout_s
+            )
+            if settings.redis.autopipeline and not settings.redis.cluster
+            else None,
         )
     g = settings.grpc
     sampler = None
