@@ -248,10 +248,15 @@ async def create_server(
     if client is not None:
         r = settings.redis
         # PUBLISH through a pipelined connection of its own: a few µs per command instead of redis-py's ~40.
-        publisher = None
+        publisher = subscriber = None
         if r.autopipeline and not r.cluster:
             publisher = PipelinedRedis.like(client, timeout_s=r.socket_timeout_s, connect_timeout_s=r.connect_timeout_s)
-        relay = RedisRelay(client, r.key_prefix, hub, timeout_s=r.socket_timeout_s, publisher=publisher)
+            subscriber = PipelinedRedis.like(
+                client, timeout_s=r.socket_timeout_s, connect_timeout_s=r.connect_timeout_s
+            )
+        relay = RedisRelay(
+            client, r.key_prefix, hub, timeout_s=r.socket_timeout_s, publisher=publisher, subscriber=subscriber
+        )
         hub.relay = relay
     flusher = None
     if client is not None and repository.write_behind:

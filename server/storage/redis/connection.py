@@ -63,6 +63,7 @@ class _Link(asyncio.Protocol):
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
+        self._on_push: Callable[[Any], None] | None = None
         self.alive = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -77,6 +78,10 @@ class _Link(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Parse replies and hand each to the oldest waiting caller, then send what was held meanwhile."""
         self._reader.feed(data)
+        if self._on_push is not None:
+            while (pushed := self._reader.gets()) is not False:
+                self._on_push(pushed)
+            return
         while (reply := self._reader.gets()) is not False:
             if not self._waiting:
                 self._fail(RedisConnectionError("Redis sent a reply nobody asked for"))
@@ -110,6 +115,16 @@ class _Link(asyncio.Protocol):
         if self._watchdog is None:
             self._watchdog = self._loop.call_later(self._timeout_s, self._check)
         return future
+
+    def push_mode(self, on_push: Callable[[Any], None], packed: bytes) -> None:
+        """Send ``packed`` (a SUBSCRIBE) and hand every message from now on to ``on_push``, in order."""
+        self._on_push = on_push
+        self.write(packed)
+
+    def write(self, packed: bytes) -> None:
+        """Send a command whose reply nobody waits for (a PING on a subscribed connection)."""
+        if self._transport is not None and self.alive:
+            self._transport.write(packed)
 
     def close(self) -> None:
         """Close the connection; waiting callers fail."""
@@ -147,6 +162,26 @@ class _Link(asyncio.Protocol):
             if not future.done():
                 future.set_exception(exc)
         self._outgoing = []
+
+
+class Subscription:
+    """A subscribed connection: ping it, check it is alive, close it."""
+
+    def __init__(self, link: _Link) -> None:
+        self._link = link
+
+    @property
+    def alive(self) -> bool:
+        """False once the connection is lost or closed."""
+        return self._link.alive
+
+    def ping(self) -> None:
+        """Send a PING; its ``[b"pong", b""]`` comes through ``on_push``."""
+        self._link.write(_pack((b"PING",)))
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._link.close()
 
 
 class ConnectCounter:
@@ -260,6 +295,17 @@ class PipelinedRedis:
             link = await self._connect()
         return await link.send(packed)
 
+    async def subscribe(self, channel: str, on_push: Callable[[Any], None]) -> Subscription:
+        """Open a connection subscribed to ``channel``; every message it brings goes to ``on_push``.
+
+        The subscription has a connection of its own (a subscribed connection runs no other commands);
+        ``on_push`` gets replies as hiredis parses them: ``[b"subscribe", channel, n]``,
+        ``[b"message", channel, data]``, ``[b"pong", b""]``.
+        """
+        link = await self._open_link()
+        link.push_mode(on_push, _pack((b"SUBSCRIBE", channel)))
+        return Subscription(link)
+
     async def aclose(self) -> None:
         """Close the connection."""
         if self._connecting is not None and not self._connecting.done():
@@ -278,6 +324,13 @@ class PipelinedRedis:
         return await asyncio.shield(self._connecting)
 
     async def _open(self) -> _Link:
+        link = await self._open_link()
+        self._link = link
+        if self._on_connect is not None:
+            self._on_connect()
+        return link
+
+    async def _open_link(self) -> _Link:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
@@ -296,9 +349,6 @@ class PipelinedRedis:
             raise RedisTimeoutError(f"connecting to Redis took over {self._connect_timeout_s}s") from exc
         except OSError as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
-        self._link = link
-        if self._on_connect is not None:
-            self._on_connect()
         return link
 
     async def _handshake(self, link: _Link) -> None:
