@@ -248,10 +248,15 @@ async def create_server(
     if client is not None:
         r = settings.redis
         # PUBLISH through a pipelined connection of its own: a few µs per command instead of redis-py's ~40.
-        publisher = None
+        publisher = subscriber = None
         if r.autopipeline and not r.cluster:
             publisher = PipelinedRedis.like(client, timeout_s=r.socket_timeout_s, connect_timeout_s=r.connect_timeout_s)
-        relay = RedisRelay(client, r.key_prefix, hub, timeout_s=r.socket_timeout_s, publisher=publisher)
+            subscriber = PipelinedRedis.like(
+                client, timeout_s=r.socket_timeout_s, connect_timeout_s=r.connect_timeout_s
+            )
+        relay = RedisRelay(
+            client, r.key_prefix, hub, timeout_s=r.socket_timeout_s, publisher=publisher, subscriber=subscriber
+        )
         hub.relay = relay
     flusher = None
     if client is not None and repository.write_behind:
@@ -268,6 +273,11 @@ async def create_server(
             claim_interval_s=o.claim_interval_s,
             cluster=settings.redis.cluster,
             store_health=repository.store_health,
+            reader=PipelinedRedis.like(
+                client, timeout_s=settings.redis.socket_timeout_s, connect_timeout_s=settings.redis.connect_timeout_s
+            )
+            if settings.redis.autopipeline and not settings.redis.cluster
+            else None,
         )
     g = settings.grpc
     # Off unless workers share the port on purpose: otherwise a second server on the same port would start
@@ -299,7 +309,6 @@ async def create_server(
     if admission is not None:
         layers.append(admission)
     server = grpc.aio.server(
-        interceptors=[Pipeline(layers)] if layers else None,
         options=[
             ("grpc.so_reuseport", reuse_port),
             ("grpc.max_receive_message_length", g.max_receive_message_bytes),
@@ -310,9 +319,10 @@ async def create_server(
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    register_thread_memory(ThreadMemoryService(repository, settings, hub), server)
-    register_preferences(PreferencesService(repository, settings), server)
-    register_admin(AdminService(Eraser(repository, store.retention), settings), server)
+    pipeline = Pipeline(layers)
+    register_thread_memory(ThreadMemoryService(repository, settings, hub), server, pipeline)
+    register_preferences(PreferencesService(repository, settings), server, pipeline)
+    register_admin(AdminService(Eraser(repository, store.retention), settings), server, pipeline)
     health = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if settings.reflection_enabled:
