@@ -10,6 +10,7 @@ from bench.config import Config, Row
 from bench.report import find, fmt_us
 from bench.workload import (
     APPEND,
+    CHATMEM_SQLITE,
     CHATMEM_WB,
     CHATMEM_WT,
     HYDRATE,
@@ -110,6 +111,16 @@ def checks(rows: Sequence[Row], config: Config) -> list[Check]:
             wt.ops_per_s / lp.ops_per_s if wt and lp and lp.ops_per_s else None,
             0.5,
             ">=",
+        )
+    )
+    lite, wb = get(CHATMEM_SQLITE, READ, hi), get(CHATMEM_WB, READ, hi)
+    out.append(
+        Check(
+            f"GetHistory({config.window}) at c={hi}: chatmem-sqlite ops/s / chatmem-wb ops/s",
+            lite.ops_per_s / wb.ops_per_s if lite and wb and wb.ops_per_s else None,
+            0.9,
+            ">=",
+            f"{lite.ops_per_s:.0f} vs {wb.ops_per_s:.0f} ops/s" if lite and wb else "",
         )
     )
     return out
