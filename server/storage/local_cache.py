@@ -148,16 +148,17 @@ class LocalCache:
             self.evictions += 1
         return entry
 
-    def _live(self, key: ThreadKey) -> _Entry | None:
+    def _live(self, key: ThreadKey, now: float | None = None) -> _Entry | None:
         """Return the thread's entry, dropping it first if its window's TTL ran out (as a Redis key would)."""
         entry = self._threads.get(key)
-        if entry is not None and entry.expires <= self._clock():
+        if entry is not None and entry.expires <= (self._clock() if now is None else now):
             del self._threads[key]
             return None
         return entry
 
     def _hit(self, key: ThreadKey, limit: int) -> list[bytes] | None:
-        entry = self._live(key)
+        now = self._clock()
+        entry = self._live(key, now)
         if entry is None or entry.last is None or entry.deleted:
             return None
         items = entry.items
@@ -166,7 +167,8 @@ class LocalCache:
             return None
         self._threads.move_to_end(key)
         if entry.ttl_s > 0:
-            entry.expires = self._clock() + entry.ttl_s
+            entry.expires = now + entry.ttl_s
+        # A copy: the caller joins it after this returns, and a later push changes the list in place.
         return items[-limit:] if limit < n else list(items)
 
     async def read_window(self, key: ThreadKey, limit: int) -> list[bytes] | None:
