@@ -112,14 +112,14 @@ def open_cache(settings: Settings, client: Any, connects: ConnectCounter | None 
     )
 
 
-def open_local_cache(settings: Settings) -> LocalCache | None:
+def open_local_cache(settings: Settings, store: Stores) -> LocalCache | None:
     """Build the in-process window cache of the embedded mode (SQLite, no Redis), or None when it does not apply.
 
     Only there does one process own the store (GRPC__WORKERS > 1 is refused with SQLite), so only there can
     a cache in process memory be exact.
     """
     m = settings.memory
-    if settings.redis.enabled or settings.database.url or m.local_cache_threads == 0:
+    if settings.redis.enabled or not isinstance(store, SqliteStore) or m.local_cache_threads == 0:
         return None
     return LocalCache(
         window=m.max_thread_messages,
@@ -255,7 +255,7 @@ async def create_server(
     if client is not None:
         cache = open_cache(settings, client, connects)
     elif cache is None and use_configured_cache:
-        cache = open_local_cache(settings)
+        cache = open_local_cache(settings, store)
     metrics = Metrics() if settings.metrics.address else None
     hub = WatchHub(
         max_per_workspace=settings.limits.max_watchers_per_workspace,

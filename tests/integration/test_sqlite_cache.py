@@ -215,3 +215,14 @@ async def test_warm_reads_need_no_store(lite: Harness) -> None:
     assert again.serving.tier == r.TIER_CACHE
     within = await lite.threads.GetHistory(budgeted)
     assert view(within) == view(warm_budgeted) and within.serving.tier == r.TIER_CACHE
+
+
+async def test_a_cap_of_zero_turns_the_cache_off(tmp_path: pathlib.Path) -> None:
+    h = await start_harness(make_settings(sqlite_path=str(tmp_path / "off.db"), local_cache_threads=0))
+    try:
+        assert h.app.cache is None
+        await append(h, "t", "a")
+        got = await read(h, "t")
+        assert got.serving.tier == r.TIER_STORE and view(got) == [(1, "a", False)]
+    finally:
+        await h.close()
