@@ -24,13 +24,13 @@ from bench.workload import ALL_TARGETS, PEERS
 DESCRIPTION = """
 chatmem against the floors (limit-grpc, limit-redis, limit-postgres) and the LangChain peers, in one run.
 
-``python -m bench`` starts one Redis and one PostgreSQL shared by every target, the two chatmem servers
-(write_behind, write_through) and the bare limit-grpc server as processes of their own, and one or more load
-generator processes (``bench.loadgen``), apart from every server. Each operation runs at each concurrency
-for a fixed time (and a bounded number of calls), target after target. Server, Redis, PostgreSQL and load
-generator CPU come from /proc/<pid>/stat of each process tree, sampled at the start and end of the measured
-window. It prints a table, the ratios of chatmem to the limits and the peers, and the performance targets
-as PASS/FAIL, and writes the whole report as JSON under bench/results/.
+``python -m bench`` starts one Redis and one PostgreSQL shared by every target, the chatmem servers
+(write_behind, write_through, and the embedded SQLite default) and the bare limit-grpc server as processes
+of their own, and one or more load generator processes (``bench.loadgen``), apart from every server. Each
+operation runs at each concurrency for a fixed time (and a bounded number of calls), target after target.
+Server, Redis, PostgreSQL and load generator CPU come from /proc/<pid>/stat of each process tree, sampled at
+the start and end of the measured window. It prints a table, the ratios of chatmem to the limits and the
+peers, and the performance targets as PASS/FAIL, and writes the whole report as JSON under bench/results/.
 """
 
 
