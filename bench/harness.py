@@ -19,19 +19,19 @@ from bench.cpu import machine_busy_seconds
 from bench.latency import machine_info
 from bench.orchestrator import Harness
 from bench.report import cores_summary, format_table, git_state, no_nan, ratio_lines
-from bench.verdicts import Check, checks, format_checks
+from bench.verdicts import Check, checks, format_checks, references
 from bench.workload import ALL_TARGETS, PEERS
 
 DESCRIPTION = """
 chatmem against the floors (limit-grpc, limit-redis, limit-postgres) and the LangChain peers, in one run.
 
-``python -m bench`` starts one Redis and one PostgreSQL shared by every target, the two chatmem servers
-(write_behind, write_through) and the bare limit-grpc server as processes of their own, and one or more load
-generator processes (``bench.loadgen``), apart from every server. Each operation runs at each concurrency
-for a fixed time (and a bounded number of calls), target after target. Server, Redis, PostgreSQL and load
-generator CPU come from /proc/<pid>/stat of each process tree, sampled at the start and end of the measured
-window. It prints a table, the ratios of chatmem to the limits and the peers, and the performance targets
-as PASS/FAIL, and writes the whole report as JSON under bench/results/.
+``python -m bench`` starts one Redis and one PostgreSQL shared by every target, the chatmem servers
+(write_behind, write_through, and the embedded SQLite default) and the bare limit-grpc server as processes
+of their own, and one or more load generator processes (``bench.loadgen``), apart from every server. Each
+operation runs at each concurrency for a fixed time (and a bounded number of calls), target after target.
+Server, Redis, PostgreSQL and load generator CPU come from /proc/<pid>/stat of each process tree, sampled at
+the start and end of the measured window. It prints a table, the ratios of chatmem to the limits and the
+peers, and the performance targets as PASS/FAIL, and writes the whole report as JSON under bench/results/.
 """
 
 
@@ -154,6 +154,7 @@ def run(config: Config, argv: Sequence[str] = ()) -> tuple[dict[str, Any], pathl
         "ratios": ratio_lines(h.rows, config),
         "per_core": percore.report_lines(h.rows, config),
         "checks": [{**asdict(c), "verdict": c.verdict} for c in found],
+        "references": [{**asdict(c), "verdict": c.verdict} for c in references(h.rows, config)],
         "cores": cores_summary(h.rows),
         "server_problems": problems,
         "loadgen_log_tails": loadgen_logs,
@@ -203,8 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print("\n".join(report["per_core"]) or "CPU/op with 1 and 2 workers: not measured")
     print()
-    print("targets:")
+    print("targets (issue 16):")
     print(format_checks([Check(**{k: v for k, v in c.items() if k != "verdict"}) for c in report["checks"]]))
+    print()
+    print("earlier targets (issue 5), for comparison with earlier runs:")
+    print(format_checks([Check(**{k: v for k, v in c.items() if k != "verdict"}) for c in report["references"]]))
     print()
     print(report["cores"])
     problems = [

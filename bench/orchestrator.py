@@ -33,11 +33,13 @@ from bench.cpu import machine_busy_seconds, proc_snapshot, tree_seconds
 from bench.latency import percentile
 from bench.redis_modules import ModuleRedisProcess, find_module_redis, server_version
 from bench.report import fmt_us
+from bench.sqlite_target import sqlite_spec, start_sqlite_server
 from bench.stores import create_databases, db_url, vacuum, wait_drained
 from bench.workload import (
     ALL_TARGETS,
     APPEND,
     CHATMEM,
+    CHATMEM_SQLITE,
     CHATMEM_WB,
     CHATMEM_WT,
     HYDRATE,
@@ -143,6 +145,12 @@ class Harness:
             self.servers[target] = server.proc.pid
             self.server_logs[target] = server.log_path
             self.setup[f"{target}_address"] = server.target
+        if self.active(CHATMEM_SQLITE):
+            lite = start_sqlite_server(self.workdir, self.config.window, self.stack)
+            assert lite.proc is not None
+            self.servers[CHATMEM_SQLITE] = lite.proc.pid
+            self.server_logs[CHATMEM_SQLITE] = lite.log_path
+            self.setup[f"{CHATMEM_SQLITE}_address"] = lite.target
         if self.active(LIMIT_GRPC):
             limit = LimitGrpcProcess(self.workdir, self.config.window, self.config.content_chars)
             self.stack.callback(limit.stop)
@@ -158,7 +166,9 @@ class Harness:
         for target in ALL_TARGETS:
             if not self.active(target):
                 continue
-            if target in CHATMEM:
+            if target == CHATMEM_SQLITE:
+                out[target] = sqlite_spec(self.setup[f"{target}_address"], self.redis.url)
+            elif target in CHATMEM:
                 out[target] = {
                     "kind": "chatmem",
                     "address": self.setup[f"{target}_address"],

@@ -32,12 +32,14 @@ CHATMEM_WT = "chatmem-wt"
 CHATMEM_WB_W1 = "chatmem-wb-w1"
 CHATMEM_WB_W2 = "chatmem-wb-w2"
 PER_CORE = (CHATMEM_WB_W1, CHATMEM_WB_W2)
+CHATMEM_SQLITE = "chatmem-sqlite"  # the embedded default: SQLite, no Redis (bench/sqlite_target.py)
 ALL_TARGETS = (
-    LIMIT_GRPC, LIMIT_REDIS, LIMIT_POSTGRES, LANGCHAIN_POSTGRES, LANGCHAIN_REDIS, CHATMEM_WB, CHATMEM_WT, *PER_CORE
+    LIMIT_GRPC, LIMIT_REDIS, LIMIT_POSTGRES, LANGCHAIN_POSTGRES, LANGCHAIN_REDIS,
+    CHATMEM_WB, CHATMEM_WT, CHATMEM_SQLITE, *PER_CORE,
 )  # fmt: skip
 PEERS = (LANGCHAIN_POSTGRES, LANGCHAIN_REDIS)
 LIMITS = (LIMIT_GRPC, LIMIT_REDIS, LIMIT_POSTGRES)
-CHATMEM = (CHATMEM_WB, CHATMEM_WT)
+CHATMEM = (CHATMEM_WB, CHATMEM_WT, CHATMEM_SQLITE)
 
 
 def chat_op(length: int) -> str:
@@ -64,6 +66,8 @@ def supported_ops(target: str, chat_lengths: tuple[int, ...]) -> tuple[str, ...]
         return (READ, HYDRATE, STREAM, *chats, APPEND)
     if target in PER_CORE:
         return (READ, APPEND)
+    if target == CHATMEM_SQLITE:
+        return (READ, APPEND)  # the embedded default's window reads and its fsynced appends: the `base` set
     return (READ, *chats, APPEND)
 
 

@@ -36,6 +36,7 @@ from server.services.thread_memory import ThreadMemoryService
 from server.services.thread_memory import register as register_thread_memory
 from server.standard_services import HealthService, enable_reflection
 from server.storage.erasure import Eraser
+from server.storage.local_cache import LocalCache
 from server.storage.protocols import Cache, RetentionStore, Stores
 from server.storage.redis.cache import RedisCache, build_redis_client
 from server.storage.redis.connection import ConnectCounter, PipelinedRedis
@@ -108,6 +109,23 @@ def open_cache(settings: Settings, client: Any, connects: ConnectCounter | None 
         scripts_client=scripts_client,
         cluster=r.cluster,
         connects=connects,
+    )
+
+
+def open_local_cache(settings: Settings, store: Stores) -> LocalCache | None:
+    """Build the in-process window cache of the embedded mode (SQLite, no Redis), or None when it does not apply.
+
+    Only there does one process own the store (GRPC__WORKERS > 1 is refused with SQLite), so only there can
+    a cache in process memory be exact.
+    """
+    m = settings.memory
+    if settings.redis.enabled or not isinstance(store, SqliteStore) or m.local_cache_threads == 0:
+        return None
+    return LocalCache(
+        window=m.max_thread_messages,
+        max_threads=m.local_cache_threads,
+        thread_ttl_s=int(m.thread_ttl_hours * 3600),
+        prefs_ttl_s=int(m.user_ttl_days * 86400),
     )
 
 
@@ -236,6 +254,8 @@ async def create_server(
     client = open_redis(settings, connects) if cache is None and use_configured_cache else None
     if client is not None:
         cache = open_cache(settings, client, connects)
+    elif cache is None and use_configured_cache:
+        cache = open_local_cache(settings, store)
     metrics = Metrics() if settings.metrics.address else None
     hub = WatchHub(
         max_per_workspace=settings.limits.max_watchers_per_workspace,

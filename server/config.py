@@ -133,6 +133,11 @@ class MemorySettings(BaseModel):
     thread_ttl_hours: float = Field(default=24, ge=1 / 3600, description="at least one second")
     user_ttl_days: float = Field(default=30, ge=1 / 86400, description="at least one second")
     max_thread_messages: int = Field(default=50, ge=1, le=1000)
+    local_cache_threads: int = Field(
+        default=10_000,
+        ge=0,
+        description="embedded SQLite without Redis: threads whose windows the in-process cache keeps (LRU); 0 = off",
+    )
     write_mode: Literal["write_through", "write_behind"] | None = Field(
         default=None, description="unset: write_behind when Redis is configured, else write_through"
     )

@@ -171,8 +171,9 @@ class Repository:
 
     @property
     def write_behind(self) -> bool:
-        """True when appends are acknowledged from the outbox."""
-        return self._policy.write_behind and self.tiers.cache is not None
+        """True when appends are acknowledged from the outbox (which only Redis holds)."""
+        cache = self.tiers.cache
+        return self._policy.write_behind and cache is not None and not cache.in_process
 
     @property
     def redis_health(self) -> TierHealth | None:

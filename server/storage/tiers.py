@@ -72,7 +72,9 @@ class Tiers:
         self._silence_s = silence_s
         self._check_timeout_s = max(0.2, silence_s)
         self.store_health = TierHealth("store")
-        self.redis_health = TierHealth("redis") if cache is not None else None
+        # An in-process cache cannot be unreachable and nothing writes around it: no breaker, no health.
+        self._local = cache is not None and cache.in_process
+        self.redis_health = TierHealth("redis") if cache is not None and not self._local else None
         self._sharded = cache is not None and cache.sharded
         self._breakers: dict[int, CacheBreaker] = {}
         self._down: set[int] = set()
@@ -122,8 +124,8 @@ class Tiers:
 
     async def usable_cache(self, bucket: int) -> Cache | None:
         """Return the cache if requests for this bucket may use it now, else None (none configured, or bypassed)."""
-        if self.cache is None:
-            return None
+        if self.cache is None or self._local:
+            return self.cache
         shard = self.shard(bucket)
         breaker = self.breaker(shard)
         # A new connection (Redis may have restarted) or a long silence (Redis may have stalled long
@@ -139,6 +141,9 @@ class Tiers:
 
     async def on_cache(self, bucket: int, call: Callable[[Cache], Awaitable[T]]) -> tuple[bool, T | None]:
         """Run a cache call if the bucket's shard is usable; (False, None) if it is bypassed or just failed."""
+        if self._local:
+            assert self.cache is not None
+            return True, await call(self.cache)
         cache = await self.usable_cache(bucket)
         if cache is None:
             return False, None

@@ -46,7 +46,7 @@ def test_harness_produces_figures_for_every_target(tmp_path: pathlib.Path) -> No
             assert row["units"] > 0 and row["calls"] > 0, (target, op, row)
             assert row["ops_per_s"] > 0 and row["p50_ms"] > 0 and row["p99_ms"] >= row["p50_ms"], (target, op, row)
             assert not row["errors"], (target, op, row["first_error"])
-            if target in ("limit-grpc", "chatmem-wb", "chatmem-wt"):
+            if target in ("limit-grpc", "chatmem-wb", "chatmem-wt", "chatmem-sqlite"):
                 assert row["server_cpu_us_per_op"] is not None, (target, op)
     assert {c["verdict"] for c in data["checks"]} <= {"PASS", "FAIL", "n/a"}
     assert data["checks"], "no targets were computed"

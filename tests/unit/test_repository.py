@@ -42,6 +42,7 @@ class DownCache:
     async def close(self) -> None:
         return None
 
+    in_process = False
     sharded = False
     connects = 0
 

@@ -128,6 +128,11 @@ class RedisCache:
         return {"created": free + busy, "in_use": busy, "available": free, "max": int(pool.max_connections)}
 
     @property
+    def in_process(self) -> bool:
+        """False: Redis is shared, so writes may go around it and it is guarded by breakers and repairs."""
+        return False
+
+    @property
     def sharded(self) -> bool:
         """True on Redis Cluster: each bucket may fail (and is degraded and repaired) on its own."""
         return self._cluster
