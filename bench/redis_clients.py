@@ -12,10 +12,12 @@ reads are scripts), each through the client's own script call.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
 import importlib.util
+import resource
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -152,3 +154,44 @@ async def _coredis(op: str, port: int) -> AsyncIterator[Call]:
             yield functools.partial(client.get, "k")
         else:
             yield functools.partial(client.evalsha, WINDOW_SHA, keys=["w"], args=[WINDOW_ITEMS])
+
+
+async def client_cpu_us(client: str, op: str, port: int, calls: int, warmup: int, concurrency: int) -> float:
+    """Return this process's CPU microseconds (all threads) per ``op`` through ``client``, with no gRPC around it."""
+    async with open_call(client, op, port) as call:
+
+        async def worker(n: int) -> None:
+            for _ in range(n):
+                await call()
+
+        async def run(total: int) -> None:
+            share, extra = divmod(total, concurrency)
+            await asyncio.gather(*(worker(share + (i < extra)) for i in range(concurrency)))
+
+        await run(warmup)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        await run(calls)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return used / calls * 1e6
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print one client's CPU per command alone (``python -m bench.redis_clients CLIENT/OP --port N``)."""
+    import argparse
+
+    import uvloop
+
+    parser = argparse.ArgumentParser(prog="python -m bench.redis_clients", description=main.__doc__)
+    parser.add_argument("variant", help="CLIENT/OP, e.g. glide/evalsha")
+    parser.add_argument("--port", type=int, required=True, help="a Redis seeded by seed()")
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--warmup", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=1)
+    args = parser.parse_args(argv)
+    client, op = args.variant.split("/")
+    print(f"{uvloop.run(client_cpu_us(client, op, args.port, args.calls, args.warmup, args.concurrency)):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -131,17 +131,24 @@ def measure(variant: str, redis_port: int, calls: int, warmup: int, concurrency:
             proc.wait(10)
 
 
-def _variants(clients: list[str], ops: list[str]) -> list[str]:
-    variants = ["none"] + [c for c in clients if c in BASELINES]
-    for op in ops:
-        for client in clients:
-            if client in BASELINES:
-                continue
-            if package := missing(client):
-                print(f"skipped {client}/{op}: {package} is not installed (pip install {package} to measure it)")
-                continue
-            variants.append(f"{client}/{op}")
-    return variants
+def measure_alone(variant: str, redis_port: int, calls: int, warmup: int, concurrency: int = 1) -> float:
+    """Return one client's CPU microseconds per command in a process of its own, with no gRPC server around it."""
+    argv = [sys.executable, "-m", "bench.redis_clients", variant, "--port", str(redis_port)]
+    argv += ["--calls", str(calls), "--warmup", str(warmup), "--concurrency", str(concurrency)]
+    return float(subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120).stdout)
+
+
+def _variants(clients: list[str], ops: list[str], alone: bool) -> list[str]:
+    variants = [] if alone else ["none"] + [c for c in clients if c in BASELINES]
+    usable = []
+    for client in clients:
+        if client in BASELINES:
+            continue
+        if package := missing(client):
+            print(f"skipped {client}: {package} is not installed here (pip install {package} to measure it)")
+        else:
+            usable.append(client)
+    return variants + [f"{client}/{op}" for op in ops for client in usable]
 
 
 def _load() -> str:
@@ -150,22 +157,26 @@ def _load() -> str:
 
 def report(results: dict[tuple[int, str], list[float]], concurrency: list[int], ops: list[str]) -> None:
     """Print every variant's rounds, best and spread, then each candidate client against the pipelined one."""
+
+    def floor(c: int) -> float:
+        return min(results.get((c, "none"), [0.0]))
+
     for c in concurrency:
-        floor = min(results[(c, "none")])
-        print(f"concurrency {c}: server CPU per call, µs (rounds; best; spread max-min; best over none)")
+        print(f"concurrency {c}: CPU per call, µs (rounds; best; spread max-min; best over none)")
         for (cc, variant), runs in results.items():
             if cc != c:
                 continue
             best = min(runs)
             shown = ", ".join(f"{r:.0f}" for r in runs)
-            print(f"  {variant:18s} {shown:24s} best {best:4.0f}  spread {max(runs) - best:3.0f}  +{best - floor:.0f}")
+            print(
+                f"  {variant:18s} {shown:24s} best {best:4.0f}  spread {max(runs) - best:3.0f}  +{best - floor(c):.0f}"
+            )
     print(f"against {REFERENCE} (best of rounds; within 10% means best <= {MARGIN:.2f}x {REFERENCE}'s best):")
     for op in ops:
         for c in concurrency:
             ref = results.get((c, f"{REFERENCE}/{op}"))
             if ref is None:
                 continue
-            floor = min(results[(c, "none")])
             for client in CANDIDATES:
                 other = results.get((c, f"{client}/{op}"))
                 if other is None:
@@ -174,7 +185,7 @@ def report(results: dict[tuple[int, str], list[float]], concurrency: list[int], 
                 verdict = "within 10%" if ratio <= MARGIN else "NOT within 10%"
                 print(
                     f"  {op:8s} c={c:<3d} {client:8s} {min(other):.0f} vs {min(ref):.0f} µs: {ratio:.2f}x ({verdict}); "
-                    f"over none +{min(other) - floor:.0f} vs +{min(ref) - floor:.0f} µs"
+                    f"over none +{min(other) - floor(c):.0f} vs +{min(ref) - floor(c):.0f} µs"
                 )
 
 
@@ -187,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", default="1,32", help="calls in flight, comma-separated")
     parser.add_argument("--clients", default=",".join(("sleep0", *CLIENTS)), help="comma-separated")
     parser.add_argument("--ops", default=",".join(OPS), help="comma-separated")
+    parser.add_argument("--alone", action="store_true", help="measure each client's CPU per command, no gRPC server")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--redis-port", type=int, help=argparse.SUPPRESS)
@@ -200,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(clients) - set(BASELINES) - set(CLIENTS) or set(ops) - set(OPS)
     if unknown:
         parser.error(f"unknown: {', '.join(sorted(unknown))}")
-    variants = _variants(clients, ops)
+    variants = _variants(clients, ops, args.alone)
+    how = measure_alone if args.alone else measure
     print("clients: " + "; ".join(version(c) for c in clients if c not in BASELINES and not missing(c)))
     print(f"{_load()} at the start")
     redis = RedisProcess()
@@ -213,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
             for c in concurrency:
                 shift = r % len(variants)
                 for variant in variants[shift:] + variants[:shift]:
-                    results[(c, variant)].append(measure(variant, redis.port, args.calls, args.warmup, c))
+                    results[(c, variant)].append(how(variant, redis.port, args.calls, args.warmup, c))
         print(f"{args.calls} calls after {args.warmup} warm-up per run, {args.rounds} interleaved rounds")
         report(results, concurrency, ops)
         print(f"took {time.monotonic() - started:.0f} s; {_load()} at the end")
