@@ -30,7 +30,7 @@ WINDOW_SCRIPT = "return redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)"
 WINDOW_SHA = hashlib.sha1(WINDOW_SCRIPT.encode()).hexdigest()  # Redis names scripts by SHA-1
 WINDOW_ITEMS = 50
 ITEM = b"x" * 330
-TIMEOUT_S = 1.0
+TIMEOUT_S = 5.0  # generous: a busy machine must not fail a run; the timeout is not what is measured
 
 Call = Callable[[], Awaitable[Any]]
 

@@ -16,8 +16,10 @@ after ``--warmup`` calls, with ``--concurrency`` calls in flight (1 and 32 by de
 connection sends the commands of concurrent requests in one write); the figure is the server
 process's CPU time per call (utime+stime of all its threads, from /proc). Variants are measured in
 interleaved rounds (the order rotates each round) and the best and the spread of the rounds are shown,
-so that other load on the machine does not decide. Run ``python -m bench.roundtrip``; it needs
-``redis-server`` (it starts its own on a free port).
+so that other load on the machine does not decide. With ``--alone``, each client runs its command
+in a process of its own with no gRPC server (``python -m bench.redis_clients``), and the figure is
+that process's CPU per command. Run ``python -m bench.roundtrip``; it needs ``redis-server`` (it
+starts its own on a free port).
 """
 
 from __future__ import annotations
