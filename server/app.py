@@ -95,7 +95,7 @@ def open_cache(settings: Settings, client: Any, connects: ConnectCounter | None 
     if r.autopipeline and not r.cluster:
         scripts_client = PipelinedRedis.like(
             client,
-            timeout_s=r.socket_timeout_s,
+            timeout_s=r.dead_after_s,
             connect_timeout_s=r.connect_timeout_s,
             on_connect=None if connects is None else connects.bump,
         )

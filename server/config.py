@@ -72,6 +72,12 @@ class RedisSettings(BaseModel):
     key_prefix: str = "chatmem"
     socket_timeout_s: float = Field(default=0.5, gt=0)
     connect_timeout_s: float = Field(default=0.5, gt=0)
+    dead_after_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="cache scripts: Redis silent this long while a command waits is declared down (the breaker "
+        "opens); a Redis that answers more slowly than the socket timeout but within this is waited for",
+    )
     max_connections: int = Field(default=64, ge=1)
     probe_interval_s: float = Field(default=1.0, gt=0, description="how often a bypassed Redis is probed")
     autopipeline: bool = Field(
@@ -215,6 +221,12 @@ class QuotaSettings(BaseModel):
     max_in_flight: int = Field(default=1000, ge=0, description="per-process concurrent RPCs; 0 = off")
     max_streams_per_workspace: int = Field(default=0, ge=0, description="concurrent StreamHistory calls; 0 = off")
     in_flight_retry_s: float = Field(default=0.1, gt=0, description="the RetryInfo delay of a shed request")
+    shed_lag_turns: float = Field(
+        default=10.0,
+        ge=0,
+        description="refuse a call (RESOURCE_EXHAUSTED) whose remaining deadline is below this many event-loop "
+        "lags, i.e. one the overloaded process could not answer in time; 0 = off",
+    )
 
 
 class MetricsSettings(BaseModel):

@@ -27,6 +27,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
+# How long a watchdog that found Redis silent waits before it gives up on the connection: long enough
+# for the event loop to poll for I/O once in between (uvloop runs due timers before it reads sockets, so
+# on a busy loop a reply can be waiting unread when the timer fires).
+_CONFIRM_S = 0.02
+
 
 def _retrieve(attempt: asyncio.Future[Any]) -> None:
     # A connect attempt whose callers all gave up: take its error so that asyncio does not log it.
@@ -46,7 +51,10 @@ class _Link(asyncio.Protocol):
         self._loop = loop
         self._timeout_s = timeout_s
         self._reader = hiredis.Reader()
+        # (caller, when its command was queued)
         self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._heard = loop.time()  # when Redis last sent anything
+        self._suspect = False
         self._outgoing: list[bytes] = []
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
@@ -64,6 +72,7 @@ class _Link(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Parse replies and hand each to the oldest waiting caller."""
+        self._heard = self._loop.time()
         self._reader.feed(data)
         while (reply := self._reader.gets()) is not False:
             if not self._waiting:
@@ -85,7 +94,7 @@ class _Link(asyncio.Protocol):
         if not self.alive:
             raise RedisConnectionError("connection to Redis is closed")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._waiting.append((future, self._loop.time() + self._timeout_s))
+        self._waiting.append((future, self._loop.time()))
         self._outgoing.append(packed)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -107,18 +116,27 @@ class _Link(asyncio.Protocol):
         self._outgoing = []
 
     def _check(self) -> None:
-        # The oldest command is answered first, so if it is overdue the connection is stuck (a frozen
-        # or partitioned Redis): give up on all of it, as redis-py does on a socket timeout.
+        # Redis answers a connection's commands in order, so while bytes arrive it is working through
+        # them however deep the queue (a slow Redis, or one starved of CPU): only silence counts, from the
+        # later of the oldest command's queueing and the last byte heard. Silent for timeout_s, checked
+        # again after one poll for I/O, the connection is stuck (a frozen or partitioned Redis): give up
+        # on all of it, as redis-py does on a socket timeout.
         self._watchdog = None
         if not self._waiting:
+            self._suspect = False
             return
-        overdue = self._waiting[0][1] - self._loop.time()
-        if overdue <= 0:
-            if self._transport is not None:
-                self._transport.abort()
-            self._fail(RedisTimeoutError(f"Redis did not answer within {self._timeout_s}s"))
+        left = max(self._waiting[0][1], self._heard) + self._timeout_s - self._loop.time()
+        if left > 0:
+            self._suspect = False
+            self._watchdog = self._loop.call_later(left, self._check)
             return
-        self._watchdog = self._loop.call_later(overdue, self._check)
+        if not self._suspect:
+            self._suspect = True
+            self._watchdog = self._loop.call_later(_CONFIRM_S, self._check)
+            return
+        if self._transport is not None:
+            self._transport.abort()
+        self._fail(RedisTimeoutError(f"Redis sent nothing for {self._timeout_s}s while commands waited"))
 
     def _fail(self, exc: Exception) -> None:
         self.alive = False
@@ -160,7 +178,8 @@ class PipelinedRedis:
         password: the password to AUTH with, if any.
         ssl_context: TLS settings for ``rediss://``, or None.
         server_hostname: the name to check the TLS certificate against.
-        timeout_s: how long a command may wait for its reply before the connection is declared stuck.
+        timeout_s: how long Redis may stay silent while a command waits before the connection is declared
+            stuck (a Redis that keeps answering, however slowly, is waited for).
         connect_timeout_s: how long connecting (and AUTH/SELECT) may take.
     """
 
