@@ -221,11 +221,11 @@ class QuotaSettings(BaseModel):
     max_in_flight: int = Field(default=1000, ge=0, description="per-process concurrent RPCs; 0 = off")
     max_streams_per_workspace: int = Field(default=0, ge=0, description="concurrent StreamHistory calls; 0 = off")
     in_flight_retry_s: float = Field(default=0.1, gt=0, description="the RetryInfo delay of a shed request")
-    shed_lag_turns: float = Field(
-        default=10.0,
+    shed_margin: float = Field(
+        default=1.5,
         ge=0,
-        description="refuse a call (RESOURCE_EXHAUSTED) whose remaining deadline is below this many event-loop "
-        "lags, i.e. one the overloaded process could not answer in time; 0 = off",
+        description="while the event loop lags, refuse a call (RESOURCE_EXHAUSTED) whose remaining deadline is below "
+        "this multiple of the time recent calls took in the server; 0 = off",
     )
 
 

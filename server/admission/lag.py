@@ -13,8 +13,9 @@ _DECAY = 0.5
 class LoopLag:
     """A timer that measures, on every tick, how late the event loop ran it.
 
-    On a busy or CPU-starved process every request waits about that long at each of its turns of the loop,
-    so a request whose remaining deadline is a few lags away cannot be served in time.
+    On a busy or CPU-starved process every request waits about that long at each of its turns of the loop:
+    it tells a process short of CPU (where refusing work helps) from one waiting on a slow store (where it
+    does not).
 
     Args:
         interval_s: the time between ticks.
