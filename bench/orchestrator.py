@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from bench import saturation
 from bench.children import LimitGrpcProcess, Loadgen
 from bench.config import (
     DATABASES,
@@ -286,16 +287,29 @@ class Harness:
                 + (f"  anomalies {row.anomalies}" if row.anomalies else "")
             )
 
-    def phase(self, op: str, c: int, target: str, phase_id: str) -> Row:
-        """Prepare, warm up, measure one phase across the load generators, and summarise it."""
+    def run_saturation(self) -> None:
+        """Run the saturation phase (bench/saturation.py) on chatmem-wb, when selected and still available."""
+        if self.config.saturation_s <= 0 or not self.active(CHATMEM_WB):
+            return
+        try:
+            summary = saturation.run(self)
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            self.setup["saturation"] = {"error": f"{type(exc).__name__}: {exc}"}
+            self.log(f"saturation phase failed: {exc}")
+            return
+        self.log(saturation.format_summary(summary))
+
+    def phase(self, op: str, c: int, target: str, phase_id: str, seconds: float | None = None) -> Row:
+        """Prepare, warm up, measure one phase (``seconds``: its length, else the run's) and summarise it."""
         cfg = self.config
+        window_s = cfg.seconds if seconds is None else seconds
         n = len(self.loadgens)
         shares = [(lg, [g for g in range(c) if g % n == lg.index]) for lg in self.loadgens]
         shares = [(lg, workers) for lg, workers in shares if workers]
         for lg, workers in shares:
             lg.request({"cmd": "prepare", "target": target, "op": op, "workers": workers, "concurrency": c}, 300)
         t_start = time.monotonic() + cfg.warmup_s
-        t_end = t_start + cfg.seconds
+        t_end = t_start + window_s
         for lg, workers in shares:
             lg.send(
                 {
@@ -317,7 +331,7 @@ class Harness:
         replies, failures = [], []
         for lg, _ in shares:  # every reply is read, so that a failure in one leaves no other unread
             try:
-                replies.append(lg.receive(PHASE_GRACE_S + cfg.seconds))
+                replies.append(lg.receive(PHASE_GRACE_S + window_s))
             except RuntimeError as exc:
                 failures.append(str(exc))
         if failures:
