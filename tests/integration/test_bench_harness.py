@@ -50,3 +50,10 @@ def test_harness_produces_figures_for_every_target(tmp_path: pathlib.Path) -> No
                 assert row["server_cpu_us_per_op"] is not None, (target, op)
     assert {c["verdict"] for c in data["checks"]} <= {"PASS", "FAIL", "n/a"}
     assert data["checks"], "no targets were computed"
+    # The saturation phase ran on chatmem-wb and its two targets were computed from this run.
+    saturation = data["setup"]["saturation"]
+    assert saturation["calls"] > 0 and saturation["rpcs"] == 2 * saturation["calls"], saturation
+    assert saturation["degraded_share"] is not None and len(saturation["loadavg_during"]) == 3, saturation
+    verdicts = {c["name"]: c["verdict"] for c in data["checks"]}
+    assert verdicts["saturation: share of chatmem-wb RPCs served degraded"] in ("PASS", "FAIL")
+    assert verdicts["write_through (chatmem-wt) completed in this run: DEADLINE_EXCEEDED calls"] == "PASS"

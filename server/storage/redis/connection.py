@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 # for the event loop to poll for I/O once in between (uvloop runs due timers before it reads sockets, so
 # on a busy loop a reply can be waiting unread when the timer fires).
 _CONFIRM_S = 0.02
+# However steadily Redis answers, a command that waited this many timeouts fails the connection: a Redis
+# that slow is as good as down, and it bounds how long any call can stay in flight (which a write around
+# Redis waits out first: Tiers.settle).
+PATIENCE = 3
 
 
 def _retrieve(attempt: asyncio.Future[Any]) -> None:
@@ -125,7 +129,9 @@ class _Link(asyncio.Protocol):
         if not self._waiting:
             self._suspect = False
             return
-        left = max(self._waiting[0][1], self._heard) + self._timeout_s - self._loop.time()
+        oldest = self._waiting[0][1]
+        now = self._loop.time()
+        left = min(max(oldest, self._heard) + self._timeout_s, oldest + PATIENCE * self._timeout_s) - now
         if left > 0:
             self._suspect = False
             self._watchdog = self._loop.call_later(left, self._check)
@@ -136,7 +142,7 @@ class _Link(asyncio.Protocol):
             return
         if self._transport is not None:
             self._transport.abort()
-        self._fail(RedisTimeoutError(f"Redis sent nothing for {self._timeout_s}s while commands waited"))
+        self._fail(RedisTimeoutError(f"Redis sent nothing for {self._timeout_s}s (or took {PATIENCE}x that)"))
 
     def _fail(self, exc: Exception) -> None:
         self.alive = False
