@@ -110,12 +110,12 @@ class Harness:
             self.setup["redis"] = server_version(redis.binary)
         self.redis = redis
         self.stack.callback(redis.close)
-        self.pg = PostgresProcess()
+        self.pg = PostgresProcess({"fsync": "on", "full_page_writes": "on"})
         self.stack.callback(self.pg.close)
         self.pg.start()
         names = [DATABASES[t] for t in DATABASES if self.active(t)]
         asyncio.run(create_databases(self.pg.url, names))
-        self.setup["postgres"] = "fsync=off, full_page_writes=off, shared_buffers=128MB (devtools/postgres.py)"
+        self.setup["postgres"] = "fsync=on, full_page_writes=on, shared_buffers=128MB (devtools/postgres.py)"
 
     def start_servers(self) -> None:
         """Start the chatmem servers and limit-grpc as processes of their own."""
