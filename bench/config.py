@@ -64,7 +64,7 @@ class Config:
     channels: int = 0
     noise_retries: int = 1
     saturation_s: float = 10.0
-    saturation_clients: int = 128
+    saturation_clients: int = 256
     seed: int = 1
     quick: bool = False
     results_dir: str = str(RESULTS_DIR)

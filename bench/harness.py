@@ -73,7 +73,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     parser.add_argument(
         "--saturation-seconds", type=float, help="the saturation phase on chatmem-wb (default 10; 0 skips it)"
     )
-    parser.add_argument("--saturation-clients", type=int, help="clients of the saturation phase (default 128)")
+    parser.add_argument("--saturation-clients", type=int, help="clients of the saturation phase (default 256)")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else Config()
     targets = None

@@ -3,7 +3,7 @@
 Overload must not be an outage (issue 16, target 5): with the load generators, CPU burners, Redis,
 PostgreSQL and the server on the same cores, a Redis that answers slowly must not open the breaker and
 send traffic to the store. The phase runs the chat loop (GetHistory, then AppendMessages of one exchange)
-on chatmem-wb at ``Config.saturation_clients`` clients while one CPU burner per core spins, and reports the
+on chatmem-wb at ``Config.saturation_clients`` clients while two CPU burners per core spin, and reports the
 share of RPCs served degraded (the responses' ``serving.degraded``), p50/p99, the calls that failed by
 status (RESOURCE_EXHAUSTED is the server shedding, DEADLINE_EXCEEDED a deadline it let pass) and the load
 average. The burners are processes of their own (``python -m bench.saturation --burn SECONDS``), each
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 # A burner outlives the phase by this much at most, even if the harness dies without stopping it.
 BURN_SLACK_S = 5.0
 RPCS_PER_CHAT_CALL = 2  # GetHistory, then AppendMessages
+# Twice as many spinning processes as cores: the server, Redis and PostgreSQL get a fraction of a core each.
+BURNERS_PER_CORE = 2
 
 
 def burn(seconds: float) -> None:
@@ -65,7 +67,7 @@ def run(h: Harness) -> dict[str, Any]:
     clients = cfg.saturation_clients
     cores = os.cpu_count() or 1
     load_before = os.getloadavg()
-    burners = start_burners(cores, cfg.warmup_s + cfg.saturation_s + BURN_SLACK_S)
+    burners = start_burners(BURNERS_PER_CORE * cores, cfg.warmup_s + cfg.saturation_s + BURN_SLACK_S)
     try:
         row = h.phase(op, clients, CHATMEM_WB, "saturation", seconds=cfg.saturation_s)
         load_during = os.getloadavg()
@@ -78,7 +80,7 @@ def run(h: Harness) -> dict[str, Any]:
         "target": CHATMEM_WB,
         "op": op,
         "clients": clients,
-        "burners": cores,
+        "burners": BURNERS_PER_CORE * cores,
         "seconds": cfg.saturation_s,
         "calls": row.calls,
         "rpcs": rpcs,
