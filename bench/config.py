@@ -70,6 +70,8 @@ class Config:
     server_workers: int = 1
     channels: int = 0
     noise_retries: int = 1
+    saturation_s: float = 10.0
+    saturation_clients: int = 256
     seed: int = 1
     quick: bool = False
     results_dir: str = str(RESULTS_DIR)
@@ -101,6 +103,8 @@ QUICK = Config(
     hydrate_messages=2_000,
     stream_messages=5_000,
     noise_retries=0,
+    saturation_s=0.3,
+    saturation_clients=8,
     quick=True,
 )
 

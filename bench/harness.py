@@ -19,7 +19,8 @@ from bench.cpu import machine_busy_seconds
 from bench.latency import machine_info
 from bench.orchestrator import Harness
 from bench.report import cores_summary, format_table, git_state, no_nan, ratio_lines
-from bench.verdicts import Check, checks, format_checks, references
+from bench.saturation import format_summary
+from bench.verdicts import Check, checks, format_checks, references, saturation_checks
 from bench.workload import ALL_TARGETS, PEERS
 
 DESCRIPTION = """
@@ -70,6 +71,10 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         f"at most {NOISE_RETRY_BUDGET} per run)",
     )
     parser.add_argument("--results-dir", help="where the JSON goes (default bench/results)")
+    parser.add_argument(
+        "--saturation-seconds", type=float, help="the saturation phase on chatmem-wb (default 10; 0 skips it)"
+    )
+    parser.add_argument("--saturation-clients", type=int, help="clients of the saturation phase (default 256)")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else Config()
     targets = None
@@ -96,6 +101,8 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         "channels": args.channels,
         "noise_retries": args.noise_retries,
         "results_dir": args.results_dir,
+        "saturation_s": args.saturation_seconds,
+        "saturation_clients": args.saturation_clients,
     }
     config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if config.seconds <= 0 or config.warmup_s < 0 or config.max_ops < 1 or config.loadgen_procs < 1:
@@ -128,10 +135,11 @@ def run(config: Config, argv: Sequence[str] = ()) -> tuple[dict[str, Any], pathl
         h.measure_idle(min(2.0, config.seconds * 2))
         h.log(f"idle CPU (cores): {h.setup['idle_cores']}")
         h.run_phases()
+        h.run_saturation()
         problems = h.server_problems()
         loadgen_logs = {lg.index: lg.log_tail(2000) for lg in h.loadgens}
     total_s = time.perf_counter() - t0
-    found = checks(h.rows, config)
+    found = checks(h.rows, config) + saturation_checks(h.setup.get("saturation"), h.rows, h.status, config)
     machine = machine_info()
     report: dict[str, Any] = {
         "benchmark": "harness",
@@ -204,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print("\n".join(report["per_core"]) or "CPU/op with 1 and 2 workers: not measured")
     print()
+    found_saturation = report["setup"].get("saturation")
+    if found_saturation and "error" not in found_saturation:
+        print(format_summary(found_saturation))
+        print()
     print("targets (issue 16):")
     print(format_checks([Check(**{k: v for k, v in c.items() if k != "verdict"}) for c in report["checks"]]))
     print()

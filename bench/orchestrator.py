@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from bench import percore
+from bench import percore, saturation
 from bench.children import LimitGrpcProcess, Loadgen
 from bench.config import (
     DATABASES,
@@ -113,12 +113,12 @@ class Harness:
             self.setup["redis"] = server_version(redis.binary)
         self.redis = redis
         self.stack.callback(redis.close)
-        self.pg = PostgresProcess()
+        self.pg = PostgresProcess({"fsync": "on", "full_page_writes": "on"})
         self.stack.callback(self.pg.close)
         self.pg.start()
         names = [DATABASES[t] for t in DATABASES if self.active(t)]
         asyncio.run(create_databases(self.pg.url, names))
-        self.setup["postgres"] = "fsync=off, full_page_writes=off, shared_buffers=128MB (devtools/postgres.py)"
+        self.setup["postgres"] = "fsync=on, full_page_writes=on, shared_buffers=128MB (devtools/postgres.py)"
 
     def start_servers(self) -> None:
         """Start the chatmem servers and limit-grpc as processes of their own."""
@@ -320,16 +320,29 @@ class Harness:
                 + (f"  anomalies {row.anomalies}" if row.anomalies else "")
             )
 
-    def phase(self, op: str, c: int, target: str, phase_id: str) -> Row:
-        """Prepare, warm up, measure one phase across the load generators, and summarise it."""
+    def run_saturation(self) -> None:
+        """Run the saturation phase (bench/saturation.py) on chatmem-wb, when selected and still available."""
+        if self.config.saturation_s <= 0 or not self.active(CHATMEM_WB):
+            return
+        try:
+            summary = saturation.run(self)
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            self.setup["saturation"] = {"error": f"{type(exc).__name__}: {exc}"}
+            self.log(f"saturation phase failed: {exc}")
+            return
+        self.log(saturation.format_summary(summary))
+
+    def phase(self, op: str, c: int, target: str, phase_id: str, seconds: float | None = None) -> Row:
+        """Prepare, warm up, measure one phase (``seconds``: its length, else the run's) and summarise it."""
         cfg = self.config
+        window_s = cfg.seconds if seconds is None else seconds
         n = len(self.loadgens)
         shares = [(lg, [g for g in range(c) if g % n == lg.index]) for lg in self.loadgens]
         shares = [(lg, workers) for lg, workers in shares if workers]
         for lg, workers in shares:
             lg.request({"cmd": "prepare", "target": target, "op": op, "workers": workers, "concurrency": c}, 300)
         t_start = time.monotonic() + cfg.warmup_s
-        t_end = t_start + cfg.seconds
+        t_end = t_start + window_s
         for lg, workers in shares:
             lg.send(
                 {
@@ -351,7 +364,7 @@ class Harness:
         replies, failures = [], []
         for lg, _ in shares:  # every reply is read, so that a failure in one leaves no other unread
             try:
-                replies.append(lg.receive(PHASE_GRACE_S + cfg.seconds))
+                replies.append(lg.receive(PHASE_GRACE_S + window_s))
             except RuntimeError as exc:
                 failures.append(str(exc))
         if failures:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bench import percore
 from bench.config import Config, Row
@@ -155,6 +156,36 @@ def references(rows: Sequence[Row], config: Config) -> list[Check]:
             ">=",
         )
     )
+    return out
+
+
+def saturation_checks(
+    summary: Mapping[str, Any] | None, rows: Sequence[Row], status: Mapping[str, str], config: Config
+) -> list[Check]:
+    """Issue 16, target 5: overload is not an outage (bench/saturation.py), and write_through completes.
+
+    Under saturation at most 1% of chatmem-wb's RPCs may be served degraded; in the same run every
+    chatmem-wt phase (its preload included) must have gone through without a DEADLINE_EXCEEDED.
+    """
+    share = None if not summary else summary.get("degraded_share")
+    detail = "" if not summary else summary.get("error", "")
+    if summary and "error" not in summary:
+        detail = (
+            f"{summary['degraded_rpcs']}/{summary['rpcs']} RPCs at c={summary['clients']} + {summary['burners']} "
+            f"burners, p99 {summary['p99_ms']} ms, RESOURCE_EXHAUSTED {summary['resource_exhausted']}, "
+            f"DEADLINE_EXCEEDED {summary['deadline_exceeded']}, load average {summary['loadavg_during'][0]}"
+        )
+    out = [Check("saturation: share of chatmem-wb RPCs served degraded", share, 0.01, "<=", detail)]
+    wt_status = status.get(CHATMEM_WT, "not selected")
+    value: float | None = None
+    if wt_status.startswith("unavailable"):
+        value, detail = math.inf, wt_status[:200]
+    elif CHATMEM_WT in config.targets:
+        wt_rows = [r for r in rows if r.target == CHATMEM_WT]
+        value = float(sum(r.errors.get("DEADLINE_EXCEEDED", 0) for r in wt_rows))
+        detail = f"{len(wt_rows)} phases"
+    name = "write_through (chatmem-wt) completed in this run: DEADLINE_EXCEEDED calls"
+    out.append(Check(name, value, 0.0, "<=", detail))
     return out
 
 

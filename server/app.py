@@ -39,7 +39,7 @@ from server.storage.erasure import Eraser
 from server.storage.local_cache import LocalCache
 from server.storage.protocols import Cache, RetentionStore, Stores
 from server.storage.redis.cache import RedisCache, build_redis_client
-from server.storage.redis.connection import ConnectCounter, PipelinedRedis
+from server.storage.redis.connection import PATIENCE, ConnectCounter, PipelinedRedis
 from server.storage.redis.keys import KeySpace
 from server.storage.redis.notify import RedisRelay
 from server.storage.redis.outbox import Flusher
@@ -96,7 +96,7 @@ def open_cache(settings: Settings, client: Any, connects: ConnectCounter | None 
     if r.autopipeline and not r.cluster:
         scripts_client = PipelinedRedis.like(
             client,
-            timeout_s=r.socket_timeout_s,
+            timeout_s=r.dead_after_s,
             connect_timeout_s=r.connect_timeout_s,
             on_connect=None if connects is None else connects.bump,
         )
@@ -139,7 +139,10 @@ def policy_of(settings: Settings) -> Policy:
         request_ttl_s=int(m.request_id_ttl_hours * 3600),
         max_unflushed=settings.outbox.max_unflushed_per_thread,
         probe_interval_s=settings.redis.probe_interval_s,
-        silence_s=settings.redis.socket_timeout_s,
+        # The shortest stall after which any replica may give up on Redis and write around it.
+        silence_s=min(settings.redis.socket_timeout_s, settings.redis.dead_after_s),
+        # A redis-py call ends within its socket timeout, a script within PATIENCE silences (connection.py).
+        call_bound_s=max(2 * settings.redis.socket_timeout_s, PATIENCE * settings.redis.dead_after_s + 0.1) + 0.5,
         max_group=m.group_commit_max,
     )
 

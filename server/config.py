@@ -85,6 +85,12 @@ class RedisSettings(BaseModel):
     key_prefix: str = "chatmem"
     socket_timeout_s: float = Field(default=0.5, gt=0)
     connect_timeout_s: float = Field(default=0.5, gt=0)
+    dead_after_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="cache scripts: Redis silent this long while a command waits is declared down (the breaker "
+        "opens); a Redis that answers more slowly than the socket timeout but within this is waited for",
+    )
     max_connections: int = Field(default=64, ge=1)
     probe_interval_s: float = Field(default=1.0, gt=0, description="how often a bypassed Redis is probed")
     autopipeline: bool = Field(
@@ -233,6 +239,12 @@ class QuotaSettings(BaseModel):
     max_in_flight: int = Field(default=1000, ge=0, description="per-process concurrent RPCs; 0 = off")
     max_streams_per_workspace: int = Field(default=0, ge=0, description="concurrent StreamHistory calls; 0 = off")
     in_flight_retry_s: float = Field(default=0.1, gt=0, description="the RetryInfo delay of a shed request")
+    shed_margin: float = Field(
+        default=1.5,
+        ge=0,
+        description="while the event loop lags, refuse a call (RESOURCE_EXHAUSTED) whose remaining deadline is below "
+        "this multiple of the time recent calls took in the server; 0 = off",
+    )
 
 
 class MetricsSettings(BaseModel):

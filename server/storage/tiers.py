@@ -55,6 +55,7 @@ class Tiers:
         messages: the store's messages (a repair reseeds a thread from them).
         probe_interval_s: how often a bypassed shard is probed.
         silence_s: a shard unused for longer is checked against the repair log before its next use.
+        call_bound_s: the longest a cache call can stay in flight (default: twice ``silence_s``, plus 0.5 s).
     """
 
     def __init__(
@@ -64,12 +65,14 @@ class Tiers:
         messages: MessageStore,
         probe_interval_s: float,
         silence_s: float = 0.5,
+        call_bound_s: float | None = None,
     ) -> None:
         self.cache = cache
         self._repairs = repairs
         self._messages = messages
         self._probe_interval_s = probe_interval_s
         self._silence_s = silence_s
+        self._call_bound_s = 2 * silence_s + 0.5 if call_bound_s is None else call_bound_s
         self._check_timeout_s = max(0.2, silence_s)
         self.store_health = TierHealth("store")
         # An in-process cache cannot be unreachable and nothing writes around it: no breaker, no health.
@@ -165,7 +168,7 @@ class Tiers:
         return True, out
 
     async def settle(self, bucket: int) -> None:
-        """Wait until no call to the bucket's shard is in flight (each ends within the socket timeout).
+        """Wait until no call to the bucket's shard is in flight (each ends within ``call_bound_s``).
 
         A write about to go around Redis waits for this first: a call that was already on its way when
         another failed could otherwise still be numbered by Redis after the store numbered this one.
@@ -174,7 +177,7 @@ class Tiers:
         if self._inflight.get(shard, 0):
             idle = self._idle.setdefault(shard, asyncio.Event())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(idle.wait(), 2 * self._silence_s + 0.5)
+                await asyncio.wait_for(idle.wait(), self._call_bound_s)
 
     def trip(self, bucket: int, exc: CacheUnavailableError) -> None:
         """Record a cache failure: requests for the shard bypass Redis until it answers and is repaired."""

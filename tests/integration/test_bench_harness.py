@@ -54,3 +54,10 @@ def test_harness_produces_figures_for_every_target(tmp_path: pathlib.Path) -> No
     per_core = [c for c in data["checks"] if "with 2 workers" in c["name"]]
     assert len(per_core) == 2 and all(c["verdict"] in ("PASS", "FAIL") for c in per_core), per_core
     assert len(data["per_core"]) == 2 and all("CPU/op with 1 and 2 workers" in x for x in data["per_core"])
+    # The saturation phase ran on chatmem-wb and its two targets were computed from this run.
+    saturation = data["setup"]["saturation"]
+    assert saturation["calls"] > 0 and saturation["rpcs"] == 2 * saturation["calls"], saturation
+    assert saturation["degraded_share"] is not None and len(saturation["loadavg_during"]) == 3, saturation
+    verdicts = {c["name"]: c["verdict"] for c in data["checks"]}
+    assert verdicts["saturation: share of chatmem-wb RPCs served degraded"] in ("PASS", "FAIL")
+    assert verdicts["write_through (chatmem-wt) completed in this run: DEADLINE_EXCEEDED calls"] == "PASS"

@@ -30,6 +30,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
+# How long a watchdog that found Redis silent waits before it gives up on the connection: long enough
+# for the event loop to poll for I/O once in between (uvloop runs due timers before it reads sockets, so
+# on a busy loop a reply can be waiting unread when the timer fires).
+_CONFIRM_S = 0.02
+# However steadily Redis answers, a command that waited this many timeouts fails the connection: a Redis
+# that slow is as good as down, and it bounds how long any call can stay in flight (which a write around
+# Redis waits out first: Tiers.settle).
+PATIENCE = 3
+
 
 def _retrieve(attempt: asyncio.Future[Any]) -> None:
     # A connect attempt whose callers all gave up: take its error so that asyncio does not log it.
@@ -58,7 +67,10 @@ class _Link(asyncio.Protocol):
         self._loop = loop
         self._timeout_s = timeout_s
         self._reader = hiredis.Reader()
+        # (caller, when its command was queued)
         self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._heard = loop.time()  # when Redis last sent anything
+        self._suspect = False
         self._outgoing: list[bytes] = []
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
@@ -77,6 +89,7 @@ class _Link(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Parse replies and hand each to the oldest waiting caller, then send what was held meanwhile."""
+        self._heard = self._loop.time()
         self._reader.feed(data)
         if self._on_push is not None:
             while (pushed := self._reader.gets()) is not False:
@@ -107,7 +120,7 @@ class _Link(asyncio.Protocol):
         # Without a write scheduled, every command in _waiting has been sent: its replies are due, and
         # data_received sends this one with the others that gather meanwhile.
         held = bool(self._waiting) and not self._flush_scheduled
-        self._waiting.append((future, self._loop.time() + self._timeout_s))
+        self._waiting.append((future, self._loop.time()))
         self._outgoing.append(packed)
         if not self._flush_scheduled and (not held or len(self._outgoing) >= MAX_HELD):
             self._flush_scheduled = True
@@ -139,18 +152,29 @@ class _Link(asyncio.Protocol):
         self._outgoing = []
 
     def _check(self) -> None:
-        # The oldest command is answered first, so if it is overdue the connection is stuck (a frozen
-        # or partitioned Redis): give up on all of it, as redis-py does on a socket timeout.
+        # Redis answers a connection's commands in order, so while bytes arrive it is working through
+        # them however deep the queue (a slow Redis, or one starved of CPU): only silence counts, from the
+        # later of the oldest command's queueing and the last byte heard. Silent for timeout_s, checked
+        # again after one poll for I/O, the connection is stuck (a frozen or partitioned Redis): give up
+        # on all of it, as redis-py does on a socket timeout.
         self._watchdog = None
         if not self._waiting:
+            self._suspect = False
             return
-        overdue = self._waiting[0][1] - self._loop.time()
-        if overdue <= 0:
-            if self._transport is not None:
-                self._transport.abort()
-            self._fail(RedisTimeoutError(f"Redis did not answer within {self._timeout_s}s"))
+        oldest = self._waiting[0][1]
+        now = self._loop.time()
+        left = min(max(oldest, self._heard) + self._timeout_s, oldest + PATIENCE * self._timeout_s) - now
+        if left > 0:
+            self._suspect = False
+            self._watchdog = self._loop.call_later(left, self._check)
             return
-        self._watchdog = self._loop.call_later(overdue, self._check)
+        if not self._suspect:
+            self._suspect = True
+            self._watchdog = self._loop.call_later(_CONFIRM_S, self._check)
+            return
+        if self._transport is not None:
+            self._transport.abort()
+        self._fail(RedisTimeoutError(f"Redis sent nothing for {self._timeout_s}s (or took {PATIENCE}x that)"))
 
     def _fail(self, exc: Exception) -> None:
         self.alive = False
@@ -212,7 +236,8 @@ class PipelinedRedis:
         password: the password to AUTH with, if any.
         ssl_context: TLS settings for ``rediss://``, or None.
         server_hostname: the name to check the TLS certificate against.
-        timeout_s: how long a command may wait for its reply before the connection is declared stuck.
+        timeout_s: how long Redis may stay silent while a command waits before the connection is declared
+            stuck (a Redis that keeps answering, however slowly, is waited for).
         connect_timeout_s: how long connecting (and AUTH/SELECT) may take.
     """
 
