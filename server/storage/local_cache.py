@@ -179,7 +179,7 @@ class LocalCache:
         """Read the window; on a miss, return the stamp that the fill after the store read must find unchanged."""
         items = self._hit(key, limit)
         if items is not None:
-            return WindowRead(items)
+            return WindowRead(b"".join(items))
         entry = self._threads.get(key)
         if entry is None:
             # A stamp to fence the fill: any change to the thread before the fill lands moves it on.

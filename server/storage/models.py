@@ -172,13 +172,15 @@ class EncodedTail:
 
 @dataclass(frozen=True, slots=True)
 class WindowRead:
-    """A write_behind window read: the items on a hit; on a miss, what the thread has queued but not flushed.
+    """A window read: the framed window on a hit; on a miss, what the thread has queued but not flushed.
 
+    ``framed`` is the window's messages as the repeated ``messages`` field, concatenated: what a
+    response carries, built by Redis (one reply to parse instead of one per message).
     ``pending`` is (newest queued seq, flushed mark), or None when nothing is waiting for the flusher.
     ``fence`` is the thread's trim generation on a miss, which the fill that follows passes back.
     """
 
-    items: list[bytes] | None
+    framed: bytes | None
     pending: tuple[int, int] | None = None
     fence: int | None = None
 

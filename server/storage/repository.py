@@ -404,13 +404,13 @@ class Repository:
             # One round trip answers a hit, or tells a miss the fence its fill must pass back and (in
             # write_behind) what is still queued for this thread.
             used, read = await self.tiers.on_cache(key.bucket, lambda c: c.read_window_or_pending(key, limit))
-            items = None if read is None else read.items
-            if read is not None and items is None:
+            framed = None if read is None else read.framed
+            if read is not None and framed is None:
                 fence = read.fence
                 probe = QueueProbe(read.pending) if self.write_behind else None
-            if items is not None:
+            if framed is not None:
                 self._observer.cache_hit("window")
-                return Window(b"".join(items), Served(Tier.CACHE, self.tiers.degraded(key.bucket)))
+                return Window(framed, Served(Tier.CACHE, self.tiers.degraded(key.bucket)))
             if used:
                 self._observer.cache_miss("window")
         await self._await_flushed(key, probe)

@@ -45,17 +45,17 @@ def cache(clock: Clock | None = None, max_threads: int = 100) -> LocalCache:
 async def test_a_new_thread_is_cached_from_its_first_append_and_trimmed_to_the_window() -> None:
     c = cache()
     assert await c.push_window(thread(2), 1, msgs(1, 2))
-    assert (await c.read_window_or_pending(KEY, WINDOW)).items == framed(1, 2)
+    assert (await c.read_window_or_pending(KEY, WINDOW)).framed == b"".join(framed(1, 2))
     assert await c.push_window(thread(5), 3, msgs(3, 5))
-    assert (await c.read_window_or_pending(KEY, WINDOW)).items == framed(2, 5)
-    assert (await c.read_window_or_pending(KEY, 2)).items == framed(4, 5)
+    assert (await c.read_window_or_pending(KEY, WINDOW)).framed == b"".join(framed(2, 5))
+    assert (await c.read_window_or_pending(KEY, 2)).framed == b"".join(framed(4, 5))
 
 
 async def test_an_append_to_an_uncached_thread_caches_nothing() -> None:
     c = cache()
     assert not await c.push_window(thread(12), 11, msgs(11, 12))
     assert KEY not in c
-    assert (await c.read_window_or_pending(KEY, WINDOW)).items is None
+    assert (await c.read_window_or_pending(KEY, WINDOW)).framed is None
 
 
 async def test_a_gap_invalidates_the_window_until_a_fill() -> None:
@@ -63,19 +63,19 @@ async def test_a_gap_invalidates_the_window_until_a_fill() -> None:
     await c.push_window(thread(2), 1, msgs(1, 2))
     assert not await c.push_window(thread(6), 5, msgs(5, 6))  # seqs 3-4 never reached this cache
     miss = await c.read_window_or_pending(KEY, WINDOW)
-    assert miss.items is None and miss.fence is not None
+    assert miss.framed is None and miss.fence is not None
     assert await c.fill_window(thread(6), msgs(1, 6), miss.fence)
-    assert (await c.read_window_or_pending(KEY, WINDOW)).items == framed(3, 6)
+    assert (await c.read_window_or_pending(KEY, WINDOW)).framed == b"".join(framed(3, 6))
 
 
 async def test_a_fill_is_refused_when_the_thread_changed_after_the_miss() -> None:
     c = cache()
     miss = await c.read_window_or_pending(KEY, WINDOW)
-    assert miss.items is None
+    assert miss.framed is None
     # The store read behind the miss saw seqs 1-5; an append of 6 commits before the fill lands.
     await c.push_window(thread(6), 6, msgs(6, 6))
     assert not await c.fill_window(thread(5), msgs(1, 5), miss.fence)
-    assert (await c.read_window_or_pending(KEY, WINDOW)).items is None
+    assert (await c.read_window_or_pending(KEY, WINDOW)).framed is None
 
 
 async def test_a_fill_is_refused_after_a_trim_or_a_drop() -> None:
@@ -83,7 +83,7 @@ async def test_a_fill_is_refused_after_a_trim_or_a_drop() -> None:
     await c.fill_window(thread(5), msgs(1, 5), (await c.read_window_or_pending(KEY, WINDOW)).fence)
     await c.trim_thread(KEY, 7, 2)  # a truncate, compaction or retention trim
     miss = await c.read_window_or_pending(KEY, WINDOW)
-    assert miss.items is None
+    assert miss.framed is None
     stale = miss.fence
     await c.trim_thread(KEY, 7, 1)
     assert not await c.fill_window(thread(5), msgs(1, 5), stale)
@@ -97,9 +97,9 @@ async def test_a_recreated_thread_replaces_its_tombstone() -> None:
     c = cache()
     await c.push_window(thread(3), 1, msgs(1, 3))
     await c.drop_thread(KEY, 7)
-    assert (await c.read_window_or_pending(KEY, WINDOW)).items is None
+    assert (await c.read_window_or_pending(KEY, WINDOW)).framed is None
     assert await c.push_window(thread(1, incarnation=9), 1, [b"new"])
-    assert (await c.read_window_or_pending(KEY, WINDOW)).items == [frame_item(b"new")]
+    assert (await c.read_window_or_pending(KEY, WINDOW)).framed == frame_item(b"new")
     await c.drop_thread(KEY, 7)  # a late drop of the old incarnation leaves the new one alone
     assert KEY in c
 
@@ -109,9 +109,9 @@ async def test_a_short_window_after_a_truncate_answers_every_limit() -> None:
     miss = await c.read_window_or_pending(KEY, WINDOW)
     # last_seq stays 9 after a truncate to seq 2: the window holds fewer items than the seqs suggest.
     assert await c.fill_window(thread(9), msgs(1, 2), miss.fence)
-    assert (await c.read_window_or_pending(KEY, WINDOW)).items == framed(1, 2)
+    assert (await c.read_window_or_pending(KEY, WINDOW)).framed == b"".join(framed(1, 2))
     assert await c.push_window(thread(10), 10, msgs(10, 10))
-    assert (await c.read_window_or_pending(KEY, WINDOW)).items == [*framed(1, 2), frame_item(b"m10")]
+    assert (await c.read_window_or_pending(KEY, WINDOW)).framed == b"".join([*framed(1, 2), frame_item(b"m10")])
 
 
 async def test_windows_slide_their_ttl_and_pinned_ones_never_expire() -> None:
@@ -121,15 +121,15 @@ async def test_windows_slide_their_ttl_and_pinned_ones_never_expire() -> None:
     other = ThreadKey("w", "pinned")
     await c.push_window(thread(1, key=other, pinned=True), 1, msgs(1, 1))
     clock.now += 50
-    assert (await c.read_window_or_pending(KEY, WINDOW)).items is not None  # read: the TTL slides
+    assert (await c.read_window_or_pending(KEY, WINDOW)).framed is not None  # read: the TTL slides
     clock.now += 50
-    assert (await c.read_window_or_pending(KEY, WINDOW)).items is not None
+    assert (await c.read_window_or_pending(KEY, WINDOW)).framed is not None
     clock.now += 61
-    assert (await c.read_window_or_pending(KEY, WINDOW)).items is None
-    assert (await c.read_window_or_pending(other, WINDOW)).items is not None
+    assert (await c.read_window_or_pending(KEY, WINDOW)).framed is None
+    assert (await c.read_window_or_pending(other, WINDOW)).framed is not None
     await c.retune_window(thread(1, key=other, ttl_seconds=5))
     clock.now += 6
-    assert (await c.read_window_or_pending(other, WINDOW)).items is None
+    assert (await c.read_window_or_pending(other, WINDOW)).framed is None
 
 
 async def test_the_lru_keeps_at_most_max_threads() -> None:

@@ -174,8 +174,8 @@ class RedisCache:
         """Read the window as read_window does; on a miss, also return the thread's unflushed state."""
         k = self._keys.thread(key.workspace_id, key.thread_id)
         found = await self._run(self._read_window_or_pending, (k.msgs, k.meta, k.pending), (limit, k.field))
-        if found and isinstance(found[0], bytes):
-            return WindowRead(list(found))
+        if isinstance(found, bytes):
+            return WindowRead(found)
         newest, flushed, fence = int(found[0]), int(found[1]), int(found[2])
         return WindowRead(None, (newest, flushed) if newest else None, fence)
 

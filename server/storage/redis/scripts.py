@@ -76,7 +76,7 @@ if m[1] and not m[3] then
   local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
   if #items > 0 and (#items >= tonumber(ARGV[1]) or tonumber(m[1]) <= #items or m[6]) then
     keep(tonumber(m[2]) or 0, KEYS[1], KEYS[2])
-    return items
+    return table.concat(items)
   end
 end
 local tg = tonumber(m[5]) or 0
