@@ -32,7 +32,7 @@ from bench.cpu import machine_busy_seconds, proc_snapshot, tree_seconds
 from bench.latency import percentile
 from bench.redis_modules import ModuleRedisProcess, find_module_redis, server_version
 from bench.report import fmt_us
-from bench.stores import create_databases, db_url, vacuum, wait_drained
+from bench.stores import DURABLE_PG_CONF, DURABLE_PG_SETUP, create_databases, db_url, vacuum, wait_drained
 from bench.workload import (
     ALL_TARGETS,
     APPEND,
@@ -109,12 +109,12 @@ class Harness:
             self.setup["redis"] = server_version(redis.binary)
         self.redis = redis
         self.stack.callback(redis.close)
-        self.pg = PostgresProcess()
+        self.pg = PostgresProcess(DURABLE_PG_CONF)
         self.stack.callback(self.pg.close)
         self.pg.start()
         names = [DATABASES[t] for t in DATABASES if self.active(t)]
         asyncio.run(create_databases(self.pg.url, names))
-        self.setup["postgres"] = "fsync=off, full_page_writes=off, shared_buffers=128MB (devtools/postgres.py)"
+        self.setup["postgres"] = DURABLE_PG_SETUP
 
     def start_servers(self) -> None:
         """Start the chatmem servers and limit-grpc as processes of their own."""
