@@ -24,6 +24,7 @@ from bench.config import (
     PHASE_GRACE_S,
     PRELOAD_TIMEOUT_S,
     REDIS_PREFIXES,
+    REPO_ROOT,
     Config,
     Row,
     peer_status,
@@ -128,6 +129,8 @@ class Harness:
                 "MEMORY__WRITE_MODE": mode,
                 "MEMORY__MAX_THREAD_MESSAGES": str(self.config.window),
                 "LOG_LEVEL": "WARNING",
+                # The server of this checkout (a worktree), not the one the venv's editable install names.
+                "PYTHONPATH": str(REPO_ROOT),
             }
             if self.config.server_workers > 1:
                 env["GRPC__WORKERS"] = str(self.config.server_workers)
