@@ -1,0 +1,54 @@
+"""Reads that PostgreSQL answers already shaped for the wire: a stream page framed and joined, a tail in one row.
+
+A stream page is the bulk of StreamHistory's work. Framing each stored message as an element of repeated
+field 1 (tag, length varint, bytes: see codec.frame_item) and joining them is done here by PostgreSQL, so
+that the server receives one bytea per page and does nothing per message; the page then leaves as one
+response. A page bigger than the frame limit is not joined (its bytes are not sent), and the caller reads
+it again as rows.
+"""
+
+from __future__ import annotations
+
+from server.storage.sql.postgres.db import THREAD_COLS
+
+_ITEM_TAG = "0a"  # (1 << 3) | 2: field 1, length-delimited
+
+
+def _varint_framed(n: str, body: str) -> str:
+    """Return SQL for ``tag || varint(n) || body`` (``n`` the length of ``body``), for lengths below 2^35."""
+    groups = [f"(({n} >> {7 * i}) & 127)" for i in range(5)]
+    cases = []
+    for size in range(1, 6):
+        expr = f"'\\x{_ITEM_TAG}{'00' * size}'::bytea"
+        for i in range(size):
+            byte = groups[i] if i == size - 1 else f"({groups[i]} | 128)"
+            expr = f"set_byte({expr}, {i + 1}, {byte})"
+        bound = f"{n} < {1 << (7 * size)}"
+        cases.append(expr if size == 5 else f"WHEN {bound} THEN {expr}")
+    return f"(CASE {' '.join(cases[:-1])} ELSE {cases[-1]} END || {body})"
+
+
+# $1 workspace, $2 thread, $3 first seq, $4 limit, $5 the compacted flag (codec.COMPACTED_FLAG), $6 the
+# frame limit in bytes. One row: the page's message count, last seq, how many rows lack the encoded
+# column (written before it existed), and the framed page, NULL when it is bigger than the frame limit.
+FRAMED_PAGE = (
+    "SELECT count(*) AS n, max(p.seq) AS last, count(*) - count(p.e) AS missing, "
+    "CASE WHEN sum(length(p.e) + 6) <= $6 THEN string_agg("
+    + _varint_framed("length(p.e)", "p.e")
+    + ", ''::bytea ORDER BY p.seq) END AS framed FROM ("
+    "SELECT m.seq, CASE WHEN m.seq <= t.compacted_through THEN m.encoded || $5::bytea ELSE m.encoded END AS e "
+    "FROM messages m JOIN threads t ON t.workspace_id = m.workspace_id AND t.thread_id = m.thread_id "
+    "WHERE m.workspace_id = $1 AND m.thread_id = $2 AND m.seq >= $3 ORDER BY m.seq LIMIT $4) p"
+)
+
+# $1 workspace, $2 thread, $3 limit. The thread and its newest messages (after a compaction's summary,
+# which the caller puts first) in one row and one snapshot: no row, no thread. ``items`` holds the stored
+# bytes oldest first (NULL elements for rows written before the encoded column existed; NULL when the
+# thread has no messages), one array instead of one row per message that repeats the thread's columns.
+ENCODED_TAIL = (
+    f"SELECT {THREAD_COLS}, t.summary, m.items FROM threads t LEFT JOIN LATERAL ("
+    " SELECT array_agg(x.encoded ORDER BY x.seq) AS items FROM ("
+    "  SELECT seq, encoded FROM messages WHERE workspace_id = t.workspace_id AND thread_id = t.thread_id"
+    "  AND seq > t.compacted_through ORDER BY seq DESC LIMIT $3) x) m ON true "
+    "WHERE t.workspace_id = $1 AND t.thread_id = $2"
+)
