@@ -67,15 +67,17 @@ def frame_item(encoded: bytes) -> bytes:
 _ITEM_TAG = bytes([(1 << 3) | 2])
 
 
-def frame_runs(encoded: Iterable[bytes], max_bytes: int) -> list[bytes]:
-    """Frame messages as repeated field 1, in runs of at most ``max_bytes`` each (a bigger message alone).
+def join_runs(framed: Sequence[bytes], max_bytes: int) -> list[bytes]:
+    """Join framed messages (see frame_item) into runs of at most ``max_bytes`` each (a bigger one alone).
 
     A stream sends each run as one response, so that no response exceeds the frame limit.
     """
+    if sum(map(len, framed)) <= max_bytes:
+        return [b"".join(framed)] if framed else []
     runs: list[bytes] = []
     run: list[bytes] = []
     size = 0
-    for item in map(frame_item, encoded):
+    for item in framed:
         if run and size + len(item) > max_bytes:
             runs.append(b"".join(run))
             run, size = [], 0
@@ -84,6 +86,11 @@ def frame_runs(encoded: Iterable[bytes], max_bytes: int) -> list[bytes]:
     if run:
         runs.append(b"".join(run))
     return runs
+
+
+def frame_runs(encoded: Iterable[bytes], max_bytes: int) -> list[bytes]:
+    """Frame messages as repeated field 1 and join them into runs of at most ``max_bytes`` (see join_runs)."""
+    return join_runs([frame_item(e) for e in encoded], max_bytes)
 
 
 def frame_repeated(field_number: int, encoded: Sequence[bytes]) -> bytes:

@@ -9,7 +9,14 @@ from typing import Any
 
 import asyncpg
 
-from server.storage.codec import COMPACTED_FLAG, decode_message, encode_messages, frame_runs, mark_compacted
+from server.storage.codec import (
+    COMPACTED_FLAG,
+    decode_message,
+    encode_messages,
+    frame_runs,
+    join_runs,
+    mark_compacted,
+)
 from server.storage.models import (
     AppendCommand,
     AppendResult,
@@ -298,21 +305,19 @@ class PostgresMessages:
     async def framed_page(self, key: ThreadKey, start_seq: int, limit: int, max_bytes: int) -> FramedPage:
         """Return what encoded_page does, framed as repeated field 1 in runs of at most ``max_bytes``.
 
-        PostgreSQL frames and joins the page (framing.FRAMED_PAGE); a page bigger than ``max_bytes``, or
-        with rows that lack the encoded column, is read again as rows and framed here.
+        PostgreSQL frames each message (framing.FRAMED_PAGE); rows that lack the encoded column are read
+        again as messages and framed here.
         """
-        row = await self._db.guard(
-            self._db.pool.fetchrow(
-                FRAMED_PAGE, key.workspace_id, key.thread_id, start_seq, limit, COMPACTED_FLAG, max_bytes
-            )
+        rows = await self._db.guard(
+            self._db.pool.fetch(FRAMED_PAGE, key.workspace_id, key.thread_id, start_seq, limit, COMPACTED_FLAG)
         )
-        count = row["n"]
-        if not count:
+        if not rows:
             return FramedPage([], 0, start_seq - 1)
-        if row["missing"] or row["framed"] is None:
+        framed = [r[1] for r in rows]
+        if None in framed:
             page = await self.encoded_page(key, start_seq, limit)
             return FramedPage(frame_runs(page.items, max_bytes), len(page.items), page.last_seq)
-        return FramedPage([row["framed"]], count, row["last"])
+        return FramedPage(join_runs(framed, max_bytes), len(framed), rows[-1][0])
 
 
 async def _taken_ids(conn: Any, pairs: Sequence[tuple[ThreadKey, str]]) -> set[tuple[ThreadKey, str]]:
