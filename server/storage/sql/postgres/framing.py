@@ -1,4 +1,4 @@
-"""Reads that PostgreSQL answers already shaped for the wire: a stream page framed and joined, a tail in one row.
+"""Reads that PostgreSQL answers already shaped for the wire: a stream page framed per row, a tail in one row.
 
 A stream page is the bulk of StreamHistory's work. PostgreSQL frames each stored message as an element of
 repeated field 1 (tag, length varint, bytes: see codec.frame_item), so that the server only joins the
@@ -6,6 +6,8 @@ page's bytes (one C call) and does nothing per message in Python; the page then 
 """
 
 from __future__ import annotations
+
+import functools
 
 from server.storage.sql.postgres.db import THREAD_COLS
 
@@ -26,27 +28,44 @@ def _varint_framed(n: str, body: str) -> str:
     return f"(CASE {' '.join(cases[:-1])} ELSE {cases[-1]} END || {body})"
 
 
-# $1 workspace, $2 thread, $3 first seq, $4 limit, $5 the compacted flag (codec.COMPACTED_FLAG). Each
-# message framed (NULL for a row written before the encoded column existed), in seq order. PostgreSQL
-# frames each row (its CPU per message is about a quarter more than selecting ``encoded``), but does not
-# join them: string_agg over bytea cost it twice the plain scan, and the join is one C call in Python.
-FRAMED_PAGE = (
-    "SELECT p.seq, "
-    + _varint_framed("length(p.e)", "p.e")
-    + " AS framed FROM (SELECT m.seq, CASE WHEN m.seq <= t.compacted_through THEN m.encoded || $5::bytea "
-    "ELSE m.encoded END AS e FROM messages m "
-    "JOIN threads t ON t.workspace_id = m.workspace_id AND t.thread_id = m.thread_id "
-    "WHERE m.workspace_id = $1 AND m.thread_id = $2 AND m.seq >= $3 ORDER BY m.seq LIMIT $4) p"
-)
+# Both statements carry their LIMIT as a literal, one prepared statement per limit (in practice the window
+# and the stream chunk). With ``LIMIT $n`` PostgreSQL's generic plan assumes a tenth of the rows, costs far
+# more than a custom one, and so every execution is planned again: measured, that planning more than
+# doubled PostgreSQL's CPU per window read.
 
-# $1 workspace, $2 thread, $3 limit. The thread and its newest messages (after a compaction's summary,
-# which the caller puts first) in one row and one snapshot: no row, no thread. ``items`` holds the stored
-# bytes oldest first (NULL elements for rows written before the encoded column existed; NULL when the
-# thread has no messages), one array instead of one row per message that repeats the thread's columns.
-ENCODED_TAIL = (
-    f"SELECT {THREAD_COLS}, t.summary, m.items FROM threads t LEFT JOIN LATERAL ("
-    " SELECT array_agg(x.encoded ORDER BY x.seq) AS items FROM ("
-    "  SELECT seq, encoded FROM messages WHERE workspace_id = t.workspace_id AND thread_id = t.thread_id"
-    "  AND seq > t.compacted_through ORDER BY seq DESC LIMIT $3) x) m ON true "
-    "WHERE t.workspace_id = $1 AND t.thread_id = $2"
-)
+
+@functools.lru_cache(maxsize=64)
+def framed_page_sql(limit: int) -> str:
+    """Return the stream page statement: each message of a keyset page framed, in seq order.
+
+    $1 workspace, $2 thread, $3 first seq, $4 the compacted flag (codec.COMPACTED_FLAG). ``framed`` is
+    NULL for a row written before the encoded column existed. PostgreSQL frames each row (its CPU per
+    message is about a quarter more than selecting ``encoded``), but does not join them: string_agg
+    over bytea cost it twice the plain scan, and the join is one C call in Python.
+    """
+    return (
+        "SELECT p.seq, "
+        + _varint_framed("length(p.e)", "p.e")
+        + " AS framed FROM (SELECT m.seq, CASE WHEN m.seq <= t.compacted_through THEN m.encoded || $4::bytea "
+        "ELSE m.encoded END AS e FROM messages m "
+        "JOIN threads t ON t.workspace_id = m.workspace_id AND t.thread_id = m.thread_id "
+        f"WHERE m.workspace_id = $1 AND m.thread_id = $2 AND m.seq >= $3 ORDER BY m.seq LIMIT {int(limit)}) p"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def encoded_tail_sql(limit: int) -> str:
+    """Return the hydration statement: the thread and its newest ``limit`` messages, in one row.
+
+    $1 workspace, $2 thread. One snapshot; no row, no thread. ``items`` holds the stored bytes oldest
+    first (after a compaction's summary, which the caller puts first), with NULL elements for rows
+    written before the encoded column existed, and is NULL when the thread has no messages: one array
+    instead of one row per message that repeats the thread's columns.
+    """
+    return (
+        f"SELECT {THREAD_COLS}, t.summary, m.items FROM threads t LEFT JOIN LATERAL ("
+        " SELECT array_agg(x.encoded ORDER BY x.seq) AS items FROM ("
+        "  SELECT seq, encoded FROM messages WHERE workspace_id = t.workspace_id AND thread_id = t.thread_id"
+        f"  AND seq > t.compacted_through ORDER BY seq DESC LIMIT {int(limit)}) x) m ON true "
+        "WHERE t.workspace_id = $1 AND t.thread_id = $2"
+    )

@@ -44,7 +44,7 @@ from server.storage.sql.postgres.db import (
     message_of,
     thread_of,
 )
-from server.storage.sql.postgres.framing import ENCODED_TAIL, FRAMED_PAGE
+from server.storage.sql.postgres.framing import encoded_tail_sql, framed_page_sql
 from server.storage.sql.postgres.repairs import mark, marked
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ class PostgresMessages:
 
     async def encoded_tail(self, key: ThreadKey, limit: int) -> EncodedTail | None:
         """Return the newest messages as stored bytes and the thread, read in one statement (one snapshot)."""
-        row = await self._db.guard(self._db.pool.fetchrow(ENCODED_TAIL, key.workspace_id, key.thread_id, limit))
+        row = await self._db.guard(self._db.pool.fetchrow(encoded_tail_sql(limit), key.workspace_id, key.thread_id))
         if row is None:
             return None
         items = row["items"] or []
@@ -305,11 +305,11 @@ class PostgresMessages:
     async def framed_page(self, key: ThreadKey, start_seq: int, limit: int, max_bytes: int) -> FramedPage:
         """Return what encoded_page does, framed as repeated field 1 in runs of at most ``max_bytes``.
 
-        PostgreSQL frames each message (framing.FRAMED_PAGE); rows that lack the encoded column are read
+        PostgreSQL frames each message (framing.framed_page_sql); rows that lack the encoded column are read
         again as messages and framed here.
         """
         rows = await self._db.guard(
-            self._db.pool.fetch(FRAMED_PAGE, key.workspace_id, key.thread_id, start_seq, limit, COMPACTED_FLAG)
+            self._db.pool.fetch(framed_page_sql(limit), key.workspace_id, key.thread_id, start_seq, COMPACTED_FLAG)
         )
         if not rows:
             return FramedPage([], 0, start_seq - 1)
