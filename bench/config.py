@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from bench.workload import (
     ALL_TARGETS,
     CHATMEM_WB,
+    CHATMEM_WB_W1,
+    CHATMEM_WB_W2,
     CHATMEM_WT,
     LANGCHAIN_POSTGRES,
     LANGCHAIN_REDIS,
@@ -24,8 +26,13 @@ DATABASES = {
     CHATMEM_WT: "chatmem_wt",
     LIMIT_POSTGRES: "limit_pg",
     LANGCHAIN_POSTGRES: "lc_pg",
+    CHATMEM_WB_W1: "chatmem_wb_w1",
+    CHATMEM_WB_W2: "chatmem_wb_w2",
 }
-REDIS_PREFIXES = {CHATMEM_WB: "cmwb", CHATMEM_WT: "cmwt", LIMIT_REDIS: "lr:", LANGCHAIN_REDIS: "lcr:"}
+REDIS_PREFIXES = {
+    CHATMEM_WB: "cmwb", CHATMEM_WT: "cmwt", LIMIT_REDIS: "lr:", LANGCHAIN_REDIS: "lcr:",
+    CHATMEM_WB_W1: "cmw1", CHATMEM_WB_W2: "cmw2",
+}  # fmt: skip
 PEER_PACKAGES = {
     LANGCHAIN_POSTGRES: ("langchain_postgres", "psycopg", "langchain_core"),
     LANGCHAIN_REDIS: ("langchain_redis", "redisvl", "langchain_core"),
@@ -63,6 +70,8 @@ class Config:
     server_workers: int = 1
     channels: int = 0
     noise_retries: int = 1
+    saturation_s: float = 10.0
+    saturation_clients: int = 256
     seed: int = 1
     quick: bool = False
     results_dir: str = str(RESULTS_DIR)
@@ -94,6 +103,8 @@ QUICK = Config(
     hydrate_messages=2_000,
     stream_messages=5_000,
     noise_retries=0,
+    saturation_s=0.3,
+    saturation_clients=8,
     quick=True,
 )
 

@@ -13,24 +13,26 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
+from bench import percore
 from bench.config import BACKGROUND_SAMPLE_S, NOISE_RETRY_BUDGET, NOISY_CORES, QUICK, Config, Row, peer_status
 from bench.cpu import machine_busy_seconds
 from bench.latency import machine_info
 from bench.orchestrator import Harness
 from bench.report import cores_summary, format_table, git_state, no_nan, ratio_lines
-from bench.verdicts import Check, checks, format_checks
+from bench.saturation import format_summary
+from bench.verdicts import Check, checks, format_checks, references, saturation_checks
 from bench.workload import ALL_TARGETS, PEERS
 
 DESCRIPTION = """
 chatmem against the floors (limit-grpc, limit-redis, limit-postgres) and the LangChain peers, in one run.
 
-``python -m bench`` starts one Redis and one PostgreSQL shared by every target, the two chatmem servers
-(write_behind, write_through) and the bare limit-grpc server as processes of their own, and one or more load
-generator processes (``bench.loadgen``), apart from every server. Each operation runs at each concurrency
-for a fixed time (and a bounded number of calls), target after target. Server, Redis, PostgreSQL and load
-generator CPU come from /proc/<pid>/stat of each process tree, sampled at the start and end of the measured
-window. It prints a table, the ratios of chatmem to the limits and the peers, and the performance targets
-as PASS/FAIL, and writes the whole report as JSON under bench/results/.
+``python -m bench`` starts one Redis and one PostgreSQL shared by every target, the chatmem servers
+(write_behind, write_through, and the embedded SQLite default) and the bare limit-grpc server as processes
+of their own, and one or more load generator processes (``bench.loadgen``), apart from every server. Each
+operation runs at each concurrency for a fixed time (and a bounded number of calls), target after target.
+Server, Redis, PostgreSQL and load generator CPU come from /proc/<pid>/stat of each process tree, sampled at
+the start and end of the measured window. It prints a table, the ratios of chatmem to the limits and the
+peers, and the performance targets as PASS/FAIL, and writes the whole report as JSON under bench/results/.
 """
 
 
@@ -69,6 +71,10 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         f"at most {NOISE_RETRY_BUDGET} per run)",
     )
     parser.add_argument("--results-dir", help="where the JSON goes (default bench/results)")
+    parser.add_argument(
+        "--saturation-seconds", type=float, help="the saturation phase on chatmem-wb (default 10; 0 skips it)"
+    )
+    parser.add_argument("--saturation-clients", type=int, help="clients of the saturation phase (default 256)")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else Config()
     targets = None
@@ -95,6 +101,8 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         "channels": args.channels,
         "noise_retries": args.noise_retries,
         "results_dir": args.results_dir,
+        "saturation_s": args.saturation_seconds,
+        "saturation_clients": args.saturation_clients,
     }
     config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if config.seconds <= 0 or config.warmup_s < 0 or config.max_ops < 1 or config.loadgen_procs < 1:
@@ -127,10 +135,11 @@ def run(config: Config, argv: Sequence[str] = ()) -> tuple[dict[str, Any], pathl
         h.measure_idle(min(2.0, config.seconds * 2))
         h.log(f"idle CPU (cores): {h.setup['idle_cores']}")
         h.run_phases()
+        h.run_saturation()
         problems = h.server_problems()
         loadgen_logs = {lg.index: lg.log_tail(2000) for lg in h.loadgens}
     total_s = time.perf_counter() - t0
-    found = checks(h.rows, config)
+    found = checks(h.rows, config) + saturation_checks(h.setup.get("saturation"), h.rows, h.status, config)
     machine = machine_info()
     report: dict[str, Any] = {
         "benchmark": "harness",
@@ -151,7 +160,9 @@ def run(config: Config, argv: Sequence[str] = ()) -> tuple[dict[str, Any], pathl
         "workload": h.workload.to_json(),
         "phases": [asdict(r) for r in h.rows],
         "ratios": ratio_lines(h.rows, config),
+        "per_core": percore.report_lines(h.rows, config),
         "checks": [{**asdict(c), "verdict": c.verdict} for c in found],
+        "references": [{**asdict(c), "verdict": c.verdict} for c in references(h.rows, config)],
         "cores": cores_summary(h.rows),
         "server_problems": problems,
         "loadgen_log_tails": loadgen_logs,
@@ -199,8 +210,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("chatmem / limit and chatmem / peer:")
     print("\n".join(report["ratios"]) or "(none)")
     print()
-    print("targets:")
+    print("\n".join(report["per_core"]) or "CPU/op with 1 and 2 workers: not measured")
+    print()
+    found_saturation = report["setup"].get("saturation")
+    if found_saturation and "error" not in found_saturation:
+        print(format_summary(found_saturation))
+        print()
+    print("targets (issue 16):")
     print(format_checks([Check(**{k: v for k, v in c.items() if k != "verdict"}) for c in report["checks"]]))
+    print()
+    print("earlier targets (issue 5), for comparison with earlier runs:")
+    print(format_checks([Check(**{k: v for k, v in c.items() if k != "verdict"}) for c in report["references"]]))
     print()
     print(report["cores"])
     problems = [

@@ -199,6 +199,7 @@ def start_server(
     env.update(
         {
             "GRPC__ADDRESS": f"127.0.0.1:{port}",
+            "GRPC__WORKERS": "1",  # one process: its CPU is the figure (GRPC__WORKERS=auto would start one per core)
             "DATABASE__URL": postgres_url,
             "REDIS__URL": redis_url,
             "MEMORY__MAX_THREAD_MESSAGES": str(window),

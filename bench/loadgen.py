@@ -26,10 +26,19 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
 
+import grpc
+
 from bench.targets import EXECUTOR_THREADS, Meter, Target, build
 from bench.workload import Workload
 
 ERROR_PAUSE_S = 0.01
+
+
+def error_name(exc: BaseException) -> str:
+    """A failed call's name in the report: its gRPC status (DEADLINE_EXCEEDED, ...), else its exception class."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return str(exc.code().name)
+    return type(exc).__name__
 
 
 class Loadgen:
@@ -114,7 +123,7 @@ class Loadgen:
                 try:
                     elapsed, found = await call(i, meter)
                 except Exception as exc:  # noqa: BLE001 - counted and reported, the phase goes on
-                    name = type(exc).__name__
+                    name = error_name(exc)
                     errors[name] = errors.get(name, 0) + 1
                     first_error = first_error or f"{name}: {str(exc)[:300]}"
                     i += 1

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from bench import percore, saturation
 from bench.children import LimitGrpcProcess, Loadgen
 from bench.config import (
     DATABASES,
@@ -33,11 +34,13 @@ from bench.cpu import machine_busy_seconds, proc_snapshot, tree_seconds
 from bench.latency import percentile
 from bench.redis_modules import ModuleRedisProcess, find_module_redis, server_version
 from bench.report import fmt_us
-from bench.stores import DURABLE_PG_CONF, DURABLE_PG_SETUP, create_databases, db_url, vacuum, wait_drained
+from bench.sqlite_target import sqlite_spec, start_sqlite_server
+from bench.stores import create_databases, db_url, vacuum, wait_drained
 from bench.workload import (
     ALL_TARGETS,
     APPEND,
     CHATMEM,
+    CHATMEM_SQLITE,
     CHATMEM_WB,
     CHATMEM_WT,
     HYDRATE,
@@ -47,6 +50,7 @@ from bench.workload import (
     LIMIT_POSTGRES,
     LIMIT_REDIS,
     PEERS,
+    PER_CORE,
     READ,
     RPC,
     STREAM,
@@ -110,16 +114,18 @@ class Harness:
             self.setup["redis"] = server_version(redis.binary)
         self.redis = redis
         self.stack.callback(redis.close)
-        self.pg = PostgresProcess(DURABLE_PG_CONF)
+        self.pg = PostgresProcess({"fsync": "on", "full_page_writes": "on"})
         self.stack.callback(self.pg.close)
         self.pg.start()
         names = [DATABASES[t] for t in DATABASES if self.active(t)]
         asyncio.run(create_databases(self.pg.url, names))
-        self.setup["postgres"] = DURABLE_PG_SETUP
+        self.setup["postgres"] = "fsync=on, full_page_writes=on, shared_buffers=128MB (devtools/postgres.py)"
 
     def start_servers(self) -> None:
         """Start the chatmem servers and limit-grpc as processes of their own."""
-        for target, mode in ((CHATMEM_WB, "write_behind"), (CHATMEM_WT, "write_through")):
+        modes = {CHATMEM_WB: "write_behind", CHATMEM_WT: "write_through"}
+        servers = [*modes.items(), *((t, "write_behind") for t in PER_CORE)]
+        for target, mode in servers:
             if not self.active(target):
                 continue
             env = {
@@ -131,9 +137,10 @@ class Harness:
                 "LOG_LEVEL": "WARNING",
                 # The server of this checkout (a worktree), not the one the venv's editable install names.
                 "PYTHONPATH": str(REPO_ROOT),
+                "GRPC__WORKERS": str(self.config.server_workers),
             }
-            if self.config.server_workers > 1:
-                env["GRPC__WORKERS"] = str(self.config.server_workers)
+            if target in PER_CORE:
+                env.update(percore.server_env(target))
             server = ServerProcess(env, self.workdir)
             server.start()
             self.stack.callback(server.stop)
@@ -141,6 +148,12 @@ class Harness:
             self.servers[target] = server.proc.pid
             self.server_logs[target] = server.log_path
             self.setup[f"{target}_address"] = server.target
+        if self.active(CHATMEM_SQLITE):
+            lite = start_sqlite_server(self.workdir, self.config.window, self.stack)
+            assert lite.proc is not None
+            self.servers[CHATMEM_SQLITE] = lite.proc.pid
+            self.server_logs[CHATMEM_SQLITE] = lite.log_path
+            self.setup[f"{CHATMEM_SQLITE}_address"] = lite.target
         if self.active(LIMIT_GRPC):
             limit = LimitGrpcProcess(self.workdir, self.config.window, self.config.content_chars)
             self.stack.callback(limit.stop)
@@ -156,7 +169,9 @@ class Harness:
         for target in ALL_TARGETS:
             if not self.active(target):
                 continue
-            if target in CHATMEM:
+            if target == CHATMEM_SQLITE:
+                out[target] = sqlite_spec(self.setup[f"{target}_address"], self.redis.url)
+            elif target in CHATMEM:
                 out[target] = {
                     "kind": "chatmem",
                     "address": self.setup[f"{target}_address"],
@@ -165,6 +180,16 @@ class Harness:
                     "write_mode": "write_behind" if target == CHATMEM_WB else "write_through",
                     "bulk_db_url": bulk_url if target == CHATMEM_WB else "",
                     "channels": self.config.channels or (1 if self.config.server_workers == 1 else 4),
+                }
+            elif target in PER_CORE:
+                out[target] = {
+                    "kind": "chatmem",
+                    "address": self.setup[f"{target}_address"],
+                    "redis_url": self.redis.url,
+                    "redis_prefix": REDIS_PREFIXES[target],
+                    "write_mode": "write_behind",
+                    "bulk_db_url": "",
+                    **percore.spec_extra(),
                 }
             elif target == LIMIT_GRPC:
                 out[target] = {"kind": target, "address": self.setup[f"{target}_address"]}
@@ -222,16 +247,24 @@ class Harness:
     def preload(self) -> None:
         """Preload every target from the first load generator, then drain chatmem's outbox and VACUUM."""
         started = time.perf_counter()
-        names = [t for t in ALL_TARGETS if self.active(t)]
-        reply = self.loadgens[0].request({"cmd": "preload", "targets": names}, PRELOAD_TIMEOUT_S)
-        for target, result in reply["results"].items():
+        results: dict[str, Any] = {}
+        # The per-core servers after the others, so that their preloads do not add to the others' load.
+        for group in ([t for t in ALL_TARGETS if t not in PER_CORE], list(PER_CORE)):
+            names = [t for t in group if self.active(t)]
+            if names:
+                reply = self.loadgens[0].request({"cmd": "preload", "targets": names}, PRELOAD_TIMEOUT_S)
+                results.update(reply["results"])
+        for target, result in results.items():
             if "error" in result:
                 self.fail(target, f"preload failed: {result['error']}")
-        self.setup["preload"] = reply["results"]
+        self.setup["preload"] = results
         if self.active(CHATMEM_WB):
             self.setup["preload_drain_s"] = round(
                 wait_drained(self.redis.url, REDIS_PREFIXES[CHATMEM_WB], DRAIN_TIMEOUT_S), 2
             )
+        for target in PER_CORE:
+            if self.active(target):
+                wait_drained(self.redis.url, REDIS_PREFIXES[target], DRAIN_TIMEOUT_S)
         asyncio.run(vacuum([db_url(self.pg.url, DATABASES[t]) for t in DATABASES if self.active(t)]))
         self.setup["preload_total_s"] = round(time.perf_counter() - started, 1)
 
@@ -258,6 +291,7 @@ class Harness:
             if target in self.config.targets
             and op in supported_ops(target, self.config.chat_lengths)
             and (not self.config.ops or op in self.config.ops)
+            and percore.runs_at(target, c, self.config)
         ]
 
     def run_phases(self) -> None:
@@ -289,16 +323,29 @@ class Harness:
                 + (f"  anomalies {row.anomalies}" if row.anomalies else "")
             )
 
-    def phase(self, op: str, c: int, target: str, phase_id: str) -> Row:
-        """Prepare, warm up, measure one phase across the load generators, and summarise it."""
+    def run_saturation(self) -> None:
+        """Run the saturation phase (bench/saturation.py) on chatmem-wb, when selected and still available."""
+        if self.config.saturation_s <= 0 or not self.active(CHATMEM_WB):
+            return
+        try:
+            summary = saturation.run(self)
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            self.setup["saturation"] = {"error": f"{type(exc).__name__}: {exc}"}
+            self.log(f"saturation phase failed: {exc}")
+            return
+        self.log(saturation.format_summary(summary))
+
+    def phase(self, op: str, c: int, target: str, phase_id: str, seconds: float | None = None) -> Row:
+        """Prepare, warm up, measure one phase (``seconds``: its length, else the run's) and summarise it."""
         cfg = self.config
+        window_s = cfg.seconds if seconds is None else seconds
         n = len(self.loadgens)
         shares = [(lg, [g for g in range(c) if g % n == lg.index]) for lg in self.loadgens]
         shares = [(lg, workers) for lg, workers in shares if workers]
         for lg, workers in shares:
             lg.request({"cmd": "prepare", "target": target, "op": op, "workers": workers, "concurrency": c}, 300)
         t_start = time.monotonic() + cfg.warmup_s
-        t_end = t_start + cfg.seconds
+        t_end = t_start + window_s
         for lg, workers in shares:
             lg.send(
                 {
@@ -320,14 +367,14 @@ class Harness:
         replies, failures = [], []
         for lg, _ in shares:  # every reply is read, so that a failure in one leaves no other unread
             try:
-                replies.append(lg.receive(PHASE_GRACE_S + cfg.seconds))
+                replies.append(lg.receive(PHASE_GRACE_S + window_s))
             except RuntimeError as exc:
                 failures.append(str(exc))
         if failures:
             raise RuntimeError("; ".join(failures))
         drain = None
-        if target == CHATMEM_WB and (op == APPEND or is_chat(op)):
-            drain = round(wait_drained(self.redis.url, REDIS_PREFIXES[CHATMEM_WB], DRAIN_TIMEOUT_S), 3)
+        if target in (CHATMEM_WB, *PER_CORE) and (op == APPEND or is_chat(op)):
+            drain = round(wait_drained(self.redis.url, REDIS_PREFIXES[target], DRAIN_TIMEOUT_S), 3)
 
         def cpu(pids: Sequence[int | None]) -> float:
             return sum(tree_seconds(p, after) - tree_seconds(p, before) for p in pids)

@@ -5,11 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-# The harness's PostgreSQL commits durably, as a production one does: devtools/postgres.py defaults to
-# fsync=off for the tests' speed, so the harness turns both back on.
-DURABLE_PG_CONF = {"fsync": "on", "full_page_writes": "on"}
-DURABLE_PG_SETUP = "fsync=on, full_page_writes=on, shared_buffers=128MB (devtools/postgres.py + bench/stores.py)"
-
 
 async def create_databases(url: str, names: Sequence[str]) -> None:
     """CREATE DATABASE each name on the server of ``url``."""

@@ -334,7 +334,9 @@ class Chatmem(Target):
     async def preload(self) -> dict[str, Any]:
         started = time.perf_counter()
         jobs: list[tuple[str, int, int]] = []
-        for s in self.wl.api_sets():
+        only = self.spec.get("preload_sets")  # the set names this target's operations use (default: all)
+        sets = [self.wl.sets[name] for name in only] if only else self.wl.api_sets()
+        for s in sets:
             for thread in s.ids():
                 jobs += [(thread, a, min(a + 100, s.length + 1)) for a in range(1, s.length + 1, 100)]
         by_thread: dict[str, list[tuple[str, int, int]]] = {}
@@ -365,7 +367,7 @@ class Chatmem(Target):
         await asyncio.gather(*(loader() for _ in range(PRELOAD_CONCURRENCY)))
         done: dict[str, Any] = {
             "api_calls": len(jobs),
-            "api_messages": sum(s.count * s.length for s in self.wl.api_sets()),
+            "api_messages": sum(s.count * s.length for s in sets),
             "api_seconds": round(time.perf_counter() - started, 2),
         }
         if self.spec.get("bulk_db_url"):

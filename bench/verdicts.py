@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from bench import percore
 from bench.config import Config, Row
 from bench.report import find, fmt_us
 from bench.workload import (
     APPEND,
+    CHATMEM_SQLITE,
     CHATMEM_WB,
     CHATMEM_WT,
     HYDRATE,
@@ -26,7 +29,7 @@ from bench.workload import (
 
 @dataclass
 class Check:
-    """One performance target of issue 5."""
+    """One performance target: a measured value, its bound and the relation it must keep."""
 
     name: str
     value: float | None
@@ -44,7 +47,78 @@ class Check:
 
 
 def checks(rows: Sequence[Row], config: Config) -> list[Check]:
-    """The targets of issue 5, computed from this run's rows (at the lowest and highest concurrency)."""
+    """The targets of issue 16 (the per-RPC budget), computed from this run's rows."""
+    lo, hi = min(config.concurrency), max(config.concurrency)
+    out: list[Check] = []
+
+    def get(target: str, op: str, c: int) -> Row | None:
+        return find(rows, target, op, c)
+
+    # 1. Server CPU per op against a bare grpc.aio server's, at the lowest and highest concurrency.
+    for label, op, bound in (("GetHistory(50) cache hit", READ, 1.3), ("AppendMessages write_behind", APPEND, 2.0)):
+        for c in sorted({lo, hi}):
+            cm, lg = get(CHATMEM_WB, op, c), get(LIMIT_GRPC, RPC, c)
+            value = None
+            if cm and lg and cm.server_cpu_us_per_op is not None and lg.server_cpu_us_per_op:
+                value = cm.server_cpu_us_per_op / lg.server_cpu_us_per_op
+            detail = (
+                f"{fmt_us(cm.server_cpu_us_per_op)} vs {fmt_us(lg.server_cpu_us_per_op)} us/op" if cm and lg else ""
+            )
+            out.append(Check(f"{label}: server CPU/op / limit-grpc's, c={c}", value, bound, "<=", detail))
+    # 2. The embedded default reads like the cached server.
+    lite, wb = get(CHATMEM_SQLITE, READ, hi), get(CHATMEM_WB, READ, hi)
+    out.append(
+        Check(
+            f"GetHistory({config.window}) at c={hi}: chatmem-sqlite ops/s / chatmem-wb ops/s",
+            lite.ops_per_s / wb.ops_per_s if lite and wb and wb.ops_per_s else None,
+            0.9,
+            ">=",
+            f"{lite.ops_per_s:.0f} vs {wb.ops_per_s:.0f} ops/s" if lite and wb else "",
+        )
+    )
+    # 3. Hydration from PostgreSQL.
+    cm, lp, lg = get(CHATMEM_WB, HYDRATE, lo), get(LIMIT_POSTGRES, HYDRATE, lo), get(LIMIT_GRPC, RPC, lo)
+    out.append(
+        Check(
+            f"hydration p50 ms, {config.hydrate_messages} msgs/thread, c={lo}"
+            " vs 1.3x (limit-postgres + limit-grpc p50)",
+            cm.p50_ms if cm else None,
+            1.3 * (lp.p50_ms + lg.p50_ms) if lp and lg else None,
+            "<=",
+        )
+    )
+    # 4. StreamHistory against a raw keyset scan of the same rows' seq and stored bytes.
+    cm, lp = get(CHATMEM_WB, STREAM, lo), get(LIMIT_POSTGRES, STREAM, lo)
+    out.append(
+        Check(
+            f"StreamHistory msgs/s, {config.stream_messages} msgs, c={lo} / limit-postgres scan's (seq, encoded)",
+            cm.ops_per_s / lp.ops_per_s if cm and lp and lp.ops_per_s else None,
+            0.8,
+            ">=",
+            f"{cm.ops_per_s:.0f} vs {lp.ops_per_s:.0f} msgs/s" if cm and lp else "",
+        )
+    )
+    # 6. Many cores: CPU per op with 2 workers against 1.
+    out += per_core_checks(rows, config)
+    return out
+
+
+def per_core_checks(rows: Sequence[Row], config: Config) -> list[Check]:
+    """Server CPU per op with 2 workers / with 1 (bench/percore.py), at the highest concurrency: <= 1.2x."""
+    c = max(config.concurrency)
+    out = []
+    for op, label in percore.OPS:
+        one, two = percore.pair(rows, op, c)
+        detail = ""
+        if one and two:
+            detail = f"{fmt_us(two.server_cpu_us_per_op)} vs {fmt_us(one.server_cpu_us_per_op)} us/op"
+        name = f"{label}: server CPU/op with 2 workers / with 1, c={c}"
+        out.append(Check(name, percore.cpu_ratio(one, two), percore.BOUND, "<=", detail))
+    return out
+
+
+def references(rows: Sequence[Row], config: Config) -> list[Check]:
+    """Issue 5's earlier targets, still printed for comparison with earlier runs (not issue 16's targets)."""
     lo, hi = min(config.concurrency), max(config.concurrency)
     small, big = min(config.chat_lengths), max(config.chat_lengths)
     out: list[Check] = []
@@ -52,16 +126,6 @@ def checks(rows: Sequence[Row], config: Config) -> list[Check]:
     def get(target: str, op: str, c: int) -> Row | None:
         return find(rows, target, op, c)
 
-    for label, op in (("GetHistory(50) cache hit", READ), ("AppendMessages write_behind", APPEND)):
-        for c in sorted({lo, hi}):
-            cm, lg = get(CHATMEM_WB, op, c), get(LIMIT_GRPC, RPC, c)
-            value = bound = None
-            if cm and lg and cm.server_cpu_us_per_op is not None and lg.server_cpu_us_per_op:
-                value, bound = cm.server_cpu_us_per_op / lg.server_cpu_us_per_op, 1.5
-            detail = (
-                f"{fmt_us(cm.server_cpu_us_per_op)} vs {fmt_us(lg.server_cpu_us_per_op)} us/op" if cm and lg else ""
-            )
-            out.append(Check(f"{label}: server CPU/op / limit-grpc's, c={c}", value, bound, "<=", detail))
     for label, op in (("GetHistory(50) cache hit", READ), ("AppendMessages write_behind", APPEND)):
         cm, lg = get(CHATMEM_WB, op, lo), get(LIMIT_GRPC, RPC, lo)
         value = bound = None
@@ -83,26 +147,6 @@ def checks(rows: Sequence[Row], config: Config) -> list[Check]:
             out.append(
                 Check(f"chat loop, {length} msgs/thread, c={hi}: chatmem-wb ops/s / {peer}'s", value, bound, ">=")
             )
-    cm, lp, lg = get(CHATMEM_WB, HYDRATE, lo), get(LIMIT_POSTGRES, HYDRATE, lo), get(LIMIT_GRPC, RPC, lo)
-    out.append(
-        Check(
-            f"hydration p50 ms, {config.hydrate_messages} msgs/thread, c={lo}"
-            " vs 1.3x (limit-postgres + limit-grpc p50)",
-            cm.p50_ms if cm else None,
-            1.3 * (lp.p50_ms + lg.p50_ms) if lp and lg else None,
-            "<=",
-        )
-    )
-    cm, lp = get(CHATMEM_WB, STREAM, lo), get(LIMIT_POSTGRES, STREAM, lo)
-    out.append(
-        Check(
-            f"StreamHistory msgs/s, {config.stream_messages} msgs, c={lo} / limit-postgres scan's (seq, encoded)",
-            cm.ops_per_s / lp.ops_per_s if cm and lp and lp.ops_per_s else None,
-            0.8,
-            ">=",
-            f"{cm.ops_per_s:.0f} vs {lp.ops_per_s:.0f} msgs/s" if cm and lp else "",
-        )
-    )
     wt, lp = get(CHATMEM_WT, APPEND, hi), get(LIMIT_POSTGRES, APPEND, hi)
     out.append(
         Check(
@@ -112,6 +156,36 @@ def checks(rows: Sequence[Row], config: Config) -> list[Check]:
             ">=",
         )
     )
+    return out
+
+
+def saturation_checks(
+    summary: Mapping[str, Any] | None, rows: Sequence[Row], status: Mapping[str, str], config: Config
+) -> list[Check]:
+    """Issue 16, target 5: overload is not an outage (bench/saturation.py), and write_through completes.
+
+    Under saturation at most 1% of chatmem-wb's RPCs may be served degraded; in the same run every
+    chatmem-wt phase (its preload included) must have gone through without a DEADLINE_EXCEEDED.
+    """
+    share = None if not summary else summary.get("degraded_share")
+    detail = "" if not summary else summary.get("error", "")
+    if summary and "error" not in summary:
+        detail = (
+            f"{summary['degraded_rpcs']}/{summary['rpcs']} RPCs at c={summary['clients']} + {summary['burners']} "
+            f"burners, p99 {summary['p99_ms']} ms, RESOURCE_EXHAUSTED {summary['resource_exhausted']}, "
+            f"DEADLINE_EXCEEDED {summary['deadline_exceeded']}, load average {summary['loadavg_during'][0]}"
+        )
+    out = [Check("saturation: share of chatmem-wb RPCs served degraded", share, 0.01, "<=", detail)]
+    wt_status = status.get(CHATMEM_WT, "not selected")
+    value: float | None = None
+    if wt_status.startswith("unavailable"):
+        value, detail = math.inf, wt_status[:200]
+    elif CHATMEM_WT in config.targets:
+        wt_rows = [r for r in rows if r.target == CHATMEM_WT]
+        value = float(sum(r.errors.get("DEADLINE_EXCEEDED", 0) for r in wt_rows))
+        detail = f"{len(wt_rows)} phases"
+    name = "write_through (chatmem-wt) completed in this run: DEADLINE_EXCEEDED calls"
+    out.append(Check(name, value, 0.0, "<=", detail))
     return out
 
 

@@ -27,10 +27,19 @@ LANGCHAIN_POSTGRES = "langchain-postgres"
 LANGCHAIN_REDIS = "langchain-redis"
 CHATMEM_WB = "chatmem-wb"
 CHATMEM_WT = "chatmem-wt"
-ALL_TARGETS = (LIMIT_GRPC, LIMIT_REDIS, LIMIT_POSTGRES, LANGCHAIN_POSTGRES, LANGCHAIN_REDIS, CHATMEM_WB, CHATMEM_WT)
+# write_behind servers with GRPC__WORKERS=1 and 2, called over several channels: CPU per op with 1 and 2
+# workers (bench/percore.py).
+CHATMEM_WB_W1 = "chatmem-wb-w1"
+CHATMEM_WB_W2 = "chatmem-wb-w2"
+PER_CORE = (CHATMEM_WB_W1, CHATMEM_WB_W2)
+CHATMEM_SQLITE = "chatmem-sqlite"  # the embedded default: SQLite, no Redis (bench/sqlite_target.py)
+ALL_TARGETS = (
+    LIMIT_GRPC, LIMIT_REDIS, LIMIT_POSTGRES, LANGCHAIN_POSTGRES, LANGCHAIN_REDIS,
+    CHATMEM_WB, CHATMEM_WT, CHATMEM_SQLITE, *PER_CORE,
+)  # fmt: skip
 PEERS = (LANGCHAIN_POSTGRES, LANGCHAIN_REDIS)
 LIMITS = (LIMIT_GRPC, LIMIT_REDIS, LIMIT_POSTGRES)
-CHATMEM = (CHATMEM_WB, CHATMEM_WT)
+CHATMEM = (CHATMEM_WB, CHATMEM_WT, CHATMEM_SQLITE)
 
 
 def chat_op(length: int) -> str:
@@ -55,6 +64,10 @@ def supported_ops(target: str, chat_lengths: tuple[int, ...]) -> tuple[str, ...]
         return (RPC,)
     if target in (LIMIT_POSTGRES, CHATMEM_WB):
         return (READ, HYDRATE, STREAM, *chats, APPEND)
+    if target in PER_CORE:
+        return (READ, APPEND)
+    if target == CHATMEM_SQLITE:
+        return (READ, APPEND)  # the embedded default's window reads and its fsynced appends: the `base` set
     return (READ, *chats, APPEND)
 
 

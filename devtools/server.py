@@ -14,7 +14,8 @@ class ServerProcess:
     """The chatmem server as a child process (``python -m server``) on a fixed free port.
 
     Args:
-        env: settings as environment variables (GRPC__ADDRESS is set here).
+        env: settings as environment variables (GRPC__ADDRESS is set here; GRPC__WORKERS is 1 unless given,
+            since callers signal, kill and measure the one process they started).
         cwd: the working folder (so no stray .env is read).
     """
 
@@ -25,7 +26,7 @@ class ServerProcess:
             for k, v in os.environ.items()
             if not k.startswith(("REDIS__", "DATABASE__", "GRPC__", "MEMORY__", "OUTBOX__", "LIMITS__", "AUTH__"))
         }
-        self.env = {**base, **env, "GRPC__ADDRESS": f"127.0.0.1:{self.port}"}
+        self.env = {**base, "GRPC__WORKERS": "1", **env, "GRPC__ADDRESS": f"127.0.0.1:{self.port}"}
         self.cwd = cwd
         self.log_path = os.path.join(cwd, f"server-{self.port}.log")
         self.proc: subprocess.Popen[bytes] | None = None

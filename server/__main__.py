@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
 from server import healthcheck
@@ -11,6 +12,8 @@ from server.app import open_store, serve
 from server.auth import cli as keys_cli
 from server.config import Settings
 from server.observability.logs import configure_logging
+
+log = logging.getLogger("server")
 
 
 async def _migrate(settings: Settings) -> None:
@@ -20,6 +23,35 @@ async def _migrate(settings: Settings) -> None:
     finally:
         await store.close()
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+
+
+async def _auto_workers(settings: Settings) -> Settings:
+    """Resolve GRPC__WORKERS=auto: one worker per core, fewer when their pools would not fit in PostgreSQL.
+
+    Each worker opens up to DATABASE__POOL_MAX_SIZE connections; more workers than PostgreSQL has
+    connections for would fail their queries under load ("too many clients"), so auto stays within the
+    connections free at start-up.
+    """
+    from server.storage.sql.postgres.capacity import free_connections
+
+    cores = settings.worker_count
+    db = settings.database
+    assert db.url is not None  # worker_count is 1 without PostgreSQL
+    try:
+        fit = max(1, await free_connections(db.url, db.connect_timeout_s) // db.pool_max_size)
+    except Exception as exc:  # noqa: BLE001 - whatever the reason, unknown room means one pool, as before auto
+        log.warning("GRPC__WORKERS=auto: could not read PostgreSQL's free connections (%s); one worker", exc)
+        fit = 1
+    count = min(cores, fit)
+    if count < cores:
+        log.warning(
+            "GRPC__WORKERS=auto: %d workers, not one per core (%d): PostgreSQL has connections for %d pools of "
+            "DATABASE__POOL_MAX_SIZE=%d",
+            count, cores, fit, db.pool_max_size,
+        )  # fmt: skip
+    else:
+        log.info("GRPC__WORKERS=auto: %d workers, one per core", count)
+    return settings.model_copy(update={"grpc": settings.grpc.model_copy(update={"workers": count})})
 
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
@@ -50,10 +82,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "keys":
         sys.exit(asyncio.run(_keys(settings, args)))
-    if settings.grpc.workers > 1:
+    if settings.worker_count > 1:
+        asyncio.run(_migrate(settings))  # once, before the workers race to it
+        if settings.grpc.workers == "auto":
+            settings = asyncio.run(_auto_workers(settings))
+    if settings.worker_count > 1:
         from server.workers import run_workers
 
-        asyncio.run(_migrate(settings))  # once, before the workers race to it
         sys.exit(run_workers(settings))
     try:
         import uvloop

@@ -36,9 +36,10 @@ from server.services.thread_memory import ThreadMemoryService
 from server.services.thread_memory import register as register_thread_memory
 from server.standard_services import HealthService, enable_reflection
 from server.storage.erasure import Eraser
+from server.storage.local_cache import LocalCache
 from server.storage.protocols import Cache, RetentionStore, Stores
 from server.storage.redis.cache import RedisCache, build_redis_client
-from server.storage.redis.connection import ConnectCounter, PipelinedRedis
+from server.storage.redis.connection import PATIENCE, ConnectCounter, PipelinedRedis
 from server.storage.redis.keys import KeySpace
 from server.storage.redis.notify import RedisRelay
 from server.storage.redis.outbox import Flusher
@@ -95,7 +96,7 @@ def open_cache(settings: Settings, client: Any, connects: ConnectCounter | None 
     if r.autopipeline and not r.cluster:
         scripts_client = PipelinedRedis.like(
             client,
-            timeout_s=r.socket_timeout_s,
+            timeout_s=r.dead_after_s,
             connect_timeout_s=r.connect_timeout_s,
             on_connect=None if connects is None else connects.bump,
         )
@@ -111,6 +112,23 @@ def open_cache(settings: Settings, client: Any, connects: ConnectCounter | None 
     )
 
 
+def open_local_cache(settings: Settings, store: Stores) -> LocalCache | None:
+    """Build the in-process window cache of the embedded mode (SQLite, no Redis), or None when it does not apply.
+
+    Only there does one process own the store (GRPC__WORKERS > 1 is refused with SQLite), so only there can
+    a cache in process memory be exact.
+    """
+    m = settings.memory
+    if settings.redis.enabled or not isinstance(store, SqliteStore) or m.local_cache_threads == 0:
+        return None
+    return LocalCache(
+        window=m.max_thread_messages,
+        max_threads=m.local_cache_threads,
+        thread_ttl_s=int(m.thread_ttl_hours * 3600),
+        prefs_ttl_s=int(m.user_ttl_days * 86400),
+    )
+
+
 def policy_of(settings: Settings) -> Policy:
     """Build the repository's policy from the settings."""
     m = settings.memory
@@ -121,7 +139,10 @@ def policy_of(settings: Settings) -> Policy:
         request_ttl_s=int(m.request_id_ttl_hours * 3600),
         max_unflushed=settings.outbox.max_unflushed_per_thread,
         probe_interval_s=settings.redis.probe_interval_s,
-        silence_s=settings.redis.socket_timeout_s,
+        # The shortest stall after which any replica may give up on Redis and write around it.
+        silence_s=min(settings.redis.socket_timeout_s, settings.redis.dead_after_s),
+        # A redis-py call ends within its socket timeout, a script within PATIENCE silences (connection.py).
+        call_bound_s=max(2 * settings.redis.socket_timeout_s, PATIENCE * settings.redis.dead_after_s + 0.1) + 0.5,
         max_group=m.group_commit_max,
     )
 
@@ -236,6 +257,8 @@ async def create_server(
     client = open_redis(settings, connects) if cache is None and use_configured_cache else None
     if client is not None:
         cache = open_cache(settings, client, connects)
+    elif cache is None and use_configured_cache:
+        cache = open_local_cache(settings, store)
     metrics = Metrics() if settings.metrics.address else None
     hub = WatchHub(
         max_per_workspace=settings.limits.max_watchers_per_workspace,
@@ -248,10 +271,15 @@ async def create_server(
     if client is not None:
         r = settings.redis
         # PUBLISH through a pipelined connection of its own: a few µs per command instead of redis-py's ~40.
-        publisher = None
+        publisher = subscriber = None
         if r.autopipeline and not r.cluster:
             publisher = PipelinedRedis.like(client, timeout_s=r.socket_timeout_s, connect_timeout_s=r.connect_timeout_s)
-        relay = RedisRelay(client, r.key_prefix, hub, timeout_s=r.socket_timeout_s, publisher=publisher)
+            subscriber = PipelinedRedis.like(
+                client, timeout_s=r.socket_timeout_s, connect_timeout_s=r.connect_timeout_s
+            )
+        relay = RedisRelay(
+            client, r.key_prefix, hub, timeout_s=r.socket_timeout_s, publisher=publisher, subscriber=subscriber
+        )
         hub.relay = relay
     flusher = None
     if client is not None and repository.write_behind:
@@ -268,8 +296,16 @@ async def create_server(
             claim_interval_s=o.claim_interval_s,
             cluster=settings.redis.cluster,
             store_health=repository.store_health,
+            reader=PipelinedRedis.like(
+                client, timeout_s=settings.redis.socket_timeout_s, connect_timeout_s=settings.redis.connect_timeout_s
+            )
+            if settings.redis.autopipeline and not settings.redis.cluster
+            else None,
         )
     g = settings.grpc
+    # Off unless workers share the port on purpose: otherwise a second server on the same port would start
+    # silently and steal traffic.
+    reuse_port = 1 if settings.worker_count > 1 else 0
     sampler = None
     if metrics is not None:
         interval = settings.metrics.sample_interval_s
@@ -296,11 +332,8 @@ async def create_server(
     if admission is not None:
         layers.append(admission)
     server = grpc.aio.server(
-        interceptors=[Pipeline(layers)] if layers else None,
         options=[
-            # Off unless workers share the port on purpose: otherwise a second server on the same
-            # port would start silently and steal traffic.
-            ("grpc.so_reuseport", 1 if g.workers > 1 else 0),
+            ("grpc.so_reuseport", reuse_port),
             ("grpc.max_receive_message_length", g.max_receive_message_bytes),
             ("grpc.max_send_message_length", g.max_send_message_bytes),
             ("grpc.keepalive_time_ms", g.keepalive_time_ms),
@@ -309,9 +342,10 @@ async def create_server(
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    register_thread_memory(ThreadMemoryService(repository, settings, hub), server)
-    register_preferences(PreferencesService(repository, settings), server)
-    register_admin(AdminService(Eraser(repository, store.retention), settings), server)
+    pipeline = Pipeline(layers)
+    register_thread_memory(ThreadMemoryService(repository, settings, hub), server, pipeline)
+    register_preferences(PreferencesService(repository, settings), server, pipeline)
+    register_admin(AdminService(Eraser(repository, store.retention), settings), server, pipeline)
     health = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if settings.reflection_enabled:
@@ -328,7 +362,7 @@ async def create_server(
     health_server, health_port = None, None
     if g.health_address:
         # Plaintext and health only, for probes that cannot present a client certificate or a credential.
-        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if g.workers > 1 else 0)])
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", reuse_port)])
         health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
         health_port = health_server.add_insecure_port(g.health_address)
         if health_port == 0:

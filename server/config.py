@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.cores import available_cores
+
+MAX_WORKERS = 64
 
 
 class GrpcSettings(BaseModel):
     """The gRPC listener."""
 
     address: str = "127.0.0.1:50051"
-    workers: int = Field(default=1, ge=1, le=64, description="server processes sharing the port (SO_REUSEPORT)")
+    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] | Literal["auto"] = Field(
+        default="auto",
+        description="server processes sharing the port (SO_REUSEPORT); auto: one per core with PostgreSQL, else 1",
+    )
     reflection: bool | None = Field(default=None, description="unset: on iff AUTH__MODE=none")
     max_receive_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_send_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
@@ -59,6 +66,12 @@ class GrpcSettings(BaseModel):
         """True when the main listener serves TLS."""
         return bool(self.tls_cert_file)
 
+    @property
+    def fixed_port(self) -> bool:
+        """True when the address is ``host:port`` with a port other than 0 (workers can share only that)."""
+        _host, sep, port = self.address.rpartition(":")
+        return bool(sep) and port.isdigit() and int(port) != 0
+
 
 class RedisSettings(BaseModel):
     """L1. Unset host and url mean no cache."""
@@ -72,6 +85,12 @@ class RedisSettings(BaseModel):
     key_prefix: str = "chatmem"
     socket_timeout_s: float = Field(default=0.5, gt=0)
     connect_timeout_s: float = Field(default=0.5, gt=0)
+    dead_after_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="cache scripts: Redis silent this long while a command waits is declared down (the breaker "
+        "opens); a Redis that answers more slowly than the socket timeout but within this is waited for",
+    )
     max_connections: int = Field(default=64, ge=1)
     probe_interval_s: float = Field(default=1.0, gt=0, description="how often a bypassed Redis is probed")
     autopipeline: bool = Field(
@@ -120,6 +139,11 @@ class MemorySettings(BaseModel):
     thread_ttl_hours: float = Field(default=24, ge=1 / 3600, description="at least one second")
     user_ttl_days: float = Field(default=30, ge=1 / 86400, description="at least one second")
     max_thread_messages: int = Field(default=50, ge=1, le=1000)
+    local_cache_threads: int = Field(
+        default=10_000,
+        ge=0,
+        description="embedded SQLite without Redis: threads whose windows the in-process cache keeps (LRU); 0 = off",
+    )
     write_mode: Literal["write_through", "write_behind"] | None = Field(
         default=None, description="unset: write_behind when Redis is configured, else write_through"
     )
@@ -215,6 +239,12 @@ class QuotaSettings(BaseModel):
     max_in_flight: int = Field(default=1000, ge=0, description="per-process concurrent RPCs; 0 = off")
     max_streams_per_workspace: int = Field(default=0, ge=0, description="concurrent StreamHistory calls; 0 = off")
     in_flight_retry_s: float = Field(default=0.1, gt=0, description="the RetryInfo delay of a shed request")
+    shed_margin: float = Field(
+        default=1.5,
+        ge=0,
+        description="while the event loop lags, refuse a call (RESOURCE_EXHAUSTED) whose remaining deadline is below "
+        "this multiple of the time recent calls took in the server; 0 = off",
+    )
 
 
 class MetricsSettings(BaseModel):
@@ -267,8 +297,11 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.memory.write_mode == "write_behind" and not self.redis.enabled:
             raise ValueError("MEMORY__WRITE_MODE=write_behind needs Redis (REDIS__HOST or REDIS__URL)")
-        if self.grpc.workers > 1 and not self.database.url:
-            raise ValueError("GRPC__WORKERS > 1 needs PostgreSQL (DATABASE__URL): one SQLite file has one writer")
+        if self.grpc.workers != "auto" and self.grpc.workers > 1:
+            if not self.database.url:
+                raise ValueError("GRPC__WORKERS > 1 needs PostgreSQL (DATABASE__URL): one SQLite file has one writer")
+            if not self.grpc.fixed_port:
+                raise ValueError("GRPC__WORKERS > 1 needs GRPC__ADDRESS with a fixed port (host:port, not port 0)")
         if self.memory.retention_days is not None and self.database.url and self.database.pool_max_size < 2:
             # The sweep holds one pooled connection for its lease and needs another for its work.
             raise ValueError("MEMORY__RETENTION_DAYS with PostgreSQL needs DATABASE__POOL_MAX_SIZE of at least 2")
@@ -282,6 +315,21 @@ class Settings(BaseSettings):
         if self.grpc.reflection is not None:
             return self.grpc.reflection
         return self.auth.mode == "none"
+
+    @property
+    def worker_count(self) -> int:
+        """The server processes to run: GRPC__WORKERS, with ``auto`` resolved.
+
+        ``auto`` is one worker per available core where several processes are safe: with PostgreSQL (every
+        worker is then one more replica of a stateless tier) on a fixed TCP port. With the embedded SQLite
+        store it is 1: one file has one writer, and its in-process state (the window cache) is exact only
+        in the one process that owns the file.
+        """
+        if self.grpc.workers != "auto":
+            return self.grpc.workers
+        if not self.database.url or not self.grpc.fixed_port:
+            return 1
+        return min(available_cores(), MAX_WORKERS)
 
     @property
     def write_mode(self) -> str:

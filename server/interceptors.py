@@ -1,10 +1,12 @@
-"""The interceptor pipeline: one wrapper per chatmem RPC that runs the layers (context, auth, admission) in order.
+"""The layer pipeline: one wrapper per chatmem RPC, built at start-up, that runs the layers (context, auth, admission).
 
 Each concern (request context and metrics, authentication, admission) is a ``Layer`` in a module of its
-own. ``Pipeline`` is the only ``grpc.aio.ServerInterceptor``: it wraps the *behaviour* of each chatmem
-handler, so the layers run in the handler's own task (context variables they set reach the handler and
-its logs) and they see the deserialised request. Health and reflection pass through untouched: health
-is always open.
+own. ``Pipeline`` wraps the *behaviour* of each chatmem handler once, when the service is registered
+(``server/services/registry.py``), so the layers run in the handler's own task (context variables they
+set reach the handler and its logs) and they see the deserialised request. It is not a
+``grpc.aio.ServerInterceptor``: an interceptor costs a coroutine and a handler lookup on every RPC, and
+with no layers configured the handlers are registered as they are. Health and reflection are registered
+without it: health is always open.
 
 A layer refuses a request by raising a ``ChatmemError`` when it is entered; the pipeline turns that
 into the rich status. Layers entered before it see the exception leave their ``around`` and can record
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,8 +28,6 @@ from server.aborts import abort_with_error
 from server.errors import ChatmemError, InternalError
 
 log = logging.getLogger(__name__)
-
-CHATMEM_PREFIX = "/chatmem.v1."
 
 
 @dataclass(slots=True)
@@ -118,7 +118,7 @@ async def _write(context: grpc.aio.ServicerContext, item: Any) -> None:
         raise
 
 
-class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no stubs for aio
+class Pipeline:
     """Run the layers, outermost first, around every chatmem RPC.
 
     Args:
@@ -127,24 +127,27 @@ class Pipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships 
 
     def __init__(self, layers: Sequence[Layer]) -> None:
         self._layers = tuple(layers)
-        # One wrapped handler per method, built on its first call: the handlers never change.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        """Wrap chatmem handlers; pass every other service through."""
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not self._layers or not method.startswith(CHATMEM_PREFIX):
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """Return ``handler`` with the layers around it (``handler`` itself when there are none).
+
+        Args:
+            handler: the method's handler, as built for registration.
+            method: the full method path, ``/package.Service/Method``.
+        """
+        if not self._layers:
             return handler
-        known = self._wrapped.get(method)
-        if known is None or known[0] is not handler:
-            known = (handler, self._wrap(handler, method))
-            self._wrapped[method] = known
-        return known[1]
+        return self._wrap(handler, method)
+
+    def wrap_service(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> grpc.GenericRpcHandler:
+        """Return the generic handler of ``service`` with every method wrapped.
+
+        Args:
+            service: the full service name.
+            handlers: the method handlers by method name.
+        """
+        wrapped = {name: self.wrap(h, f"/{service}/{name}") for name, h in handlers.items()}
+        return grpc.method_handlers_generic_handler(service, wrapped)
 
     async def _enter(self, call: Call) -> list[contextlib.AbstractAsyncContextManager[None]]:
         entered: list[contextlib.AbstractAsyncContextManager[None]] = []

@@ -3,13 +3,19 @@
 Each worker is a fresh interpreter (multiprocessing "spawn"), so no gRPC state is ever forked. The
 kernel spreads connections (not RPCs) over the workers, so clients need several channels to use them
 all. The parent forwards SIGTERM/SIGINT, and if one worker dies it stops the others and exits non-zero.
+If the parent itself is killed (SIGKILL), the kernel kills the workers too: orphans would keep serving
+the port, and a restarted server would silently share it with them.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
 import signal
+import socket
+import sys
 import time
 from types import FrameType
 
@@ -17,8 +23,39 @@ from server.config import Settings
 
 log = logging.getLogger(__name__)
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-def _worker(settings: Settings, index: int) -> None:
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGKILL when the parent dies (Linux), and leave now if it already has."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
+
+
+def port_in_use(address: str) -> bool:
+    """Return True when something already listens on ``host:port`` (probed without SO_REUSEPORT).
+
+    With SO_REUSEPORT on, gRPC would bind next to a server already running on the port and share its
+    traffic; the workers check first, so that a second server fails as it does without workers.
+    """
+    host, _sep, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - ":50051" means every interface, as gRPC reads it
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: connections of an earlier run in TIME_WAIT do not count; a listener does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError:
+            return True
+    return False
+
+
+def _worker(settings: Settings, index: int, parent: int) -> None:
+    _die_with_parent(parent)
     # Imported here: the parent never loads grpc, so forked helpers of the parent stay clean too.
     import asyncio
 
@@ -40,11 +77,16 @@ def _worker(settings: Settings, index: int) -> None:
 
 
 def run_workers(settings: Settings) -> int:
-    """Run ``settings.grpc.workers`` server processes until a signal; return the exit code."""
+    """Run ``settings.worker_count`` server processes until a signal; return the exit code."""
+    count = settings.worker_count
+    if port_in_use(settings.grpc.address):
+        log.error("cannot bind %s: another process listens on it", settings.grpc.address)
+        return 1
+    # The workers get the resolved count, so that each one knows it shares the port.
+    settings = settings.model_copy(update={"grpc": settings.grpc.model_copy(update={"workers": count})})
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker, args=(settings, i), name=f"chatmem-worker-{i}")
-        for i in range(settings.grpc.workers)
+        ctx.Process(target=_worker, args=(settings, i, os.getpid()), name=f"chatmem-worker-{i}") for i in range(count)
     ]
     for proc in procs:
         proc.start()

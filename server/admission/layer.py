@@ -1,7 +1,10 @@
 """The admission layer: sheds load past the in-flight cap, caps streams per workspace, charges quotas.
 
 It runs innermost, after authentication has fixed the request's workspace. Checks go cheapest first:
-the in-flight count, the stream count, then the token buckets. Streams and buckets are kept in Redis,
+the in-flight count; then, while the event loop lags (the process is short of CPU), the remaining
+deadline against the time recent calls spent in the server (a call that cannot be answered in time is
+refused at once, while the refusal can still reach its caller, instead of timing out in the queue); the
+stream count; then the token buckets. Streams and buckets are kept in Redis,
 shared by every replica; while Redis is down, failing or not configured they are kept in the process.
 Every refusal is RESOURCE_EXHAUSTED with a RetryInfo and is counted by kind.
 """
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
 
+from server.admission.lag import LoopLag
 from server.admission.local import LocalQuota
 from server.admission.quota import Rate, RedisQuota, Refusal, StreamLeases
 from server.config import QuotaSettings
@@ -31,6 +35,11 @@ from server.validation import DEFAULT_WORKSPACE, is_valid_id
 log = logging.getLogger(__name__)
 
 STREAM_RETRY_S = 1.0
+# Below this the loop is keeping up: no deadline is checked. A slow call on a loop that keeps up waits on
+# I/O (a slow store), and refusing others would not speed it up.
+LAG_FLOOR_S = 0.01
+# Weight of one unary call in the running mean of the time a call spends in the server per call in flight.
+_COST_WEIGHT = 0.05
 # Open-ended streams (mostly idle, capped by LIMITS__MAX_WATCHERS_PER_WORKSPACE): they take neither an
 # in-flight slot, which sheds work, nor a StreamHistory slot, which would let watchers starve exports.
 _OPEN_ENDED = frozenset({"WatchThread"})
@@ -62,6 +71,9 @@ class AdmissionLayer:
     Args:
         max_in_flight: per-process concurrent RPCs (0 = no cap).
         in_flight_retry_s: the RetryInfo delay of a shed request.
+        lag: the event loop's lag, or None not to shed by deadline.
+        shed_margin: while the loop lags, a call is refused when its remaining deadline is below this multiple
+            of the time it would spend in the server: the calls in flight times the recent time per call in flight.
         max_streams_per_workspace: concurrent StreamHistory calls per workspace (0 = no cap).
         local: the in-process buckets, or None when no rate quota is set.
         shared: the Redis buckets, or None without Redis.
@@ -79,6 +91,8 @@ class AdmissionLayer:
         max_in_flight: int,
         in_flight_retry_s: float,
         max_streams_per_workspace: int,
+        lag: LoopLag | None = None,
+        shed_margin: float = 0.0,
         local: LocalQuota | None,
         shared: RedisQuota | None,
         leases: StreamLeases | None,
@@ -90,6 +104,11 @@ class AdmissionLayer:
     ) -> None:
         self.max_in_flight = max_in_flight
         self.in_flight_retry_s = in_flight_retry_s
+        self.lag = lag
+        self.shed_margin = shed_margin
+        # Running mean of (a unary call's time from admission to its end) / (the calls in flight it joined):
+        # by Little's law about 1 / throughput, so a new call is expected to take (in flight + 1) times it.
+        self.per_call_s = 0.0
         self.max_streams = max_streams_per_workspace
         self.local = local
         self.shared = shared
@@ -186,7 +205,9 @@ class AdmissionLayer:
     # --- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start renewing the leases of open streams (when streams are counted in Redis)."""
+        """Start measuring the loop's lag, and renewing the leases of open streams (when counted in Redis)."""
+        if self.lag is not None:
+            self.lag.start()
         if self.leases is not None and self.max_streams:
             self._renewer = asyncio.get_running_loop().create_task(self._renew_leases())
 
@@ -200,7 +221,9 @@ class AdmissionLayer:
                 log.debug("cannot renew stream leases: %s", exc)
 
     async def stop(self) -> None:
-        """Stop renewing leases."""
+        """Stop measuring the lag and renewing leases."""
+        if self.lag is not None:
+            self.lag.stop()
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -209,12 +232,14 @@ class AdmissionLayer:
 
 
 class _Admission:
-    __slots__ = ("_call", "_entered", "_layer", "_stream")
+    __slots__ = ("_call", "_entered", "_joined", "_layer", "_started", "_stream")
 
     def __init__(self, layer: AdmissionLayer, call: Call) -> None:
         self._layer = layer
         self._call = call
         self._entered = False
+        self._started = 0.0
+        self._joined = 1
         self._stream: tuple[str, str | None] | None = None
 
     async def __aenter__(self) -> None:
@@ -224,9 +249,23 @@ class _Admission:
             raise layer.refuse(
                 "in_flight", "the server is at its limit of concurrent requests", layer.in_flight_retry_s
             )
+        lag = layer.lag
+        if lag is not None and lag.lag_s > LAG_FLOOR_S and not open_ended:
+            remaining = call.context.time_remaining()
+            expected = (layer.in_flight + 1) * layer.per_call_s
+            if remaining is not None and remaining < expected * layer.shed_margin:
+                raise layer.refuse(
+                    "in_flight",
+                    f"the server is overloaded: {remaining:.3f}s left of the deadline, a call takes about "
+                    f"{expected:.3f}s here now",
+                    max(layer.in_flight_retry_s, expected),
+                )
         if not open_ended:
             layer.in_flight += 1
             self._entered = True
+            if not call.streaming:
+                self._started = time.monotonic()
+                self._joined = layer.in_flight
         if not layer.per_workspace:
             return
         try:
@@ -252,6 +291,10 @@ class _Admission:
         if self._entered:
             layer.in_flight -= 1
             self._entered = False
+            if self._started:
+                per_call = (time.monotonic() - self._started) / self._joined
+                layer.per_call_s += (per_call - layer.per_call_s) * _COST_WEIGHT
+                self._started = 0.0
         stream, self._stream = self._stream, None
         if stream is not None:
             await layer.close_stream(*stream)
@@ -284,7 +327,7 @@ def build_admission(
     requests = Rate.of(quota.requests_per_s, quota.requests_burst)
     append = Rate.of(quota.append_bytes_per_s, quota.append_bytes_burst)
     rated = requests is not None or append is not None
-    if not (rated or quota.max_in_flight or quota.max_streams_per_workspace):
+    if not (rated or quota.max_in_flight or quota.max_streams_per_workspace or quota.shed_margin):
         return None
     shared = redis_client is not None
     owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -292,6 +335,8 @@ def build_admission(
         max_in_flight=quota.max_in_flight,
         in_flight_retry_s=quota.in_flight_retry_s,
         max_streams_per_workspace=quota.max_streams_per_workspace,
+        lag=LoopLag() if quota.shed_margin else None,
+        shed_margin=quota.shed_margin,
         local=LocalQuota(requests, append) if rated else None,
         shared=RedisQuota(redis_client, keys, requests, append) if rated and shared else None,
         leases=(

@@ -8,6 +8,7 @@ from chatmem.v1 import admin_service_pb2 as pb
 from chatmem.v1 import admin_service_pb2_grpc as pb_grpc
 from server import audit
 from server.config import Settings
+from server.interceptors import Pipeline
 from server.services import convert, registry
 from server.services.handler import unary
 from server.storage.erasure import Eraser
@@ -17,9 +18,9 @@ from server.validation import Checker
 _USER_PAGE = 200
 
 
-def register(servicer: AdminService, server: grpc.aio.Server) -> None:
+def register(servicer: AdminService, server: grpc.aio.Server, pipeline: Pipeline | None = None) -> None:
     """Add the service to a server."""
-    registry.register(server, servicer, pb.DESCRIPTOR.services_by_name["AdminService"])
+    registry.register(server, servicer, pb.DESCRIPTOR.services_by_name["AdminService"], pipeline=pipeline)
 
 
 class AdminService(pb_grpc.AdminServiceServicer):

@@ -7,6 +7,7 @@ import grpc
 from chatmem.v1 import preferences_service_pb2 as pb
 from chatmem.v1 import preferences_service_pb2_grpc as pb_grpc
 from server.config import Settings
+from server.interceptors import Pipeline
 from server.services import convert, registry
 from server.services.handler import unary
 from server.storage.models import Durability
@@ -14,9 +15,9 @@ from server.storage.repository import Repository
 from server.validation import Checker
 
 
-def register(servicer: PreferencesService, server: grpc.aio.Server) -> None:
+def register(servicer: PreferencesService, server: grpc.aio.Server, pipeline: Pipeline | None = None) -> None:
     """Add the service to a server."""
-    registry.register(server, servicer, pb.DESCRIPTOR.services_by_name["PreferencesService"])
+    registry.register(server, servicer, pb.DESCRIPTOR.services_by_name["PreferencesService"], pipeline=pipeline)
 
 
 class PreferencesService(pb_grpc.PreferencesServiceServicer):

@@ -19,6 +19,10 @@ from google.protobuf.message import DecodeError, Message
 
 from server.aborts import abort_with_error
 from server.errors import InvalidArgumentError
+from server.interceptors import Pipeline
+
+# The attribute a behaviour carries when it refuses an ``Undecodable`` request itself.
+REFUSES_UNDECODABLE = "refuses_undecodable"
 
 Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
@@ -94,6 +98,7 @@ def register(
     service: ServiceDescriptor,
     *,
     bytes_methods: Collection[str] = (),
+    pipeline: Pipeline | None = None,
 ) -> None:
     """Add ``servicer``'s methods for ``service`` to ``server``.
 
@@ -105,6 +110,7 @@ def register(
         servicer: an object with one coroutine (or async generator, for server streaming) per method.
         service: the service's descriptor (from the generated ``*_pb2`` module).
         bytes_methods: names of methods whose handlers may return the serialised response as bytes.
+        pipeline: the layers to run around every method (wrapped here, once).
     """
     handlers = {}
     for method in service.methods:
@@ -112,13 +118,23 @@ def register(
             raise ValueError(f"{method.full_name}: client streaming is not supported")
         serialize = _bytes_or_message if method.name in bytes_methods else _serialize
         behaviour = getattr(servicer, method.name)
+        # The handler wrappers (server/services/handler.py) refuse an Undecodable themselves, inside
+        # the same coroutine: one await less per RPC than a separate guard.
+        guarded = getattr(behaviour, REFUSES_UNDECODABLE, False)
         deserialize = request_deserializer(method.input_type)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _guard_stream(behaviour), request_deserializer=deserialize, response_serializer=serialize
+                behaviour if guarded else _guard_stream(behaviour),
+                request_deserializer=deserialize,
+                response_serializer=serialize,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _guard_unary(behaviour), request_deserializer=deserialize, response_serializer=serialize
+                behaviour if guarded else _guard_unary(behaviour),
+                request_deserializer=deserialize,
+                response_serializer=serialize,
             )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    if pipeline is not None:
+        server.add_generic_rpc_handlers((pipeline.wrap_service(service.full_name, handlers),))
+    else:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

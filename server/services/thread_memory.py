@@ -11,6 +11,7 @@ from chatmem.v1 import thread_memory_service_pb2 as pb
 from chatmem.v1 import thread_memory_service_pb2_grpc as pb_grpc
 from server.config import Settings
 from server.errors import ThreadNotFoundError
+from server.interceptors import Pipeline
 from server.services import budgeted, context_block, convert, message_input, pagination, registry
 from server.services.handler import server_stream, unary
 from server.services.watch import WatchLoop, live_stream
@@ -43,10 +44,14 @@ _SERVING_FIELD = {
 }
 
 
-def register(servicer: ThreadMemoryService, server: grpc.aio.Server) -> None:
+def register(servicer: ThreadMemoryService, server: grpc.aio.Server, pipeline: Pipeline | None = None) -> None:
     """Add the service to a server, with GetHistory's and StreamHistory's responses passed through as bytes."""
     registry.register(
-        server, servicer, pb.DESCRIPTOR.services_by_name["ThreadMemoryService"], bytes_methods=_BYTES_METHODS
+        server,
+        servicer,
+        pb.DESCRIPTOR.services_by_name["ThreadMemoryService"],
+        bytes_methods=_BYTES_METHODS,
+        pipeline=pipeline,
     )
 
 

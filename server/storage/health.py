@@ -167,10 +167,15 @@ class CacheBreaker:
         self._attempted = asyncio.Event()
 
     async def _probe_until_recovered(self) -> None:
+        first = True
         while True:
-            # Sleep one interval, or less if a caller asks for an attempt now (attempt()).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self._interval_s)
+            # The first probe goes at once: a Redis that was only slow (a busy machine) answers it, and its
+            # requests use it again after one repair instead of an interval later. Then sleep one interval,
+            # or less if a caller asks for an attempt now (attempt()).
+            if not first:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), self._interval_s)
+            first = False
             self._kick.clear()
             try:
                 await self._probe()

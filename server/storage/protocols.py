@@ -302,10 +302,19 @@ class Stores(Protocol):
 
 
 class Cache(Protocol):
-    """The Redis tier (L1). Every method raises CacheUnavailableError when Redis cannot answer."""
+    """The L1 tier: Redis, or the embedded mode's in-process window cache (local_cache.py).
+
+    Every method of the Redis cache raises CacheUnavailableError when Redis cannot answer; the in-process
+    cache never fails. The write_behind methods (append_queued, pending_seq) belong to Redis alone.
+    """
 
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+    @property
+    def in_process(self) -> bool:
+        """True for a cache inside this process: nothing writes around it, so it needs no breaker, repair or outbox."""
         ...
 
     @property

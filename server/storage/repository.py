@@ -106,6 +106,7 @@ class Policy:
         request_ttl_s: how long Redis remembers request ids (write_behind).
         max_unflushed: the most queued, unflushed messages per thread; also the fallback seq gap.
         probe_interval_s: how often a bypassed Redis is probed.
+        call_bound_s: the longest a cache call can stay in flight (None: derived from ``silence_s``).
         silence_s: a shard of Redis unused for longer is checked against the repair log before its next use
             (REDIS__SOCKET_TIMEOUT_S: a stall shorter than that makes no replica give up on Redis).
         max_group: the most appends in one group commit.
@@ -118,6 +119,7 @@ class Policy:
     max_unflushed: int = 100_000
     probe_interval_s: float = 1.0
     silence_s: float = 0.5
+    call_bound_s: float | None = None
     max_group: int = 256
 
 
@@ -145,7 +147,9 @@ class Repository:
         self._threads = stores.threads
         self._policy = policy
         self._observer = observer or NoObserver()
-        self.tiers = Tiers(cache, stores.repairs, stores.messages, policy.probe_interval_s, policy.silence_s)
+        self.tiers = Tiers(
+            cache, stores.repairs, stores.messages, policy.probe_interval_s, policy.silence_s, policy.call_bound_s
+        )
         self.preferences = PreferenceRepository(self.tiers, stores.preferences, self._observer)
         # In write_behind the store path runs only around Redis, so it always leaves the fallback gap.
         self._store_writes = StoreWriter(
@@ -173,8 +177,9 @@ class Repository:
 
     @property
     def write_behind(self) -> bool:
-        """True when appends are acknowledged from the outbox."""
-        return self._policy.write_behind and self.tiers.cache is not None
+        """True when appends are acknowledged from the outbox (which only Redis holds)."""
+        cache = self.tiers.cache
+        return self._policy.write_behind and cache is not None and not cache.in_process
 
     @property
     def redis_health(self) -> TierHealth | None:

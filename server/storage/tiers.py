@@ -55,6 +55,7 @@ class Tiers:
         messages: the store's messages (a repair reseeds a thread from them).
         probe_interval_s: how often a bypassed shard is probed.
         silence_s: a shard unused for longer is checked against the repair log before its next use.
+        call_bound_s: the longest a cache call can stay in flight (default: twice ``silence_s``, plus 0.5 s).
     """
 
     def __init__(
@@ -64,15 +65,19 @@ class Tiers:
         messages: MessageStore,
         probe_interval_s: float,
         silence_s: float = 0.5,
+        call_bound_s: float | None = None,
     ) -> None:
         self.cache = cache
         self._repairs = repairs
         self._messages = messages
         self._probe_interval_s = probe_interval_s
         self._silence_s = silence_s
+        self._call_bound_s = 2 * silence_s + 0.5 if call_bound_s is None else call_bound_s
         self._check_timeout_s = max(0.2, silence_s)
         self.store_health = TierHealth("store")
-        self.redis_health = TierHealth("redis") if cache is not None else None
+        # An in-process cache cannot be unreachable and nothing writes around it: no breaker, no health.
+        self._local = cache is not None and cache.in_process
+        self.redis_health = TierHealth("redis") if cache is not None and not self._local else None
         self._sharded = cache is not None and cache.sharded
         self._breakers: dict[int, CacheBreaker] = {}
         self._down: set[int] = set()
@@ -122,8 +127,8 @@ class Tiers:
 
     async def usable_cache(self, bucket: int) -> Cache | None:
         """Return the cache if requests for this bucket may use it now, else None (none configured, or bypassed)."""
-        if self.cache is None:
-            return None
+        if self.cache is None or self._local:
+            return self.cache
         shard = self.shard(bucket)
         breaker = self.breaker(shard)
         # A new connection (Redis may have restarted) or a long silence (Redis may have stalled long
@@ -139,6 +144,9 @@ class Tiers:
 
     async def on_cache(self, bucket: int, call: Callable[[Cache], Awaitable[T]]) -> tuple[bool, T | None]:
         """Run a cache call if the bucket's shard is usable; (False, None) if it is bypassed or just failed."""
+        if self._local:
+            assert self.cache is not None
+            return True, await call(self.cache)
         cache = await self.usable_cache(bucket)
         if cache is None:
             return False, None
@@ -160,7 +168,7 @@ class Tiers:
         return True, out
 
     async def settle(self, bucket: int) -> None:
-        """Wait until no call to the bucket's shard is in flight (each ends within the socket timeout).
+        """Wait until no call to the bucket's shard is in flight (each ends within ``call_bound_s``).
 
         A write about to go around Redis waits for this first: a call that was already on its way when
         another failed could otherwise still be numbered by Redis after the store numbered this one.
@@ -169,7 +177,7 @@ class Tiers:
         if self._inflight.get(shard, 0):
             idle = self._idle.setdefault(shard, asyncio.Event())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(idle.wait(), 2 * self._silence_s + 0.5)
+                await asyncio.wait_for(idle.wait(), self._call_bound_s)
 
     def trip(self, bucket: int, exc: CacheUnavailableError) -> None:
         """Record a cache failure: requests for the shard bypass Redis until it answers and is repaired."""

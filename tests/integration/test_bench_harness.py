@@ -46,7 +46,18 @@ def test_harness_produces_figures_for_every_target(tmp_path: pathlib.Path) -> No
             assert row["units"] > 0 and row["calls"] > 0, (target, op, row)
             assert row["ops_per_s"] > 0 and row["p50_ms"] > 0 and row["p99_ms"] >= row["p50_ms"], (target, op, row)
             assert not row["errors"], (target, op, row["first_error"])
-            if target in ("limit-grpc", "chatmem-wb", "chatmem-wt"):
+            if target in ("limit-grpc", "chatmem-wb", "chatmem-wt", "chatmem-sqlite"):
                 assert row["server_cpu_us_per_op"] is not None, (target, op)
     assert {c["verdict"] for c in data["checks"]} <= {"PASS", "FAIL", "n/a"}
     assert data["checks"], "no targets were computed"
+    # CPU per op with 1 and 2 workers (bench/percore.py): both figures, a ratio, a verdict.
+    per_core = [c for c in data["checks"] if "with 2 workers" in c["name"]]
+    assert len(per_core) == 2 and all(c["verdict"] in ("PASS", "FAIL") for c in per_core), per_core
+    assert len(data["per_core"]) == 2 and all("CPU/op with 1 and 2 workers" in x for x in data["per_core"])
+    # The saturation phase ran on chatmem-wb and its two targets were computed from this run.
+    saturation = data["setup"]["saturation"]
+    assert saturation["calls"] > 0 and saturation["rpcs"] == 2 * saturation["calls"], saturation
+    assert saturation["degraded_share"] is not None and len(saturation["loadavg_during"]) == 3, saturation
+    verdicts = {c["name"]: c["verdict"] for c in data["checks"]}
+    assert verdicts["saturation: share of chatmem-wb RPCs served degraded"] in ("PASS", "FAIL")
+    assert verdicts["write_through (chatmem-wt) completed in this run: DEADLINE_EXCEEDED calls"] == "PASS"

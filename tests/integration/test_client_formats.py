@@ -15,6 +15,8 @@ from chatmem import ConflictError, MemoryClient, Message, MessageInput
 from chatmem.formats.anthropic import from_anthropic, to_anthropic, to_anthropic_messages
 from chatmem.formats.openai import from_openai, to_openai_messages
 from chatmem.langchain import from_langchain, to_langchain_messages
+from server.storage.local_cache import LocalCache
+from server.storage.models import ThreadKey
 from server.storage.redis.keys import KeySpace
 from tests.conftest import Harness
 from tests.formats_corpus import (
@@ -40,12 +42,16 @@ async def memory(api: Harness) -> AsyncIterator[MemoryClient]:
 
 
 def cached(api: Harness) -> bool:
-    return api.app.settings.redis.url is not None
+    return api.app.cache is not None  # Redis, or on SQLite without Redis the in-process cache
 
 
 async def miss(api: Harness, thread_ids: Sequence[str]) -> None:
     """Flush write_behind to the store and drop the cached windows, so the next read is a cache miss."""
     await api.drained()
+    if isinstance(api.app.cache, LocalCache):
+        for t in thread_ids:  # as an eviction would: the window is gone, the store still has everything
+            await api.app.cache.trim_thread(ThreadKey(api.ws, t), 0, 0)
+        return
     if not cached(api):
         return
     keys = KeySpace(api.app.settings.redis.key_prefix)

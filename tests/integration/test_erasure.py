@@ -20,6 +20,8 @@ from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
 from devtools.postgres import PostgresProcess
 from devtools.redis import RedisProcess
+from server.storage.local_cache import LocalCache
+from server.storage.models import ThreadKey
 from server.storage.redis.keys import KeySpace
 from server.storage.redis.outbox import Flusher
 from tests import store_rows
@@ -115,8 +117,10 @@ async def test_delete_user_erases_both_tiers_and_nothing_else(api: Harness, capl
         assert await thread_code(api, thread) == grpc.StatusCode.NOT_FOUND
         assert await history_seqs(api, thread) == []
         assert await store_rows.seqs(api, api.ws, thread) == []
-        if api.app.cache is not None:
+        if api.app.settings.redis.enabled:
             assert await redis_leftovers(api, thread) == []
+        elif isinstance(api.app.cache, LocalCache):  # the embedded mode's in-process cache
+            assert ThreadKey(api.ws, thread) not in api.app.cache
     listed = await api.threads.ListThreads(pb.ListThreadsRequest(workspace_id=api.ws, user_id="alice"))
     assert list(listed.threads) == []
     assert await prefs_of(api, "alice") == {}

@@ -64,8 +64,9 @@ async def wait_serving(port: int) -> grpc.aio.Channel:
 async def test_embedded_default_serves_health_reflection_and_history(
     embedded: tuple[subprocess.Popen[str], int], tmp_path: pathlib.Path
 ) -> None:
-    _proc, port = embedded
+    proc, port = embedded
     channel = await wait_serving(port)
+    assert children_of(proc.pid) == [], "GRPC__WORKERS=auto on SQLite is the one process"
     stub = pb_grpc.ThreadMemoryServiceStub(channel)
     await stub.AppendMessages(pb.AppendMessagesRequest(thread_id="t", messages=exchange(1)))
     got = await stub.GetHistory(pb.GetHistoryRequest(thread_id="t"))
@@ -207,6 +208,73 @@ async def test_two_workers_share_the_port_and_stop_together(tmp_path: pathlib.Pa
             await channel.close()
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pg.close()
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_auto_workers_one_per_core_with_postgresql_die_with_their_parent(tmp_path: pathlib.Path) -> None:
+    """GRPC__WORKERS unset (auto) with PostgreSQL: one worker per core; a second server on the port is refused;
+    a SIGKILL of the parent leaves no worker serving the port."""
+    from server.cores import available_cores
+
+    pg = PostgresProcess()
+    pg.start()
+    port = free_port()
+    env = {**server_env(tmp_path, port, DATABASE__URL=pg.url), "PYTHONPATH": str(ROOT)}
+    cores = available_cores()
+    proc = spawn_server(env, tmp_path)
+    try:
+        channel = await wait_serving(port)
+        workers = await asyncio.to_thread(children_of, proc.pid)
+        if cores > 1:
+            assert len(workers) >= cores, f"{cores} cores, worker processes {workers}"
+        second = spawn_server(env, tmp_path)
+        out, _ = await asyncio.to_thread(second.communicate, timeout=60)
+        assert second.returncode != 0 and "another process listens" in out, out
+        await pb_grpc.ThreadMemoryServiceStub(channel).GetHistory(pb.GetHistoryRequest(thread_id="t"), timeout=10)
+        await channel.close()
+        proc.kill()
+        await asyncio.to_thread(proc.wait, 30)
+        for _ in range(100):  # bounded: 100 x 50 ms for the kernel to deliver the workers' SIGKILL
+            if not any(alive(pid) for pid in workers):
+                break
+            await asyncio.sleep(0.05)
+        assert not any(alive(pid) for pid in workers), "workers outlived their parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pg.close()
+
+
+async def test_auto_workers_stay_within_postgresql_free_connections(tmp_path: pathlib.Path) -> None:
+    """Every worker opens up to DATABASE__POOL_MAX_SIZE connections: auto starts no more workers than fit."""
+    from server.cores import available_cores
+
+    if available_cores() < 2:
+        pytest.skip("one core: auto is one worker whatever PostgreSQL allows")
+    pg = PostgresProcess({"max_connections": "20"})  # 17 for clients: one pool of 10 fits, two do not
+    pg.start()
+    port = free_port()
+    env = {**server_env(tmp_path, port, DATABASE__URL=pg.url, DATABASE__POOL_MAX_SIZE="10"), "PYTHONPATH": str(ROOT)}
+    proc = spawn_server(env, tmp_path)
+    try:
+        channel = await wait_serving(port)
+        assert await asyncio.to_thread(children_of, proc.pid) == [], "one process: two pools would not fit"
+        await pb_grpc.ThreadMemoryServiceStub(channel).GetHistory(pb.GetHistoryRequest(thread_id="t"), timeout=10)
+        await channel.close()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.to_thread(proc.communicate, timeout=30)
+        assert "not one per core" in out and "DATABASE__POOL_MAX_SIZE=10" in out, out
     finally:
         if proc.poll() is None:
             proc.kill()

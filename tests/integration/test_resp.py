@@ -98,6 +98,33 @@ async def test_a_frozen_server_times_out_and_a_resumed_one_serves_again(
         pytest.fail("the connection never recovered after SIGCONT")
 
 
+# Keeps Redis busy for ARGV[1] ms, answering nothing meanwhile: a slow Redis, not a frozen one.
+SPIN = """
+local t = redis.call('TIME')
+local stop_at = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1]) * 1000
+repeat t = redis.call('TIME') until tonumber(t[1]) * 1000000 + tonumber(t[2]) >= stop_at
+return ARGV[1]
+"""
+
+
+async def test_a_slow_server_that_keeps_answering_is_waited_for(client: PipelinedRedis) -> None:
+    # Two commands of 0.35 s each, in two writes (Redis answers a batch read in one go only after running
+    # all of it): the second waits 0.7 s, past the 0.5 s timeout, but the first reply arrives at 0.35 s, so
+    # Redis is slow, not stuck.
+    started = time.monotonic()
+    first = asyncio.ensure_future(client.eval(SPIN, 0, "350"))
+    await asyncio.sleep(0.02)
+    second = asyncio.ensure_future(client.eval(SPIN, 0, "350"))
+    assert await asyncio.gather(first, second) == [b"350", b"350"]
+    assert time.monotonic() - started >= 0.7
+    assert await client.eval(ECHO, 0, "same connection") == b"same connection"
+
+
+async def test_a_command_silent_past_the_timeout_fails_though_the_server_lives(client: PipelinedRedis) -> None:
+    with pytest.raises(RedisTimeoutError):
+        await client.eval(SPIN, 0, "800")  # 0.8 s without a byte: as good as frozen for a 0.5 s timeout
+
+
 async def test_a_killed_server_fails_callers_and_a_restarted_one_serves_again(
     own_redis: RedisProcess, client: PipelinedRedis
 ) -> None:

@@ -1,4 +1,4 @@
-"""The interceptor pipeline: layer order, refusal as a rich status, streams, and services it leaves alone."""
+"""The layer pipeline: layer order, refusal as a rich status, streams, and services registered without it."""
 
 from __future__ import annotations
 
@@ -51,21 +51,24 @@ async def _count(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIter
         yield str(i).encode()
 
 
-def _handlers(service: str) -> grpc.GenericRpcHandler:
-    return grpc.method_handlers_generic_handler(
-        service,
-        {
-            "Echo": grpc.unary_unary_rpc_method_handler(_echo, _ident, _ident),
-            "Count": grpc.unary_stream_rpc_method_handler(_count, _ident, _ident),
-        },
-    )
+def _handlers() -> dict[str, grpc.RpcMethodHandler]:
+    return {
+        "Echo": grpc.unary_unary_rpc_method_handler(_echo, _ident, _ident),
+        "Count": grpc.unary_stream_rpc_method_handler(_count, _ident, _ident),
+    }
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[grpc.aio.Channel, list[str]]]:
     log: list[str] = []
-    server = grpc.aio.server(interceptors=[Pipeline([Recording("a", log), Recording("b", log)])])
-    server.add_generic_rpc_handlers((_handlers("chatmem.v1.Fake"), _handlers("other.Fake")))
+    pipeline = Pipeline([Recording("a", log), Recording("b", log)])
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            pipeline.wrap_service("chatmem.v1.Fake", _handlers()),
+            grpc.method_handlers_generic_handler("other.Fake", _handlers()),
+        )
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -113,7 +116,12 @@ async def test_streams_are_wrapped_for_their_whole_length(served: Any) -> None:
     assert log == ["a>Count:", "b>Count:", "b<OK", "a<OK"]
 
 
-async def test_other_services_pass_through(served: Any) -> None:
+def test_no_layers_means_the_handlers_as_they_are() -> None:
+    handler = grpc.unary_unary_rpc_method_handler(_echo, _ident, _ident)
+    assert Pipeline([]).wrap(handler, "/chatmem.v1.Fake/Echo") is handler
+
+
+async def test_services_registered_without_it_pass_through(served: Any) -> None:
     channel, log = served
     echo = channel.unary_unary("/other.Fake/Echo", _ident, _ident)
     assert await echo(b"deny-a") == b"deny-a"

@@ -24,7 +24,7 @@ from server.storage.models import (
 )
 from server.storage.protocols import CacheUnavailableError
 from server.storage.redis import scripts
-from server.storage.redis.connection import ConnectCounter
+from server.storage.redis.connection import ConnectCounter, PipelinedRedis
 from server.storage.redis.keys import KeySpace
 from server.storage.redis.scripts import Script
 
@@ -128,6 +128,11 @@ class RedisCache:
         return {"created": free + busy, "in_use": busy, "available": free, "max": int(pool.max_connections)}
 
     @property
+    def in_process(self) -> bool:
+        """False: Redis is shared, so writes may go around it and it is guarded by breakers and repairs."""
+        return False
+
+    @property
     def sharded(self) -> bool:
         """True on Redis Cluster: each bucket may fail (and is degraded and repaired) on its own."""
         return self._cluster
@@ -148,7 +153,11 @@ class RedisCache:
             pool = getattr(self._client, "connection_pool", None)
             if fresh and pool is not None:
                 await pool.disconnect(inuse_connections=False)
-            if bucket is None or not self._cluster:
+            if isinstance(self._scripts_client, PipelinedRedis):
+                # The scripts' own connection, which tells a slow Redis from a silent one (REDIS__DEAD_AFTER_S):
+                # a busy machine must not open the breaker by a socket timeout that the scripts would have waited out.
+                await self._scripts_client.execute(b"PING")
+            elif bucket is None or not self._cluster:
                 await self._client.ping()
             else:
                 await self._client.exists(self._keys.probe(bucket))

@@ -1,10 +1,13 @@
-"""A lean, auto-pipelined Redis connection for the cache scripts: one write per event-loop tick.
+"""A lean, auto-pipelined Redis connection for the cache scripts: few writes, replies matched in order.
 
 redis-py spends about 40 µs of CPU per command here (connection pool, retry wrapper, streams and a
 timeout per read), and every command of every concurrent request pays a write and a read of its own.
 The cache scripts are one command per request on the hot path, so they go through this instead:
 one connection on which the commands issued during one event-loop tick leave in one write, and
 replies are matched to their callers in order (Redis answers a connection's commands in order).
+While earlier commands still wait for their replies, new ones are held and leave in one write when
+those replies arrive (or when the batch is full): under load, many requests share each write and
+each read, and an idle connection still writes at once, so a lone request waits for nothing.
 
 It speaks just enough RESP2 for EVALSHA/EVAL (hiredis parses and packs), and raises redis-py's
 exception classes, so the callers' error handling is the same for both clients. Everything else
@@ -27,6 +30,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
+# How long a watchdog that found Redis silent waits before it gives up on the connection: long enough
+# for the event loop to poll for I/O once in between (uvloop runs due timers before it reads sockets, so
+# on a busy loop a reply can be waiting unread when the timer fires).
+_CONFIRM_S = 0.02
+# However steadily Redis answers, a command that waited this many timeouts fails the connection: a Redis
+# that slow is as good as down, and it bounds how long any call can stay in flight (which a write around
+# Redis waits out first: Tiers.settle).
+PATIENCE = 3
+
 
 def _retrieve(attempt: asyncio.Future[Any]) -> None:
     # A connect attempt whose callers all gave up: take its error so that asyncio does not log it.
@@ -34,9 +46,18 @@ def _retrieve(attempt: asyncio.Future[Any]) -> None:
         attempt.exception()
 
 
+# Commands held while replies are due leave at once when this many have gathered.
+MAX_HELD = 256
+
+
 def _pack(args: tuple[Any, ...]) -> bytes:
     # hiredis packs in C (its stub returns Any).
     return hiredis.pack_command(args)  # type: ignore[no-any-return]
+
+
+def pack(*args: Any) -> bytes:
+    """Return a command in RESP form, for a caller that sends the same command many times."""
+    return _pack(args)
 
 
 class _Link(asyncio.Protocol):
@@ -46,11 +67,15 @@ class _Link(asyncio.Protocol):
         self._loop = loop
         self._timeout_s = timeout_s
         self._reader = hiredis.Reader()
+        # (caller, when its command was queued)
         self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._heard = loop.time()  # when Redis last sent anything
+        self._suspect = False
         self._outgoing: list[bytes] = []
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
+        self._on_push: Callable[[Any], None] | None = None
         self.alive = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -63,8 +88,13 @@ class _Link(asyncio.Protocol):
         self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
 
     def data_received(self, data: bytes) -> None:
-        """Parse replies and hand each to the oldest waiting caller."""
+        """Parse replies and hand each to the oldest waiting caller, then send what was held meanwhile."""
+        self._heard = self._loop.time()
         self._reader.feed(data)
+        if self._on_push is not None:
+            while (pushed := self._reader.gets()) is not False:
+                self._on_push(pushed)
+            return
         while (reply := self._reader.gets()) is not False:
             if not self._waiting:
                 self._fail(RedisConnectionError("Redis sent a reply nobody asked for"))
@@ -79,20 +109,35 @@ class _Link(asyncio.Protocol):
                 )
             else:
                 future.set_result(reply)
+        if self._outgoing and not self._flush_scheduled:
+            self._flush()
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
-        """Queue a packed command for this tick's write; the future gets its reply."""
+        """Queue a packed command for the next write; the future gets its reply."""
         if not self.alive:
             raise RedisConnectionError("connection to Redis is closed")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._waiting.append((future, self._loop.time() + self._timeout_s))
+        # Without a write scheduled, every command in _waiting has been sent: its replies are due, and
+        # data_received sends this one with the others that gather meanwhile.
+        held = bool(self._waiting) and not self._flush_scheduled
+        self._waiting.append((future, self._loop.time()))
         self._outgoing.append(packed)
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and (not held or len(self._outgoing) >= MAX_HELD):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
         if self._watchdog is None:
             self._watchdog = self._loop.call_later(self._timeout_s, self._check)
         return future
+
+    def push_mode(self, on_push: Callable[[Any], None], packed: bytes) -> None:
+        """Send ``packed`` (a SUBSCRIBE) and hand every message from now on to ``on_push``, in order."""
+        self._on_push = on_push
+        self.write(packed)
+
+    def write(self, packed: bytes) -> None:
+        """Send a command whose reply nobody waits for (a PING on a subscribed connection)."""
+        if self._transport is not None and self.alive:
+            self._transport.write(packed)
 
     def close(self) -> None:
         """Close the connection; waiting callers fail."""
@@ -107,18 +152,29 @@ class _Link(asyncio.Protocol):
         self._outgoing = []
 
     def _check(self) -> None:
-        # The oldest command is answered first, so if it is overdue the connection is stuck (a frozen
-        # or partitioned Redis): give up on all of it, as redis-py does on a socket timeout.
+        # Redis answers a connection's commands in order, so while bytes arrive it is working through
+        # them however deep the queue (a slow Redis, or one starved of CPU): only silence counts, from the
+        # later of the oldest command's queueing and the last byte heard. Silent for timeout_s, checked
+        # again after one poll for I/O, the connection is stuck (a frozen or partitioned Redis): give up
+        # on all of it, as redis-py does on a socket timeout.
         self._watchdog = None
         if not self._waiting:
+            self._suspect = False
             return
-        overdue = self._waiting[0][1] - self._loop.time()
-        if overdue <= 0:
-            if self._transport is not None:
-                self._transport.abort()
-            self._fail(RedisTimeoutError(f"Redis did not answer within {self._timeout_s}s"))
+        oldest = self._waiting[0][1]
+        now = self._loop.time()
+        left = min(max(oldest, self._heard) + self._timeout_s, oldest + PATIENCE * self._timeout_s) - now
+        if left > 0:
+            self._suspect = False
+            self._watchdog = self._loop.call_later(left, self._check)
             return
-        self._watchdog = self._loop.call_later(overdue, self._check)
+        if not self._suspect:
+            self._suspect = True
+            self._watchdog = self._loop.call_later(_CONFIRM_S, self._check)
+            return
+        if self._transport is not None:
+            self._transport.abort()
+        self._fail(RedisTimeoutError(f"Redis sent nothing for {self._timeout_s}s (or took {PATIENCE}x that)"))
 
     def _fail(self, exc: Exception) -> None:
         self.alive = False
@@ -130,6 +186,26 @@ class _Link(asyncio.Protocol):
             if not future.done():
                 future.set_exception(exc)
         self._outgoing = []
+
+
+class Subscription:
+    """A subscribed connection: ping it, check it is alive, close it."""
+
+    def __init__(self, link: _Link) -> None:
+        self._link = link
+
+    @property
+    def alive(self) -> bool:
+        """False once the connection is lost or closed."""
+        return self._link.alive
+
+    def ping(self) -> None:
+        """Send a PING; its ``[b"pong", b""]`` comes through ``on_push``."""
+        self._link.write(_pack((b"PING",)))
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._link.close()
 
 
 class ConnectCounter:
@@ -160,7 +236,8 @@ class PipelinedRedis:
         password: the password to AUTH with, if any.
         ssl_context: TLS settings for ``rediss://``, or None.
         server_hostname: the name to check the TLS certificate against.
-        timeout_s: how long a command may wait for its reply before the connection is declared stuck.
+        timeout_s: how long Redis may stay silent while a command waits before the connection is declared
+            stuck (a Redis that keeps answering, however slowly, is waited for).
         connect_timeout_s: how long connecting (and AUTH/SELECT) may take.
     """
 
@@ -234,10 +311,25 @@ class PipelinedRedis:
 
     async def execute(self, *args: Any) -> Any:
         """Send one command with this tick's others and return its reply."""
+        return await self.execute_packed(_pack(args))
+
+    async def execute_packed(self, packed: bytes) -> Any:
+        """Send a command already in RESP form (see ``pack``) and return its reply."""
         link = self._link
         if link is None or not link.alive:
             link = await self._connect()
-        return await link.send(_pack(args))
+        return await link.send(packed)
+
+    async def subscribe(self, channel: str, on_push: Callable[[Any], None]) -> Subscription:
+        """Open a connection subscribed to ``channel``; every message it brings goes to ``on_push``.
+
+        The subscription has a connection of its own (a subscribed connection runs no other commands);
+        ``on_push`` gets replies as hiredis parses them: ``[b"subscribe", channel, n]``,
+        ``[b"message", channel, data]``, ``[b"pong", b""]``.
+        """
+        link = await self._open_link()
+        link.push_mode(on_push, _pack((b"SUBSCRIBE", channel)))
+        return Subscription(link)
 
     async def aclose(self) -> None:
         """Close the connection."""
@@ -257,6 +349,13 @@ class PipelinedRedis:
         return await asyncio.shield(self._connecting)
 
     async def _open(self) -> _Link:
+        link = await self._open_link()
+        self._link = link
+        if self._on_connect is not None:
+            self._on_connect()
+        return link
+
+    async def _open_link(self) -> _Link:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
@@ -275,9 +374,6 @@ class PipelinedRedis:
             raise RedisTimeoutError(f"connecting to Redis took over {self._connect_timeout_s}s") from exc
         except OSError as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
-        self._link = link
-        if self._on_connect is not None:
-            self._on_connect()
         return link
 
     async def _handshake(self, link: _Link) -> None:
