@@ -25,6 +25,7 @@ from bench.config import (
     PHASE_GRACE_S,
     PRELOAD_TIMEOUT_S,
     REDIS_PREFIXES,
+    REPO_ROOT,
     Config,
     Row,
     peer_status,
@@ -134,6 +135,8 @@ class Harness:
                 "MEMORY__WRITE_MODE": mode,
                 "MEMORY__MAX_THREAD_MESSAGES": str(self.config.window),
                 "LOG_LEVEL": "WARNING",
+                # The server of this checkout (a worktree), not the one the venv's editable install names.
+                "PYTHONPATH": str(REPO_ROOT),
                 "GRPC__WORKERS": str(self.config.server_workers),
             }
             if target in PER_CORE:

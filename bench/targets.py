@@ -55,9 +55,9 @@ LAST_N_SQL = (
     "SELECT seq, role, content, name, metadata::text AS metadata, create_time FROM messages "
     "WHERE workspace_id = $1 AND thread_id = $2 ORDER BY seq DESC LIMIT $3"
 )
+# The stream floor of issue 16: a raw keyset scan of the stored bytes, what StreamHistory sends.
 PAGE_SQL = (
-    "SELECT seq, role, content, name, metadata::text AS metadata, create_time FROM messages "
-    "WHERE workspace_id = $1 AND thread_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
+    "SELECT seq, encoded FROM messages WHERE workspace_id = $1 AND thread_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
 )
 APPEND_SQL = (
     "INSERT INTO messages (workspace_id, thread_id, seq, role, content, create_time) "
@@ -647,7 +647,7 @@ class LimitPostgres(Target):
                         break
                     meter.add(len(rows))
                     received += len(rows)
-                    after = rows[-1]["seq"]
+                    after = rows[-1][0]
                     if meter.over():
                         return None, ()
                 elapsed = time.perf_counter_ns() - start

@@ -87,11 +87,11 @@ def checks(rows: Sequence[Row], config: Config) -> list[Check]:
             "<=",
         )
     )
-    # 4. StreamHistory against a raw keyset scan of the same rows.
+    # 4. StreamHistory against a raw keyset scan of the same rows' seq and stored bytes.
     cm, lp = get(CHATMEM_WB, STREAM, lo), get(LIMIT_POSTGRES, STREAM, lo)
     out.append(
         Check(
-            f"StreamHistory msgs/s, {config.stream_messages} msgs, c={lo} / limit-postgres scan's",
+            f"StreamHistory msgs/s, {config.stream_messages} msgs, c={lo} / limit-postgres scan's (seq, encoded)",
             cm.ops_per_s / lp.ops_per_s if cm and lp and lp.ops_per_s else None,
             0.8,
             ">=",

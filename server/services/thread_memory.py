@@ -15,7 +15,7 @@ from server.interceptors import Pipeline
 from server.services import budgeted, context_block, convert, message_input, pagination, registry
 from server.services.handler import server_stream, unary
 from server.services.watch import WatchLoop, live_stream
-from server.storage.codec import frame_item, frame_repeated
+from server.storage.codec import frame_repeated
 from server.storage.models import (
     AppendCommand,
     NewMessage,
@@ -197,8 +197,8 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
     ) -> AsyncIterator[bytes]:
         """Stream the thread after after_seq in chunks bounded by count and bytes.
 
-        Each chunk leaves as bytes (see ``register``): every message is encoded once and framed into
-        the chunk, with no message objects copied, sized or serialised a second time.
+        Each chunk leaves as bytes (see ``register``): the stored messages framed and joined by the store
+        (by PostgreSQL itself), with nothing parsed, copied or serialised per message here.
         """
         check = Checker(self._limits)
         key = self._thread_key(check, request.workspace_id, request.thread_id)
@@ -207,21 +207,9 @@ class ThreadMemoryService(pb_grpc.ThreadMemoryServiceServicer):
         )
         check.seq("after_seq", request.after_seq)
         check.done()
-        items: list[bytes] = []
-        size = 0
-        async for page in self._repo.stream(key, request.after_seq, chunk):
-            for item in map(frame_item, page):
-                if items and (len(items) >= chunk or size + len(item) > self._limits.stream_frame_bytes):
-                    yield self._chunk(items)
-                    items, size = [], 0
-                items.append(item)
-                size += len(item)
-        if items:
-            yield self._chunk(items)
-
-    def _chunk(self, items: list[bytes]) -> bytes:
-        served = self._repo.served_by_store()
-        return b"".join(items) + _SERVING_FIELD[(served.tier, served.degraded)]
+        async for run in self._repo.stream_framed(key, request.after_seq, chunk, self._limits.stream_frame_bytes):
+            served = self._repo.served_by_store()
+            yield run + _SERVING_FIELD[(served.tier, served.degraded)]
 
     @unary
     async def GetContext(  # noqa: N802

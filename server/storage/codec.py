@@ -67,6 +67,32 @@ def frame_item(encoded: bytes) -> bytes:
 _ITEM_TAG = bytes([(1 << 3) | 2])
 
 
+def join_runs(framed: Sequence[bytes], max_bytes: int) -> list[bytes]:
+    """Join framed messages (see frame_item) into runs of at most ``max_bytes`` each (a bigger one alone).
+
+    A stream sends each run as one response, so that no response exceeds the frame limit.
+    """
+    if sum(map(len, framed)) <= max_bytes:
+        return [b"".join(framed)] if framed else []
+    runs: list[bytes] = []
+    run: list[bytes] = []
+    size = 0
+    for item in framed:
+        if run and size + len(item) > max_bytes:
+            runs.append(b"".join(run))
+            run, size = [], 0
+        run.append(item)
+        size += len(item)
+    if run:
+        runs.append(b"".join(run))
+    return runs
+
+
+def frame_runs(encoded: Iterable[bytes], max_bytes: int) -> list[bytes]:
+    """Frame messages as repeated field 1 and join them into runs of at most ``max_bytes`` (see join_runs)."""
+    return join_runs([frame_item(e) for e in encoded], max_bytes)
+
+
 def frame_repeated(field_number: int, encoded: Sequence[bytes]) -> bytes:
     """Frame already-encoded messages as a repeated message field, ready to parse into a response."""
     if field_number == 1:
@@ -138,6 +164,9 @@ def decode_framed(framed: bytes) -> list[StoredMessage]:
 # Field 13 (Message.compacted) = true, as a varint field; appended to a stored message it marks the copy
 # that ListMessages and StreamHistory send, without parsing it (the last value of a field wins).
 _COMPACTED_FLAG = bytes([(13 << 3) | 0, 1])
+
+
+COMPACTED_FLAG = _COMPACTED_FLAG  # for a store that appends it in SQL
 
 
 def mark_compacted(encoded: bytes) -> bytes:

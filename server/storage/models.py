@@ -89,6 +89,19 @@ class EncodedPage:
 
 
 @dataclass(frozen=True, slots=True)
+class FramedPage:
+    """A keyset page of a thread's messages framed as repeated field 1, ready to send as stream responses.
+
+    ``runs`` are the page's messages in order, joined into runs of at most the frame limit each (one run
+    unless the page is bigger than that); ``count`` is how many messages they hold, ``last_seq`` the last.
+    """
+
+    runs: list[bytes]
+    count: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class ThreadInfo:
     """A thread's metadata. ttl_seconds None means the server default; incarnation changes on re-creation.
 

@@ -15,6 +15,7 @@ from server.storage.models import (
     EncodedTail,
     Fence,
     ForkResult,
+    FramedPage,
     NewThreadOptions,
     PreferenceChange,
     PreferenceSet,
@@ -91,6 +92,10 @@ class MessageStore(Protocol):
 
     async def encoded_page(self, key: ThreadKey, start_seq: int, limit: int) -> EncodedPage:
         """Return up to ``limit`` messages from ``start_seq`` (inclusive, ascending) as serialised Messages."""
+        ...
+
+    async def framed_page(self, key: ThreadKey, start_seq: int, limit: int, max_bytes: int) -> FramedPage:
+        """Return what encoded_page does, framed as repeated field 1 in runs of at most ``max_bytes``."""
         ...
 
 

@@ -42,7 +42,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -62,6 +62,7 @@ from server.storage.models import (
     Durability,
     EncodedPage,
     EncodedTail,
+    FramedPage,
     QueuedRequest,
     StoredMessage,
     ThreadCursor,
@@ -81,6 +82,7 @@ from server.storage.tiers import Tiers
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_Page = TypeVar("_Page", EncodedPage, FramedPage)
 _FLUSH_POLL_S = 0.01
 
 
@@ -482,20 +484,43 @@ class Repository:
         network's; memory stays two pages.
         """
         await self._await_flushed(key)
+        pages = self._prefetched(after_seq, chunk, lambda start: self._messages.encoded_page(key, start, chunk))
+        async for page in pages:
+            yield page.items
 
-        def load(start: int) -> asyncio.Future[EncodedPage]:
-            return asyncio.ensure_future(self.tiers.on_store(self._messages.encoded_page(key, start, chunk)))
+    async def stream_framed(self, key: ThreadKey, after_seq: int, chunk: int, max_bytes: int) -> AsyncIterator[bytes]:
+        """Yield the history after ``after_seq`` framed as repeated field 1, each run ready to send as one response.
+
+        A run holds at most ``chunk`` messages and ``max_bytes`` (a bigger message alone). As ``stream``:
+        the next page loads while this one is sent, and memory stays two pages.
+        """
+        await self._await_flushed(key)
+        pages = self._prefetched(
+            after_seq, chunk, lambda start: self._messages.framed_page(key, start, chunk, max_bytes)
+        )
+        async for page in pages:
+            for run in page.runs:
+                yield run
+
+    async def _prefetched(
+        self, after_seq: int, chunk: int, read: Callable[[int], Awaitable[_Page]]
+    ) -> AsyncIterator[_Page]:
+        """Yield the keyset pages ``read(start)`` returns from ``after_seq + 1``, loading each next one early."""
+
+        def load(start: int) -> asyncio.Future[_Page]:
+            return asyncio.ensure_future(self.tiers.on_store(read(start)))
 
         pending = load(after_seq + 1)
         try:
             while True:
                 page = await pending
-                if len(page.items) < chunk:
-                    if page.items:
-                        yield page.items
+                count = len(page.items) if isinstance(page, EncodedPage) else page.count
+                if count < chunk:
+                    if count:
+                        yield page
                     return
                 pending = load(page.last_seq + 1)
-                yield page.items
+                yield page
         finally:
             if not pending.done():
                 pending.cancel()

@@ -101,3 +101,46 @@ async def test_rows_without_stored_encoding_read_the_same(store_api: Harness) ->
         (i + 1, f"m{i}", "n", str(i)) for i in range(300)
     ]
     assert (await h.threads.GetHistory(window)).messages == recent
+
+
+@pytest.fixture(params=["postgres+redis", "sqlite"])
+async def small_frames(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Harness]:
+    settings = backend_settings(request, request.param, tmp_path)
+    settings.limits.stream_frame_bytes = FRAME_BYTES
+    h = await start_harness(settings)
+    yield h
+    await h.close()
+
+
+FRAME_BYTES = 64 * 1024
+# Content lengths around the framing's varint boundaries (1, 2 and 3 bytes), and past the frame limit.
+SIZES = [1, 90, 120, 126, 127, 128, 200, 16_300, 16_383, 16_384, 16_500, 40_000, 70_000, 3]
+
+
+async def test_stream_frames_every_length_within_chunk_and_frame_limits(small_frames: Harness) -> None:
+    """A stream page is framed by the store (PostgreSQL frames it in SQL): it must match ListMessages byte
+    for byte, with no response over the chunk size or the frame limit unless it holds one bigger message."""
+    h = small_frames
+    contents = [("x" * n) for n in SIZES * 2]
+    for start in range(0, len(contents), 5):
+        await h.threads.AppendMessages(
+            pb.AppendMessagesRequest(
+                workspace_id=h.ws,
+                thread_id="sizes",
+                messages=[r.MessageInput(role=r.ROLE_USER, content=c) for c in contents[start : start + 5]],
+            )
+        )
+    await h.drained()
+    listed = await h.threads.ListMessages(
+        pb.ListMessagesRequest(workspace_id=h.ws, thread_id="sizes", page_size=len(contents))
+    )
+    for chunk_size in (1, 4, 1000):  # 1: every message but the biggest framed by the store alone
+        req = pb.StreamHistoryRequest(workspace_id=h.ws, thread_id="sizes", chunk_size=chunk_size)
+        streamed = []
+        async for chunk in h.threads.StreamHistory(req):
+            framed = pb.StreamHistoryResponse(messages=chunk.messages).ByteSize()
+            assert len(chunk.messages) <= chunk_size
+            assert framed <= FRAME_BYTES or len(chunk.messages) == 1
+            streamed += chunk.messages
+        assert [m.content for m in streamed] == contents
+        assert [m.SerializeToString() for m in streamed] == [m.SerializeToString() for m in listed.messages]

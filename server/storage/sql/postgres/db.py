@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import asyncpg
@@ -71,6 +71,34 @@ def is_unavailable(exc: BaseException) -> bool:
 def unavailable(exc: BaseException) -> StoreUnavailableError:
     """Return the StoreUnavailableError that stands for an asyncpg failure."""
     return StoreUnavailableError(f"PostgreSQL: {type(exc).__name__}: {exc}")
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Reset nothing on release beyond asyncpg's own rollback of an open transaction (the pool's reset).
+
+    asyncpg's default reset runs ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on
+    every release: one more round trip to PostgreSQL, on the reply path of every store read. The
+    server sets no session state (no SET, LISTEN or cursor outside a transaction); the two session
+    advisory locks (migrations, retention) are unlocked by their holders, which close the connection
+    when the unlock fails (see ``release_lock``).
+    """
+
+
+def release_lock(conn: Any, sql: str, *args: Any) -> Awaitable[None]:
+    """Run ``sql`` (a session advisory unlock) on ``conn``; if it fails, close the connection, which releases it.
+
+    The pool no longer resets a released connection (``_keep_session``), so a lock whose unlock did not
+    run must not go back to the pool still held.
+    """
+
+    async def run() -> None:
+        try:
+            await conn.execute(sql, *args)
+        except BaseException:
+            conn.terminate()
+            raise
+
+    return run()
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
@@ -155,6 +183,7 @@ class PgDatabase:
                 command_timeout=command_timeout_s,
                 timeout=connect_timeout_s,
                 max_inactive_connection_lifetime=300.0,
+                reset=_keep_session,
             )
         except Exception as exc:
             if is_unavailable(exc):
@@ -201,7 +230,7 @@ class PgDatabase:
                         )
                     applied.append(f"{mig.version:04d}_{mig.name}")
             finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+                await release_lock(conn, "SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
         return applied
 
     async def close(self) -> None:

@@ -9,13 +9,21 @@ from typing import Any
 
 import asyncpg
 
-from server.storage.codec import decode_message, encode_messages, mark_compacted
+from server.storage.codec import (
+    COMPACTED_FLAG,
+    decode_message,
+    encode_messages,
+    frame_runs,
+    join_runs,
+    mark_compacted,
+)
 from server.storage.models import (
     AppendCommand,
     AppendResult,
     EncodedPage,
     EncodedTail,
     Fence,
+    FramedPage,
     NewThreadOptions,
     Repair,
     Seed,
@@ -36,6 +44,7 @@ from server.storage.sql.postgres.db import (
     message_of,
     thread_of,
 )
+from server.storage.sql.postgres.framing import encoded_tail_sql, framed_page_sql
 from server.storage.sql.postgres.repairs import mark, marked
 
 log = logging.getLogger(__name__)
@@ -237,19 +246,19 @@ class PostgresMessages:
 
     async def encoded_tail(self, key: ThreadKey, limit: int) -> EncodedTail | None:
         """Return the newest messages as stored bytes and the thread, read in one statement (one snapshot)."""
-        rows = await self._tail_rows(key, limit, "m.seq, m.encoded")
-        if not rows:
+        row = await self._db.guard(self._db.pool.fetchrow(encoded_tail_sql(limit), key.workspace_id, key.thread_id))
+        if row is None:
             return None
-        items = [r["encoded"] for r in rows if r["seq"] is not None]
+        items = row["items"] or []
         if None in items:  # rows written before the encoded column existed
             tail = await self.tail(key, limit)
             if tail is None:
                 return None
             return EncodedTail(tail.thread, encode_messages(key.workspace_id, key.thread_id, tail.messages))
-        summary = rows[0]["summary"]
+        summary = row["summary"]
         if summary is not None and len(items) < limit:
             items.insert(0, summary)
-        return EncodedTail(thread_of(rows[0]), items)
+        return EncodedTail(thread_of(row), items)
 
     async def list_messages(self, key: ThreadKey, start_seq: int, reverse: bool, limit: int) -> list[StoredMessage]:
         """Keyset page of messages from start_seq (inclusive)."""
@@ -292,6 +301,23 @@ class PostgresMessages:
             page = await self.list_messages(key, start_seq, False, limit)
             return EncodedPage(encode_messages(key.workspace_id, key.thread_id, page), page[-1].seq if page else 0)
         return EncodedPage(items, rows[-1][0])
+
+    async def framed_page(self, key: ThreadKey, start_seq: int, limit: int, max_bytes: int) -> FramedPage:
+        """Return what encoded_page does, framed as repeated field 1 in runs of at most ``max_bytes``.
+
+        PostgreSQL frames each message (framing.framed_page_sql); rows that lack the encoded column are read
+        again as messages and framed here.
+        """
+        rows = await self._db.guard(
+            self._db.pool.fetch(framed_page_sql(limit), key.workspace_id, key.thread_id, start_seq, COMPACTED_FLAG)
+        )
+        if not rows:
+            return FramedPage([], 0, start_seq - 1)
+        framed = [r[1] for r in rows]
+        if None in framed:
+            page = await self.encoded_page(key, start_seq, limit)
+            return FramedPage(frame_runs(page.items, max_bytes), len(page.items), page.last_seq)
+        return FramedPage(join_runs(framed, max_bytes), len(framed), rows[-1][0])
 
 
 async def _taken_ids(conn: Any, pairs: Sequence[tuple[ThreadKey, str]]) -> set[tuple[ThreadKey, str]]:

@@ -21,6 +21,7 @@ from server.storage.sql.postgres.db import (
     TS,
     PgDatabase,
     is_unavailable,
+    release_lock,
     thread_of,
     unavailable,
 )
@@ -143,6 +144,6 @@ class PostgresRetention:
             finally:
                 if held:
                     with contextlib.suppress(Exception):  # a dead connection has released it already
-                        await conn.execute("SELECT pg_advisory_unlock($1)", RETENTION_LOCK)
+                        await release_lock(conn, "SELECT pg_advisory_unlock($1)", RETENTION_LOCK)
         finally:
             await self._db.pool.release(conn)

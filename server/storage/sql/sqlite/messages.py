@@ -6,13 +6,14 @@ import functools
 import sqlite3
 from collections.abc import Sequence
 
-from server.storage.codec import decode_message, encode_messages, mark_compacted
+from server.storage.codec import decode_message, encode_messages, frame_runs, mark_compacted
 from server.storage.models import (
     AppendCommand,
     AppendResult,
     EncodedPage,
     EncodedTail,
     Fence,
+    FramedPage,
     NewThreadOptions,
     Repair,
     Seed,
@@ -224,6 +225,11 @@ class SqliteMessages:
             return EncodedPage(items, rows[-1][0])
 
         return await self._db.call(run)
+
+    async def framed_page(self, key: ThreadKey, start_seq: int, limit: int, max_bytes: int) -> FramedPage:
+        """Return what encoded_page does, framed as repeated field 1 in runs of at most ``max_bytes``."""
+        page = await self.encoded_page(key, start_seq, limit)
+        return FramedPage(frame_runs(page.items, max_bytes), len(page.items), page.last_seq)
 
 
 def _taken_ids(db: sqlite3.Connection, pairs: Sequence[tuple[ThreadKey, str]]) -> set[tuple[ThreadKey, str]]:
