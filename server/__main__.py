@@ -38,7 +38,9 @@ async def _auto_workers(settings: Settings) -> Settings:
     db = settings.database
     assert db.url is not None  # worker_count is 1 without PostgreSQL
     try:
-        fit = max(1, await free_connections(db.url, db.connect_timeout_s) // db.pool_max_size)
+        # Half of what is free: replicas starting together each see the same free count, and other
+        # clients (migrations, operators, a second deployment) need connections too.
+        fit = max(1, await free_connections(db.url, db.connect_timeout_s) // 2 // db.pool_max_size)
     except Exception as exc:  # noqa: BLE001 - whatever the reason, unknown room means one pool, as before auto
         log.warning("GRPC__WORKERS=auto: could not read PostgreSQL's free connections (%s); one worker", exc)
         fit = 1

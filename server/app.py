@@ -36,6 +36,7 @@ from server.services.thread_memory import ThreadMemoryService
 from server.services.thread_memory import register as register_thread_memory
 from server.standard_services import HealthService, enable_reflection
 from server.storage.erasure import Eraser
+from server.storage.file_claim import FileClaim
 from server.storage.local_cache import LocalCache
 from server.storage.protocols import Cache, RetentionStore, Stores
 from server.storage.redis.cache import RedisCache, build_redis_client
@@ -116,12 +117,19 @@ def open_local_cache(settings: Settings, store: Stores) -> LocalCache | None:
     """Build the in-process window cache of the embedded mode (SQLite, no Redis), or None when it does not apply.
 
     Only there does one process own the store (GRPC__WORKERS > 1 is refused with SQLite), so only there can
-    a cache in process memory be exact.
+    a cache in process memory be exact. The file is claimed (``<file>.lock``) so that a second server on
+    it refuses to start instead of changing windows behind this one's cache.
+
+    Raises:
+        FileInUseError: another server already serves the file.
     """
     m = settings.memory
     if settings.redis.enabled or not isinstance(store, SqliteStore) or m.local_cache_threads == 0:
         return None
+    path = settings.database.sqlite_path
+    claim = None if path == ":memory:" or path.startswith("file::memory:") else FileClaim(path)
     return LocalCache(
+        claim=claim,
         window=m.max_thread_messages,
         max_threads=m.local_cache_threads,
         thread_ttl_s=int(m.thread_ttl_hours * 3600),
@@ -141,8 +149,14 @@ def policy_of(settings: Settings) -> Policy:
         probe_interval_s=settings.redis.probe_interval_s,
         # The shortest stall after which any replica may give up on Redis and write around it.
         silence_s=min(settings.redis.socket_timeout_s, settings.redis.dead_after_s),
-        # A redis-py call ends within its socket timeout, a script within PATIENCE silences (connection.py).
-        call_bound_s=max(2 * settings.redis.socket_timeout_s, PATIENCE * settings.redis.dead_after_s + 0.1) + 0.5,
+        # A redis-py call ends within its socket timeout; a script call within a connect and two commands
+        # (EVALSHA, then EVAL after a NOSCRIPT) of PATIENCE silences each (connection.py); plus room for
+        # a late event loop.
+        call_bound_s=max(
+            2 * settings.redis.socket_timeout_s,
+            settings.redis.connect_timeout_s + 2 * (PATIENCE * settings.redis.dead_after_s + 0.05),
+        )
+        + 0.5,
         max_group=m.group_commit_max,
     )
 
@@ -305,7 +319,9 @@ async def create_server(
     g = settings.grpc
     # Off unless workers share the port on purpose: otherwise a second server on the same port would start
     # silently and steal traffic.
-    reuse_port = 1 if settings.worker_count > 1 else 0
+    # Only a count the process was started with (``auto`` is resolved to one in __main__ before the
+    # workers start): a server built in process from GRPC__WORKERS=auto is one server, not a worker.
+    reuse_port = 1 if isinstance(g.workers, int) and g.workers > 1 else 0
     sampler = None
     if metrics is not None:
         interval = settings.metrics.sample_interval_s

@@ -69,6 +69,8 @@ class GrpcSettings(BaseModel):
     @property
     def fixed_port(self) -> bool:
         """True when the address is ``host:port`` with a port other than 0 (workers can share only that)."""
+        if self.address.startswith(("unix:", "unix-abstract:")):
+            return False
         _host, sep, port = self.address.rpartition(":")
         return bool(sep) and port.isdigit() and int(port) != 0
 

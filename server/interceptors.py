@@ -77,6 +77,11 @@ def code_of(exc: BaseException | None, context: grpc.aio.ServicerContext) -> grp
     if exc is None:
         return grpc.StatusCode.OK
     if isinstance(exc, asyncio.CancelledError):
+        # grpc cancels the handler when the client's deadline passes (handler.py sets no timer of its
+        # own then): that is a DEADLINE_EXCEEDED, which the client saw, not a cancel by the client.
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
     if isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
         return grpc.StatusCode.INTERNAL  # a layer's bug, which the pipeline ends as INTERNAL (see _leave)

@@ -40,6 +40,11 @@ STREAM_RETRY_S = 1.0
 LAG_FLOOR_S = 0.01
 # Weight of one unary call in the running mean of the time a call spends in the server per call in flight.
 _COST_WEIGHT = 0.05
+# A sample counts as at most this many times the estimate (plus the floor, so that it can grow from 0).
+_OUTLIER_FACTOR = 4.0
+_OUTLIER_FLOOR_S = 0.002
+# The RetryInfo delay of a call shed for lag: the expected wait, but never minutes.
+MAX_SHED_RETRY_S = 5.0
 # Open-ended streams (mostly idle, capped by LIMITS__MAX_WATCHERS_PER_WORKSPACE): they take neither an
 # in-flight slot, which sheds work, nor a StreamHistory slot, which would let watchers starve exports.
 _OPEN_ENDED = frozenset({"WatchThread"})
@@ -258,7 +263,7 @@ class _Admission:
                     "in_flight",
                     f"the server is overloaded: {remaining:.3f}s left of the deadline, a call takes about "
                     f"{expected:.3f}s here now",
-                    max(layer.in_flight_retry_s, expected),
+                    min(max(layer.in_flight_retry_s, expected), MAX_SHED_RETRY_S),
                 )
         if not open_ended:
             layer.in_flight += 1
@@ -293,6 +298,9 @@ class _Admission:
             self._entered = False
             if self._started:
                 per_call = (time.monotonic() - self._started) / self._joined
+                # One slow call (a DeleteUser, a store that stalled) counts as at most a few typical ones:
+                # the estimate judges CPU-bound queues, and an outlier must not make an idle server shed.
+                per_call = min(per_call, _OUTLIER_FACTOR * layer.per_call_s + _OUTLIER_FLOOR_S)
                 layer.per_call_s += (per_call - layer.per_call_s) * _COST_WEIGHT
                 self._started = 0.0
         stream, self._stream = self._stream, None

@@ -18,7 +18,7 @@ from server.validation import Checker
 _USER_PAGE = 200
 
 
-def register(servicer: AdminService, server: grpc.aio.Server, pipeline: Pipeline | None = None) -> None:
+def register(servicer: AdminService, server: grpc.aio.Server, pipeline: Pipeline) -> None:
     """Add the service to a server."""
     registry.register(server, servicer, pb.DESCRIPTOR.services_by_name["AdminService"], pipeline=pipeline)
 

@@ -15,7 +15,7 @@ from server.storage.repository import Repository
 from server.validation import Checker
 
 
-def register(servicer: PreferencesService, server: grpc.aio.Server, pipeline: Pipeline | None = None) -> None:
+def register(servicer: PreferencesService, server: grpc.aio.Server, pipeline: Pipeline) -> None:
     """Add the service to a server."""
     registry.register(server, servicer, pb.DESCRIPTOR.services_by_name["PreferencesService"], pipeline=pipeline)
 

@@ -98,7 +98,7 @@ def register(
     service: ServiceDescriptor,
     *,
     bytes_methods: Collection[str] = (),
-    pipeline: Pipeline | None = None,
+    pipeline: Pipeline,
 ) -> None:
     """Add ``servicer``'s methods for ``service`` to ``server``.
 
@@ -110,7 +110,8 @@ def register(
         servicer: an object with one coroutine (or async generator, for server streaming) per method.
         service: the service's descriptor (from the generated ``*_pb2`` module).
         bytes_methods: names of methods whose handlers may return the serialised response as bytes.
-        pipeline: the layers to run around every method (wrapped here, once).
+        pipeline: the layers to run around every method (wrapped here, once). Required, so that a
+            service cannot be added without authentication by leaving it out; ``Pipeline([])`` for none.
     """
     handlers = {}
     for method in service.methods:
@@ -134,7 +135,4 @@ def register(
                 request_deserializer=deserialize,
                 response_serializer=serialize,
             )
-    if pipeline is not None:
-        server.add_generic_rpc_handlers((pipeline.wrap_service(service.full_name, handlers),))
-    else:
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_generic_rpc_handlers((pipeline.wrap_service(service.full_name, handlers),))

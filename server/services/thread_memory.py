@@ -44,7 +44,7 @@ _SERVING_FIELD = {
 }
 
 
-def register(servicer: ThreadMemoryService, server: grpc.aio.Server, pipeline: Pipeline | None = None) -> None:
+def register(servicer: ThreadMemoryService, server: grpc.aio.Server, pipeline: Pipeline) -> None:
     """Add the service to a server, with GetHistory's and StreamHistory's responses passed through as bytes."""
     registry.register(
         server,

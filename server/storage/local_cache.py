@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from server.storage.codec import frame_item
+from server.storage.file_claim import FileClaim
 from server.storage.local_prefs import LocalPreferences
 from server.storage.models import (
     PreferenceChange,
@@ -63,6 +64,7 @@ class LocalCache:
         thread_ttl_s: default sliding TTL of a window.
         prefs_ttl_s: sliding TTL of a user's cached preferences.
         clock: monotonic seconds (tests pass their own).
+        claim: the exclusive claim on the SQLite file, released by ``close`` (None: the caller holds it).
     """
 
     def __init__(
@@ -73,9 +75,11 @@ class LocalCache:
         thread_ttl_s: int,
         prefs_ttl_s: int,
         clock: Callable[[], float] = time.monotonic,
+        claim: FileClaim | None = None,
     ) -> None:
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
+        self._claim = claim
         self._window = window
         self._max = max_threads
         self._thread_ttl_s = thread_ttl_s
@@ -118,9 +122,11 @@ class LocalCache:
         """Nothing to reach."""
 
     async def close(self) -> None:
-        """Forget everything."""
+        """Forget everything and give up the file."""
         self._threads.clear()
         self._prefs.clear()
+        if self._claim is not None:
+            self._claim.release()
 
     async def aof_enabled(self) -> bool | None:
         """None: there is no Redis persistence to speak of."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -167,3 +168,26 @@ async def test_callers_share_one_connect_attempt_to_a_server_that_never_answers(
         await client.aclose()
         server.close()
         await server.wait_closed()
+
+
+BUSY_100MS = (
+    "local t0 = redis.call('TIME') "
+    "repeat local t = redis.call('TIME') until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 100000 "
+    "return 1"
+)
+
+
+async def test_a_command_whose_caller_gave_up_before_it_left_is_never_run(client: PipelinedRedis) -> None:
+    # Nobody counts a cancelled call as in flight (Tiers.settle): Redis must not run it later.
+    key = f"gave-up-{uuid.uuid4().hex[:8]}"
+    slow = asyncio.ensure_future(client.eval(BUSY_100MS, 0))
+    await asyncio.sleep(0.03)  # the script is running in Redis: the next commands are held behind it
+    gave_up = asyncio.ensure_future(client.execute(b"INCR", key))
+    await asyncio.sleep(0)
+    gave_up.cancel()
+    kept = asyncio.ensure_future(client.execute(b"INCR", key))
+    assert await slow == 1
+    assert await kept == 1
+    assert await client.execute(b"GET", key) == b"1"
+    with pytest.raises(asyncio.CancelledError):
+        await gave_up

@@ -21,7 +21,9 @@ from chatmem.v1 import admin_service_pb2_grpc
 from chatmem.v1 import preferences_service_pb2 as ppb
 from chatmem.v1 import resources_pb2 as r
 from chatmem.v1 import thread_memory_service_pb2 as pb
+from server.app import create_server
 from server.storage.erasure import Eraser
+from server.storage.file_claim import FileInUseError
 from server.storage.local_cache import LocalCache
 from server.storage.models import ThreadKey
 from server.storage.retention import Sweeper
@@ -226,3 +228,21 @@ async def test_a_cap_of_zero_turns_the_cache_off(tmp_path: pathlib.Path) -> None
         assert got.serving.tier == r.TIER_STORE and view(got) == [(1, "a", False)]
     finally:
         await h.close()
+
+
+async def test_a_second_server_on_the_same_file_is_refused_until_the_first_stops(tmp_path: pathlib.Path) -> None:
+    # Its writes would change windows behind the first server's in-process cache.
+    settings = make_settings(sqlite_path=str(tmp_path / "chatmem.db"), max_thread_messages=WINDOW)
+    first = await start_harness(settings)
+    try:
+        await append(first, "t", "hello")
+        with pytest.raises(FileInUseError, match="already serves"):
+            await create_server(settings)
+    finally:
+        await first.close()
+    second = await start_harness(settings)  # the first one gave the file up when it stopped
+    try:
+        got = await second.threads.GetHistory(pb.GetHistoryRequest(workspace_id=first.ws, thread_id="t"))
+        assert view(got) == [(1, "hello", False)]
+    finally:
+        await second.close()

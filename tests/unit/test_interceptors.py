@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -126,3 +127,28 @@ async def test_services_registered_without_it_pass_through(served: Any) -> None:
     echo = channel.unary_unary("/other.Fake/Echo", _ident, _ident)
     assert await echo(b"deny-a") == b"deny-a"
     assert log == []
+
+
+class _Ended:
+    """The context of an RPC that ended without a status set by the handler, with ``remaining`` seconds left."""
+
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+
+    def code(self) -> None:
+        return None
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+
+@pytest.mark.parametrize(
+    ("remaining", "code"),
+    [(0.0, grpc.StatusCode.DEADLINE_EXCEEDED), (-0.01, grpc.StatusCode.DEADLINE_EXCEEDED),
+     (2.5, grpc.StatusCode.CANCELLED), (None, grpc.StatusCode.CANCELLED)],
+)  # fmt: skip
+def test_a_cancel_at_the_deadline_is_recorded_as_deadline_exceeded(
+    remaining: float | None, code: grpc.StatusCode
+) -> None:
+    # grpc cancels the handler's task when the client's deadline passes; layers must not record a cancel.
+    assert code_of(asyncio.CancelledError(), _Ended(remaining)) is code  # type: ignore[arg-type]

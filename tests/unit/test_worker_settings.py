@@ -42,7 +42,9 @@ def test_auto_with_postgresql_is_one_worker_per_core(monkeypatch: pytest.MonkeyP
     assert settings(monkeypatch, DATABASE__URL=PG, GRPC__ADDRESS="0.0.0.0:50051").worker_count == MAX_WORKERS
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1:0", "unix:/tmp/chatmem.sock"])
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:0", "unix:/tmp/chatmem.sock", "unix:///tmp/a:50051", "unix-abstract:chatmem:1"]
+)
 def test_auto_without_a_fixed_tcp_port_is_one_worker(monkeypatch: pytest.MonkeyPatch, address: str) -> None:
     # Port 0 would give every worker a port of its own; a Unix socket path cannot be shared.
     monkeypatch.setattr(config_module, "available_cores", lambda: 8)

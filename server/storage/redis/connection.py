@@ -147,9 +147,21 @@ class _Link(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._outgoing and self._transport is not None and self.alive:
-            self._transport.writelines(self._outgoing)
-        self._outgoing = []
+        outgoing, self._outgoing = self._outgoing, []
+        if not outgoing or self._transport is None or not self.alive:
+            return
+        # The unsent commands are the newest callers in _waiting. One whose caller gave up before it left
+        # (a deadline, a cancel) is not sent at all: nobody counts it as in flight any more (Tiers.settle),
+        # so Redis must not run it after a write that went around Redis meanwhile.
+        unsent = [self._waiting.pop() for _ in outgoing]
+        unsent.reverse()
+        sending = []
+        for entry, packed in zip(unsent, outgoing, strict=True):
+            if not entry[0].done():
+                self._waiting.append(entry)
+                sending.append(packed)
+        if sending:
+            self._transport.writelines(sending)
 
     def _check(self) -> None:
         # Redis answers a connection's commands in order, so while bytes arrive it is working through

@@ -19,6 +19,8 @@ import os
 import uuid
 from typing import Any
 
+import hiredis
+
 from server.storage.models import ThreadKey
 from server.storage.redis.connection import PipelinedRedis
 from server.storage.watch import WatchHub
@@ -78,6 +80,7 @@ class RedisRelay:
         self._live = False
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._warned_refusal = False
 
     @property
     def live(self) -> bool:
@@ -191,11 +194,17 @@ class RedisRelay:
         loop = asyncio.get_running_loop()
         while not self._stopping:
             heard = [loop.time()]
+            refused: list[str] = []
 
-            def on_push(message: Any, heard: list[float] = heard) -> None:
+            def on_push(message: Any, heard: list[float] = heard, refused: list[str] = refused) -> None:
                 heard[0] = loop.time()
                 if isinstance(message, list) and message:
                     self._on_message(message[0], message[2] if len(message) > 2 else b"")
+                elif isinstance(message, hiredis.ReplyError):  # e.g. NOPERM: the ACL forbids the channel
+                    refused.append(str(message))
+                    if not self._warned_refusal:
+                        self._warned_refusal = True
+                        log.warning("redis refused the watch subscription (%s); watchers poll the store", message)
 
             subscription = None
             try:
@@ -204,6 +213,8 @@ class RedisRelay:
                     await asyncio.sleep(_PING_S)
                     if not subscription.alive:
                         raise ConnectionError("the subscription's connection to redis was lost")
+                    if refused:
+                        raise ConnectionError(f"redis refused the subscription: {refused[0]}")
                     if loop.time() - heard[0] > self._timeout_s:
                         raise TimeoutError(f"no answer from redis for {loop.time() - heard[0]:.1f}s")
                     subscription.ping()

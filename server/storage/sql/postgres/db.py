@@ -101,6 +101,19 @@ def release_lock(conn: Any, sql: str, *args: Any) -> Awaitable[None]:
     return run()
 
 
+async def take_lock(conn: Any, sql: str, *args: Any) -> Any:
+    """Run ``sql`` (a session advisory lock) on ``conn`` and return its value; if it fails, close the connection.
+
+    A lock granted by PostgreSQL whose reply the client lost (a timeout cancels the call after the grant)
+    would otherwise go back to the pool still held, as an unlock that did not run would (``release_lock``).
+    """
+    try:
+        return await conn.fetchval(sql, *args)
+    except BaseException:
+        conn.terminate()
+        raise
+
+
 def _consume(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.debug("a cancelled store call ended with %r", task.exception())
@@ -212,7 +225,7 @@ class PgDatabase:
         """Apply pending migrations under an advisory lock; return the names applied."""
         applied: list[str] = []
         async with self.pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+            await take_lock(conn, "SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
             try:
                 await conn.execute(
                     "CREATE TABLE IF NOT EXISTS schema_migrations ("

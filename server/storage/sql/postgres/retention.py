@@ -22,6 +22,7 @@ from server.storage.sql.postgres.db import (
     PgDatabase,
     is_unavailable,
     release_lock,
+    take_lock,
     thread_of,
     unavailable,
 )
@@ -134,7 +135,7 @@ class PostgresRetention:
             raise
         try:
             try:
-                held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", RETENTION_LOCK))
+                held = bool(await take_lock(conn, "SELECT pg_try_advisory_lock($1)", RETENTION_LOCK))
             except Exception as exc:
                 if is_unavailable(exc):
                     raise unavailable(exc) from exc
