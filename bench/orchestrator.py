@@ -171,25 +171,16 @@ class Harness:
                 continue
             if target == CHATMEM_SQLITE:
                 out[target] = sqlite_spec(self.setup[f"{target}_address"], self.redis.url)
-            elif target in CHATMEM:
+            elif target in CHATMEM or target in PER_CORE:
                 out[target] = {
                     "kind": "chatmem",
                     "address": self.setup[f"{target}_address"],
                     "redis_url": self.redis.url,
                     "redis_prefix": REDIS_PREFIXES[target],
-                    "write_mode": "write_behind" if target == CHATMEM_WB else "write_through",
+                    "write_mode": "write_through" if target == CHATMEM_WT else "write_behind",
                     "bulk_db_url": bulk_url if target == CHATMEM_WB else "",
                     "channels": self.config.channels or (1 if self.config.server_workers == 1 else 4),
-                }
-            elif target in PER_CORE:
-                out[target] = {
-                    "kind": "chatmem",
-                    "address": self.setup[f"{target}_address"],
-                    "redis_url": self.redis.url,
-                    "redis_prefix": REDIS_PREFIXES[target],
-                    "write_mode": "write_behind",
-                    "bulk_db_url": "",
-                    **percore.spec_extra(),
+                    **(percore.spec_extra() if target in PER_CORE else {}),
                 }
             elif target == LIMIT_GRPC:
                 out[target] = {"kind": target, "address": self.setup[f"{target}_address"]}

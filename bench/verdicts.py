@@ -46,6 +46,13 @@ class Check:
         return "PASS" if ok else "FAIL"
 
 
+def rate_ratio(name: str, row: Row | None, base: Row | None, bound: float, unit: str) -> Check:
+    """A check that ``row``'s rate is at least ``bound`` times ``base``'s (n/a when either is missing)."""
+    value = row.ops_per_s / base.ops_per_s if row and base and base.ops_per_s else None
+    detail = f"{row.ops_per_s:.0f} vs {base.ops_per_s:.0f} {unit}" if row and base else ""
+    return Check(name, value, bound, ">=", detail)
+
+
 def checks(rows: Sequence[Row], config: Config) -> list[Check]:
     """The targets of issue 16 (the per-RPC budget), computed from this run's rows."""
     lo, hi = min(config.concurrency), max(config.concurrency)
@@ -66,16 +73,12 @@ def checks(rows: Sequence[Row], config: Config) -> list[Check]:
             )
             out.append(Check(f"{label}: server CPU/op / limit-grpc's, c={c}", value, bound, "<=", detail))
     # 2. The embedded default reads like the cached server.
-    lite, wb = get(CHATMEM_SQLITE, READ, hi), get(CHATMEM_WB, READ, hi)
     out.append(
-        Check(
+        rate_ratio(
             f"GetHistory({config.window}) at c={hi}: chatmem-sqlite ops/s / chatmem-wb ops/s",
-            lite.ops_per_s / wb.ops_per_s if lite and wb and wb.ops_per_s else None,
-            0.9,
-            ">=",
-            f"{lite.ops_per_s:.0f} vs {wb.ops_per_s:.0f} ops/s" if lite and wb else "",
+            get(CHATMEM_SQLITE, READ, hi), get(CHATMEM_WB, READ, hi), 0.9, "ops/s",
         )
-    )
+    )  # fmt: skip
     # 3. Hydration from PostgreSQL.
     cm, lp, lg = get(CHATMEM_WB, HYDRATE, lo), get(LIMIT_POSTGRES, HYDRATE, lo), get(LIMIT_GRPC, RPC, lo)
     out.append(
@@ -88,16 +91,12 @@ def checks(rows: Sequence[Row], config: Config) -> list[Check]:
         )
     )
     # 4. StreamHistory against a raw keyset scan of the same rows' seq and stored bytes.
-    cm, lp = get(CHATMEM_WB, STREAM, lo), get(LIMIT_POSTGRES, STREAM, lo)
     out.append(
-        Check(
+        rate_ratio(
             f"StreamHistory msgs/s, {config.stream_messages} msgs, c={lo} / limit-postgres scan's (seq, encoded)",
-            cm.ops_per_s / lp.ops_per_s if cm and lp and lp.ops_per_s else None,
-            0.8,
-            ">=",
-            f"{cm.ops_per_s:.0f} vs {lp.ops_per_s:.0f} msgs/s" if cm and lp else "",
+            get(CHATMEM_WB, STREAM, lo), get(LIMIT_POSTGRES, STREAM, lo), 0.8, "msgs/s",
         )
-    )
+    )  # fmt: skip
     # 6. Many cores: CPU per op with 2 workers against 1.
     out += per_core_checks(rows, config)
     return out

@@ -20,6 +20,7 @@ from devtools import chaos
 from devtools.postgres import PostgresProcess
 from devtools.redis import RedisProcess
 from devtools.server import ServerProcess
+from tests.stack import redis_and_postgres
 
 pytestmark = pytest.mark.integration
 
@@ -73,13 +74,8 @@ class Rig:
 
 @pytest.fixture
 def processes(tmp_path: pathlib.Path) -> Iterator[tuple[RedisProcess, PostgresProcess]]:
-    redis = RedisProcess(appendonly=True)
-    pg = PostgresProcess()
-    redis.start()
-    pg.start()
-    yield redis, pg
-    redis.close()
-    pg.close()
+    with redis_and_postgres(appendonly=True) as both:
+        yield both
 
 
 @pytest.fixture

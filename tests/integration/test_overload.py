@@ -25,6 +25,7 @@ from devtools import chaos
 from devtools.postgres import PostgresProcess
 from devtools.redis import RedisProcess
 from devtools.server import ServerProcess
+from tests.stack import redis_and_postgres
 
 pytestmark = pytest.mark.integration
 
@@ -100,13 +101,8 @@ class Rig:
 
 @pytest.fixture
 def processes() -> Iterator[tuple[RedisProcess, PostgresProcess]]:
-    redis = RedisProcess()
-    pg = PostgresProcess()
-    redis.start()
-    pg.start()
-    yield redis, pg
-    redis.close()
-    pg.close()
+    with redis_and_postgres() as both:
+        yield both
 
 
 @pytest.fixture

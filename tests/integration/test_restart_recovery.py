@@ -25,6 +25,7 @@ from devtools.faultkit import (
 from devtools.postgres import PostgresProcess
 from devtools.redis import RedisProcess
 from devtools.server import ServerProcess
+from tests.stack import redis_and_postgres
 
 pytestmark = pytest.mark.integration
 
@@ -32,13 +33,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def stack() -> Iterator[tuple[RedisProcess, PostgresProcess]]:
     """A Redis with AOF (so a kill -9 loses nothing and it comes back with its old keys) and a PostgreSQL."""
-    redis = RedisProcess(appendonly=True)
-    pg = PostgresProcess()
-    redis.start()
-    pg.start()
-    yield redis, pg
-    redis.close()
-    pg.close()
+    with redis_and_postgres(appendonly=True) as both:
+        yield both
 
 
 class Servers:

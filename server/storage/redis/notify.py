@@ -156,10 +156,7 @@ class RedisRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure of Redis means: poll the store, and reconnect
-                if self._live:
-                    log.warning("watch notices from other replicas stopped (%s); watchers poll the store", exc)
-                self._live = False
-                self._hub.wake_all()
+                self._lost(exc)
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pubsub.aclose(), 1.0)
@@ -176,13 +173,7 @@ class RedisRelay:
             if message is not None:
                 heard = now
                 kind = message.get("type")
-                if kind == b"subscribe" or kind == "subscribe":
-                    if not self._live:
-                        self._live = True
-                        log.info("watch notices from other replicas flow (channel %s)", self.channel)
-                        self._hub.wake_all()  # what was missed while down is read now
-                elif kind in (b"message", "message"):
-                    self._deliver(message["data"])
+                self._on_message(kind.encode() if isinstance(kind, str) else kind, message.get("data"))
             if now - heard > self._timeout_s:
                 raise TimeoutError(f"no answer from redis for {now - heard:.1f}s")
             if now - pinged >= _PING_S:
@@ -223,15 +214,18 @@ class RedisRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure of Redis means: poll the store, and reconnect
-                if self._live:
-                    log.warning("watch notices from other replicas stopped (%s); watchers poll the store", exc)
-                self._live = False
-                self._hub.wake_all()
+                self._lost(exc)
             finally:
                 if subscription is not None:
                     subscription.close()
             await asyncio.sleep(_BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)])
             failures += 1
+
+    def _lost(self, exc: Exception) -> None:
+        if self._live:
+            log.warning("watch notices from other replicas stopped (%s); watchers poll the store", exc)
+        self._live = False
+        self._hub.wake_all()
 
     def _on_message(self, kind: bytes, data: Any) -> None:
         if kind == b"subscribe":
